@@ -1,0 +1,124 @@
+"""Model and data settings of a run (the non-training part of a YAML config / command line)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hf_seqobj.modeling import ARCHITECTURES, MODEL_SIZES, TOKENIZER_TYPES
+
+
+@dataclass
+class ModelArguments:
+    """Which model to train: a checkpoint (Hub name or local path) or a small model built offline from a config."""
+
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "A Hub model name (gpt2, facebook/bart-base, t5-small) or a local checkpoint directory. Leave "
+            "unset to build a model from scratch with `architecture` and `model_size`."
+        },
+    )
+    architecture: str | None = field(
+        default=None,
+        metadata={"help": f"Architecture of a model built from scratch: one of {ARCHITECTURES}."},
+    )
+    model_size: str = field(
+        default="tiny",
+        metadata={"help": f"Size of a model built from scratch: one of {tuple(MODEL_SIZES)}."},
+    )
+    tokenizer_type: str | None = field(
+        default=None,
+        metadata={
+            "help": f"Tokenizer trained for a model built from scratch: one of {TOKENIZER_TYPES}; None "
+            "uses the task's default (wordlevel for ner, bpe otherwise)."
+        },
+    )
+    vocab_size: int = field(default=8000, metadata={"help": "Largest vocabulary of a tokenizer trained from scratch."})
+    min_frequency: int = field(
+        default=1, metadata={"help": "Fewest occurrences for a word or merge to enter a trained vocabulary."}
+    )
+
+    def __post_init__(self):
+        if self.model_name_or_path is None and self.architecture is None:
+            raise ValueError("Set model_name_or_path (a Hub name or local path) or architecture (to build one).")
+        if self.model_name_or_path is not None and self.architecture is not None:
+            raise ValueError(
+                f"Set only one of model_name_or_path ({self.model_name_or_path!r}) and architecture "
+                f"({self.architecture!r}): a checkpoint already has its architecture."
+            )
+        if self.architecture is not None and self.architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}.")
+        if self.model_size not in MODEL_SIZES:
+            raise ValueError(f"model_size must be one of {tuple(MODEL_SIZES)}, got {self.model_size!r}.")
+        if self.tokenizer_type is not None and self.tokenizer_type not in TOKENIZER_TYPES:
+            raise ValueError(f"tokenizer_type must be one of {TOKENIZER_TYPES}, got {self.tokenizer_type!r}.")
+
+
+@dataclass
+class DataArguments:
+    """Which task and data to train and evaluate on."""
+
+    task: str = field(default="ner", metadata={"help": "The task: ner, translation or summarization."})
+    dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "A Hub dataset name or a local dataset directory (load_dataset / save_to_disk layout), or "
+            "'synthetic' for the data set the package generates (ner only). Exclusive with the *_file fields."
+        },
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "The Hub dataset's configuration."})
+    train_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "Training data file. ner: CoNLL format (4 columns TOKEN POS CHUNK NER, or 2 columns TOKEN TAG). "
+            "translation: the path prefix of aligned files PREFIX.SRC_LANG / PREFIX.TGT_LANG. summarization: "
+            ".jsonl, .json or .csv."
+        },
+    )
+    validation_file: str | None = field(default=None, metadata={"help": "Validation data, as train_file."})
+    test_file: str | None = field(default=None, metadata={"help": "Test data, as train_file."})
+    source_lang: str = field(default="en", metadata={"help": "translation: the source language code."})
+    target_lang: str = field(default="de", metadata={"help": "translation: the target language code."})
+    source_column: str = field(default="document", metadata={"help": "summarization: the source text column."})
+    target_column: str = field(default="summary", metadata={"help": "summarization: the target text column."})
+    tokens_column: str = field(default="tokens", metadata={"help": "ner (Hub-style data): the words column."})
+    tags_column: str = field(default="ner_tags", metadata={"help": "ner (Hub-style data): the tags column."})
+    source_prefix: str = field(
+        default="", metadata={"help": "Text put before every source, e.g. 'translate English to German: ' for T5."}
+    )
+    max_source_length: int = field(default=256, metadata={"help": "Most tokens in a source."})
+    max_target_length: int = field(default=256, metadata={"help": "Most tokens in a target (EOS included)."})
+    truncate_long_examples: bool = field(
+        default=False,
+        metadata={
+            "help": "Truncate sources and targets longer than the limits (the count is logged). When False, a "
+            "longer example is an error that names it."
+        },
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training examples."})
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Use only the first N validation and test examples."}
+    )
+    synthetic_train_size: int = field(default=2000, metadata={"help": "synthetic data: training sentences."})
+    synthetic_eval_size: int = field(default=300, metadata={"help": "synthetic data: validation and test sentences."})
+    synthetic_seed: int = field(default=0, metadata={"help": "synthetic data: the seed that generates it."})
+
+    def __post_init__(self):
+        from hf_seqobj.tasks import TASKS
+
+        if self.task not in TASKS:
+            raise ValueError(f"Unknown task {self.task!r}; available tasks: {', '.join(sorted(TASKS))}.")
+        files = [name for name in ("train_file", "validation_file", "test_file") if getattr(self, name)]
+        if self.dataset_name is None and not files:
+            raise ValueError("Set dataset_name (a Hub name, a local dataset or 'synthetic') or train_file.")
+        if self.dataset_name is not None and files:
+            raise ValueError(f"Set either dataset_name ({self.dataset_name!r}) or the data files ({files}), not both.")
+        if self.dataset_name == "synthetic" and self.task != "ner":
+            raise ValueError(f"dataset_name 'synthetic' exists for the ner task only, not for {self.task!r}.")
+        for name in ("max_source_length", "max_target_length", "synthetic_train_size", "synthetic_eval_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        for name in ("max_train_samples", "max_eval_samples"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be None or >= 1, got {value}.")

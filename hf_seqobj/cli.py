@@ -1,0 +1,176 @@
+"""The `hf-seqobj` command line.
+
+    hf-seqobj train CONFIG.yaml [--key value ...]
+    hf-seqobj evaluate MODEL_DIR [--split test] [--key value ...]
+
+`train`: the YAML keys are the fields of the argument classes (`SeqObjTrainingArguments` for decoder-only models,
+`SeqObjSeq2SeqTrainingArguments` for encoder-decoder ones) plus the model and data settings (`ModelArguments`,
+`DataArguments`); flags override the file; an unknown key is an error that names it.
+`evaluate`: scores a model written by `train` on one split with generation, reusing its saved data settings
+(flags override them, e.g. `--test_file`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from transformers import HfArgumentParser
+
+from hf_seqobj.arguments import DataArguments, ModelArguments
+
+
+USAGE = """usage: hf-seqobj train CONFIG.yaml [--key value ...]
+       hf-seqobj evaluate MODEL_DIR [--split SPLIT] [--key value ...]"""
+
+
+class ConfigError(ValueError):
+    """A bad configuration: unknown key, bad value, unreadable file."""
+
+
+def load_yaml_config(path: str | Path) -> dict[str, Any]:
+    """Reads a YAML mapping of settings (an empty file is an empty mapping)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Config file {str(path)!r} does not exist.")
+    with open(path, encoding="utf-8") as handle:
+        config = yaml.safe_load(handle)
+    if config is None:
+        return {}
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path} must hold a mapping of settings (key: value), not a {type(config).__name__}.")
+    return config
+
+
+def _field_names(*classes: type) -> set[str]:
+    return {f.name for cls in classes for f in dataclasses.fields(cls) if f.init}
+
+
+def check_keys(config: dict[str, Any], classes: tuple[type, ...], source: str) -> None:
+    """Raises ConfigError naming every key of `config` that is no field of `classes` (with close matches)."""
+    known = _field_names(*classes)
+    unknown = [key for key in config if key not in known]
+    if unknown:
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, known, n=3)
+            hints.append(f"{key!r}" + (f" (did you mean {', '.join(close)}?)" if close else ""))
+        raise ConfigError(f"Unknown key{'s' if len(unknown) > 1 else ''} in {source}: {'; '.join(hints)}.")
+
+
+def _flag_keys(flags: list[str]) -> list[str]:
+    return [flag[2:].split("=", 1)[0] for flag in flags if flag.startswith("--")]
+
+
+def parse_settings(config: dict[str, Any], flags: list[str], source: str):
+    """Builds `(ModelArguments, DataArguments, training arguments)` from a config mapping and override flags.
+
+    The training-arguments class depends on the model family, known from `architecture` or the checkpoint.
+    """
+    from hf_seqobj.run import training_arguments_class
+    from hf_seqobj.trainers import SeqObjSeq2SeqTrainingArguments, SeqObjTrainingArguments
+
+    check_keys(
+        config, (ModelArguments, DataArguments, SeqObjTrainingArguments, SeqObjSeq2SeqTrainingArguments), source
+    )
+    check_keys(
+        dict.fromkeys(_flag_keys(flags)),
+        (ModelArguments, DataArguments, SeqObjTrainingArguments, SeqObjSeq2SeqTrainingArguments),
+        "the command line",
+    )
+    model_parser = HfArgumentParser(ModelArguments)
+    model_parser.set_defaults(**{k: v for k, v in config.items() if k in _field_names(ModelArguments)})
+    (model_args, _) = model_parser.parse_args_into_dataclasses(args=flags, return_remaining_strings=True)
+    args_class = training_arguments_class(model_args)
+    check_keys(config, (ModelArguments, DataArguments, args_class), f"{source} (for a {args_class.__name__} model)")
+    parser = HfArgumentParser((ModelArguments, DataArguments, args_class))
+    parser.set_defaults(**config)
+    try:
+        return parser.parse_args_into_dataclasses(args=flags, return_remaining_strings=False)
+    except SystemExit as error:  # argparse reports bad flag values by exiting
+        raise ConfigError(f"Bad command-line flags {flags} (see the message above).") from error
+
+
+def train_command(argv: list[str]) -> int:
+    from hf_seqobj.run import format_metrics_table, train
+
+    if not argv or argv[0].startswith("-"):
+        raise ConfigError("train needs a YAML config file first: hf-seqobj train CONFIG.yaml [--key value ...]")
+    config_path, flags = argv[0], argv[1:]
+    config = load_yaml_config(config_path)
+    model_args, data_args, training_args = parse_settings(config, flags, config_path)
+    given = dict(config)
+    given.update(_flags_as_dict(flags))
+    results = train(model_args, data_args, training_args, config=given)
+    evaluated = {split: metrics for split, metrics in results.items() if split != "train"}
+    if evaluated:
+        print(f"\nResults ({training_args.objective}, {training_args.output_dir}):")
+        print(format_metrics_table(evaluated))
+    return 0
+
+
+def evaluate_command(argv: list[str]) -> int:
+    from hf_seqobj.run import evaluate, format_metrics_table, read_run_config
+
+    if not argv or argv[0].startswith("-"):
+        raise ConfigError("evaluate needs a model directory: hf-seqobj evaluate MODEL_DIR [--split test]")
+    model_dir, flags = argv[0], argv[1:]
+    split = "test"
+    if "--split" in flags:
+        index = flags.index("--split")
+        if index + 1 >= len(flags):
+            raise ConfigError("--split needs a value: train, validation or test.")
+        split = flags[index + 1]
+        flags = flags[:index] + flags[index + 2 :]
+    if split not in ("train", "validation", "test"):
+        raise ConfigError(f"--split must be train, validation or test, got {split!r}.")
+    saved = read_run_config(model_dir)
+    config = {k: v for k, v in saved["data"].items()}
+    keep = ("per_device_eval_batch_size", "generation_max_length", "generation_max_new_tokens", "generation_num_beams")
+    config.update({k: v for k, v in saved.get("given", {}).items() if k in keep})
+    config.update({"model_name_or_path": model_dir, "output_dir": str(Path(model_dir) / f"eval_{split}")})
+    model_args, data_args, training_args = parse_settings(config, flags, f"{model_dir}'s saved settings")
+    metrics = evaluate(model_args.model_name_or_path, split, data_args, training_args)
+    print(f"\nResults ({model_dir}, {split}):")
+    print(format_metrics_table({split: metrics}))
+    return 0
+
+
+def _flags_as_dict(flags: list[str]) -> dict[str, str]:
+    values, index = {}, 0
+    while index < len(flags):
+        flag = flags[index]
+        if flag.startswith("--") and "=" in flag:
+            key, value = flag[2:].split("=", 1)
+            values[key] = value
+        elif flag.startswith("--"):
+            has_value = index + 1 < len(flags) and not flags[index + 1].startswith("--")
+            values[flag[2:]] = flags[index + 1] if has_value else "true"
+            index += has_value
+        index += 1
+    return values
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    for noisy in ("httpx", "urllib3", "datasets"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    commands = {"train": train_command, "evaluate": evaluate_command}
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
+        print(USAGE, file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    try:
+        return commands[argv[0]](argv[1:])
+    except (ConfigError, FileNotFoundError) as error:
+        print(f"hf-seqobj {argv[0]}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

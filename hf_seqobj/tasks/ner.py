@@ -1,0 +1,191 @@
+"""Named-entity recognition as generation: the output is one BIO tag per input word.
+
+Data: CoNLL files (4 columns `TOKEN POS CHUNK NER` as in CoNLL-2003, or 2 columns `TOKEN TAG`), Hub-style datasets
+with `tokens` / `ner_tags` columns (ClassLabel ids or strings), or the package's synthetic data set. Each tag is a
+single token of the model's vocabulary: targets are encoded tag by tag, never through the tokenizer's text split.
+
+Metric: seqeval span F1 / precision / recall (micro, default conlleval mode) and per-type F1.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from datasets import ClassLabel, Dataset, DatasetDict
+from datasets import Sequence as SequenceFeature
+from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
+
+from hf_seqobj.tasks.base import Task
+
+
+_TAG = re.compile(r"^(O|[BI]-\S+)$")
+INVALID_TAG = "<invalid>"
+
+
+def check_tag(tag: str, where: str) -> str:
+    """Returns `tag` if it is a BIO tag (`O`, `B-X`, `I-X`); else raises a ValueError naming it and `where`."""
+    if not _TAG.match(tag):
+        raise ValueError(f"{where}: {tag!r} is not a BIO tag (expected 'O', 'B-TYPE' or 'I-TYPE').")
+    return tag
+
+
+def read_conll(path: str) -> Dataset:
+    """Reads a CoNLL file: one `TOKEN ... TAG` line per word (4 or 2 columns), a blank line between sentences.
+
+    `-DOCSTART-` lines are skipped. Every line of a file must have the same number of columns.
+
+    Returns:
+        A dataset with `source` (words joined by spaces) and `target` (tags joined by spaces).
+    """
+    sources, targets = [], []
+    words: list[str] = []
+    tags: list[str] = []
+    columns = None
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            fields = line.split()
+            if not fields:
+                if words:
+                    sources.append(" ".join(words))
+                    targets.append(" ".join(tags))
+                    words, tags = [], []
+                continue
+            if fields[0] == "-DOCSTART-":
+                continue
+            if len(fields) not in (2, 4):
+                raise ValueError(
+                    f"{path}:{number}: {len(fields)} fields in {line.rstrip()!r}; a CoNLL line has 4 (TOKEN POS CHUNK "
+                    "NER) or 2 (TOKEN TAG)."
+                )
+            if columns is None:
+                columns = len(fields)
+            elif len(fields) != columns:
+                raise ValueError(f"{path}:{number}: {len(fields)} fields where earlier lines have {columns}.")
+            words.append(fields[0])
+            tags.append(check_tag(fields[-1], f"{path}:{number}"))
+    if words:
+        sources.append(" ".join(words))
+        targets.append(" ".join(tags))
+    return Dataset.from_dict({"source": sources, "target": targets})
+
+
+class NERTask(Task):
+    """BIO tagging as generation (see the module docstring)."""
+
+    name = "ner"
+    default_tokenizer_type = "wordlevel"
+
+    def load(self) -> DatasetDict:
+        if self.args.dataset_name == "synthetic":
+            from hf_seqobj.tasks.synthetic import synthetic_ner_splits
+
+            splits = synthetic_ner_splits(
+                self.args.synthetic_train_size, self.args.synthetic_eval_size, self.args.synthetic_seed
+            )
+            return DatasetDict(
+                {split: data.select(range(min(len(data), self._limit(split)))) for split, data in splits.items()}
+            )
+        splits = super().load()
+        self._check_label_set(splits)
+        return splits
+
+    def _limit(self, split: str) -> int:
+        limit = self.args.max_train_samples if split == "train" else self.args.max_eval_samples
+        return limit if limit is not None else 1 << 62
+
+    def _check_label_set(self, splits: DatasetDict) -> None:
+        """Every tag of the validation and test splits must occur in the training split."""
+        if "train" not in splits:
+            return
+        known = {tag for target in splits["train"]["target"] for tag in target.split()}
+        for split in ("validation", "test"):
+            if split not in splits:
+                continue
+            for index, target in enumerate(splits[split]["target"]):
+                unknown = sorted(set(target.split()) - known)
+                if unknown:
+                    raise ValueError(
+                        f"{self.describe_source(split)}, sentence {index}: tags {unknown} are outside the training "
+                        f"label set {sorted(known)}."
+                    )
+
+    def load_file(self, path: str) -> Dataset:
+        return read_conll(path)
+
+    def from_hub_split(self, dataset: Dataset, where: str) -> Dataset:
+        for column in (self.args.tokens_column, self.args.tags_column):
+            if column not in dataset.column_names:
+                raise ValueError(f"{where} has no column {column!r}; its columns are {dataset.column_names}.")
+        feature = dataset.features[self.args.tags_column]
+        names = None
+        if isinstance(feature, SequenceFeature) and isinstance(feature.feature, ClassLabel):
+            names = feature.feature.names
+        elif isinstance(feature, list) and feature and isinstance(feature[0], ClassLabel):
+            names = feature[0].names
+        sources, targets = [], []
+        for index, (tokens, tags) in enumerate(zip(dataset[self.args.tokens_column], dataset[self.args.tags_column])):
+            if len(tokens) != len(tags):
+                raise ValueError(f"{where}, row {index}: {len(tokens)} tokens but {len(tags)} tags.")
+            if names is not None:
+                tags = [names[tag] for tag in tags]
+            sources.append(" ".join(tokens))
+            targets.append(" ".join(check_tag(str(tag), f"{where}, row {index}") for tag in tags))
+        return Dataset.from_dict({"source": sources, "target": targets})
+
+    def extra_tokens(self, splits: DatasetDict) -> list[str]:
+        tags = {tag for dataset in splits.values() for target in dataset["target"] for tag in target.split()}
+        return sorted(tags)
+
+    def encode_target(self, text, tokenizer):
+        vocab = tokenizer.get_vocab()
+        ids = []
+        for tag in text.split():
+            if tag not in vocab:
+                raise ValueError(
+                    f"Tag {tag!r} is not a token of the tokenizer; add the task's tags with extra_tokens."
+                )
+            ids.append(vocab[tag])
+        return ids
+
+    def decode(self, ids, tokenizer):
+        tokens = tokenizer.convert_ids_to_tokens(list(ids))
+        return " ".join(token if _TAG.match(token) else INVALID_TAG for token in tokens)
+
+    def score(self, predictions: list[str], references: list[str]) -> dict[str, float]:
+        """seqeval scores of predicted tag strings against reference tag strings.
+
+        A prediction is made to have as many tags as its reference before scoring: missing tags count as `O` and
+        extra tags are cut, and non-tag tokens count as `O`. Neither is hidden: `length_mismatch_rate` is the share
+        of predictions of the wrong length and `invalid_tag_rate` the share of predicted tokens that are not tags.
+        """
+        return tag_metrics([p.split() for p in predictions], [r.split() for r in references])
+
+
+def tag_metrics(predictions: Sequence[Sequence[str]], references: Sequence[Sequence[str]]) -> dict[str, float]:
+    """seqeval metrics of tag sequences (see :meth:`NERTask.score` for how lengths and invalid tags are handled)."""
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} references.")
+    aligned, mismatched, invalid, total = [], 0, 0, 0
+    for predicted, reference in zip(predictions, references):
+        predicted = list(predicted)
+        total += len(predicted)
+        invalid += sum(tag == INVALID_TAG for tag in predicted)
+        predicted = ["O" if tag == INVALID_TAG else tag for tag in predicted]
+        if len(predicted) != len(reference):
+            mismatched += 1
+            predicted = (predicted + ["O"] * len(reference))[: len(reference)]
+        aligned.append(predicted)
+    references = [list(reference) for reference in references]
+    metrics = {
+        "f1": f1_score(references, aligned, zero_division=0),
+        "precision": precision_score(references, aligned, zero_division=0),
+        "recall": recall_score(references, aligned, zero_division=0),
+        "length_mismatch_rate": mismatched / max(len(references), 1),
+        "invalid_tag_rate": invalid / max(total, 1),
+    }
+    report = classification_report(references, aligned, output_dict=True, zero_division=0)
+    for entity_type, values in report.items():
+        if entity_type not in ("micro avg", "macro avg", "weighted avg"):
+            metrics[f"f1_{entity_type}"] = values["f1-score"]
+    return {key: float(value) for key, value in metrics.items()}

@@ -1,0 +1,50 @@
+"""Summarization: jsonl / json / csv files or Hub datasets with source and target columns; ROUGE via rouge-score."""
+
+from __future__ import annotations
+
+from datasets import Dataset, load_dataset
+from rouge_score import rouge_scorer
+
+from hf_seqobj.tasks.base import Task
+
+
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+
+
+class SummarizationTask(Task):
+    """Summarization of `source_column` into `target_column`."""
+
+    name = "summarization"
+
+    def load_file(self, path: str) -> Dataset:
+        suffix = path.rsplit(".", 1)[-1].lower()
+        builders = {"jsonl": "json", "json": "json", "csv": "csv"}
+        if suffix not in builders:
+            raise ValueError(f"{path}: summarization files must end in .jsonl, .json or .csv, not .{suffix}.")
+        dataset = load_dataset(builders[suffix], data_files=path, split="train")
+        return self.from_hub_split(dataset, f"file {path!r}")
+
+    def from_hub_split(self, dataset: Dataset, where: str) -> Dataset:
+        columns = (self.args.source_column, self.args.target_column)
+        for column in columns:
+            if column not in dataset.column_names:
+                raise ValueError(
+                    f"{where} has no column {column!r}; its columns are {dataset.column_names} (set source_column / "
+                    "target_column)."
+                )
+        for column in columns:
+            for index, value in enumerate(dataset[column]):
+                if not isinstance(value, str) or not value.strip():
+                    raise ValueError(f"{where}, row {index}: column {column!r} holds {value!r}, not a non-empty text.")
+        return Dataset.from_dict({"source": dataset[columns[0]], "target": dataset[columns[1]]})
+
+    def score(self, predictions: list[str], references: list[str]) -> dict[str, float]:
+        """Mean ROUGE-1/2/L/Lsum F-measure (x100) of rouge-score with stemming; Lsum splits sentences on newlines."""
+        scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
+        totals = dict.fromkeys(ROUGE_TYPES, 0.0)
+        for prediction, reference in zip(predictions, references, strict=True):
+            scores = scorer.score(reference, prediction)
+            for rouge_type in ROUGE_TYPES:
+                totals[rouge_type] += scores[rouge_type].fmeasure
+        count = max(len(predictions), 1)
+        return {rouge_type: 100.0 * total / count for rouge_type, total in totals.items()}

@@ -1,0 +1,112 @@
+"""`hf-seqobj train / evaluate`: YAML plus flags, errors naming bad keys, and an end-to-end quickstart run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from hf_seqobj.cli import ConfigError, load_yaml_config, main, parse_settings
+from hf_seqobj.trainers import SeqObjSeq2SeqTrainingArguments, SeqObjTrainingArguments
+
+
+QUICKSTART = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
+BASE = {"task": "ner", "dataset_name": "synthetic", "architecture": "bart", "output_dir": "out", "report_to": "none"}
+
+
+def test_yaml_values_and_flag_overrides():
+    model_args, data_args, training_args = parse_settings(
+        {**BASE, "learning_rate": 0.01, "num_train_epochs": 2},
+        ["--learning_rate", "0.5", "--synthetic_train_size=33", "--predict_with_generate", "true"],
+        "test.yaml",
+    )
+    assert isinstance(training_args, SeqObjSeq2SeqTrainingArguments)
+    assert training_args.learning_rate == 0.5 and training_args.num_train_epochs == 2
+    assert training_args.predict_with_generate is True and training_args.objective == "mle"
+    assert data_args.synthetic_train_size == 33 and model_args.architecture == "bart"
+
+
+def test_decoder_only_models_get_the_decoder_only_arguments():
+    _, _, training_args = parse_settings({**BASE, "architecture": "gpt2"}, ["--generation_max_new_tokens", "9"], "t")
+    assert isinstance(training_args, SeqObjTrainingArguments) and training_args.generation_max_new_tokens == 9
+    with pytest.raises(ConfigError, match=r"for a SeqObjTrainingArguments model\): 'generation_max_length'"):
+        parse_settings({**BASE, "architecture": "gpt2", "generation_max_length": 5}, [], "t.yaml")
+
+
+@pytest.mark.parametrize(
+    "config, flags, message",
+    [
+        ({**BASE, "learning_rat": 0.1}, [], r"Unknown key in c\.yaml: 'learning_rat' \(did you mean learning_rate"),
+        (BASE, ["--no_such_flag", "1"], r"Unknown key in the command line: 'no_such_flag'"),
+        ({**BASE, "objective": "nope"}, [], r"Unknown objective 'nope'"),
+        ({**BASE, "architecture": "rnn"}, [], r"architecture must be one of .*'rnn'"),
+    ],
+)
+def test_bad_settings_are_named(config, flags, message):
+    with pytest.raises(ValueError, match=message):
+        parse_settings(config, flags, "c.yaml")
+
+
+def test_yaml_must_be_a_mapping(tmp_path):
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match=r"list\.yaml must hold a mapping"):
+        load_yaml_config(tmp_path / "list.yaml")
+    assert main(["train", str(tmp_path / "missing.yaml")]) == 2
+    assert main(["frobnicate"]) == 2
+    assert main(["--help"]) == 0
+
+
+def test_quickstart_config_is_valid():
+    model_args, data_args, training_args = parse_settings(load_yaml_config(QUICKSTART), [], str(QUICKSTART))
+    assert data_args.dataset_name == "synthetic" and training_args.predict_with_generate
+    assert training_args.use_cpu and training_args.objective == "mle"
+
+
+def test_train_then_evaluate_end_to_end(tmp_path, capsys):
+    out = tmp_path / "run"
+    flags = [
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        "15",
+        "--synthetic_train_size",
+        "120",
+        "--synthetic_eval_size",
+        "16",
+        "--logging_steps",
+        "5",
+        "--disable_tqdm",
+        "true",
+    ]
+    assert main(["train", str(QUICKSTART), *flags]) == 0
+    printed = capsys.readouterr().out
+    assert "| f1 |" in printed and "| metric | eval | test |" in printed
+    for name in (
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "trainer_state.json",
+        "eval_results.json",
+        "test_results.json",
+        "train_results.json",
+        "hf_seqobj_run.yaml",
+    ):
+        assert (out / name).exists(), f"{name} missing from the run's output_dir"
+    eval_results = json.loads((out / "eval_results.json").read_text())
+    assert 0.0 <= eval_results["eval_f1"] <= 1.0 and "eval_f1_PER" in eval_results
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 15 and any("loss" in entry for entry in state["log_history"])
+
+    assert main(["evaluate", str(out), "--split", "validation"]) == 0
+    results = json.loads((out / "eval_validation" / "validation_results.json").read_text())
+    assert results["validation_f1"] == pytest.approx(eval_results["eval_f1"])
+    assert main(["evaluate", str(tmp_path / "nothing_here")]) == 2
+
+
+@pytest.mark.parametrize("path", sorted((QUICKSTART.parent).glob("*.yaml")), ids=lambda p: p.name)
+def test_every_packaged_config_parses(path):
+    model_args, data_args, training_args = parse_settings(load_yaml_config(path), [], str(path))
+    assert training_args.predict_with_generate
+    expected = SeqObjTrainingArguments if model_args.architecture == "gpt2" else SeqObjSeq2SeqTrainingArguments
+    assert type(training_args) is expected

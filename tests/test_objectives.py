@@ -1,0 +1,103 @@
+"""The objective registry, the MLE loss as a pure function, and objective metrics in the Trainer's log."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import DataCollatorForSeq2Seq
+
+from hf_seqobj import OBJECTIVES, SeqObjTrainer, SeqObjTrainingArguments, get_objective, register_objective
+from hf_seqobj.modeling import load_model_and_tokenizer
+from hf_seqobj.objectives import MLEObjective, Objective
+
+
+def test_registry_lookup_and_errors():
+    assert get_objective("mle") is MLEObjective
+    with pytest.raises(ValueError, match=r"Unknown objective 'dagger'; registered objectives: .*mle"):
+        get_objective("dagger")
+
+    class Unnamed(Objective):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            return 0
+
+    with pytest.raises(ValueError, match="non-empty string `name`"):
+        register_objective(Unnamed)
+    Unnamed.name = "mle"
+    with pytest.raises(ValueError, match="'mle' is already registered by MLEObjective"):
+        register_objective(Unnamed)
+
+
+@pytest.mark.parametrize("shift", [True, False])
+def test_token_nll_equals_cross_entropy(shift):
+    torch.manual_seed(0)
+    logits = torch.randn(3, 7, 11)
+    labels = torch.randint(0, 11, (3, 7))
+    labels[0, :3] = -100
+    loss = MLEObjective.token_nll(logits, labels, shift=shift)
+    if shift:
+        logits, labels = logits[:, :-1], labels[:, 1:]
+    keep = labels != -100
+    expected = -torch.log_softmax(logits, -1).gather(-1, labels.clamp(min=0)[..., None])[..., 0][keep].mean()
+    torch.testing.assert_close(loss, expected)
+    total = MLEObjective.token_nll(logits, labels, num_items_in_batch=100)
+    torch.testing.assert_close(total, expected * keep.sum() / 100)
+    with pytest.raises(ValueError, match=r"disagree on \[batch, length\]"):
+        MLEObjective.token_nll(logits, labels[:, :-1])
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "bart", "t5"])
+def test_token_nll_equals_the_models_loss(arch, tiny_checkpoints, ner_task):
+    task, splits = ner_task
+    model, tokenizer = load_model_and_tokenizer(tiny_checkpoints[arch], extra_tokens=task.extra_tokens(splits))
+    tokenized = task.tokenize(splits, tokenizer, decoder_only=arch == "gpt2")["train"].select(range(4))
+    collator = DataCollatorForSeq2Seq(tokenizer, model=None if arch == "gpt2" else model)
+    batch = collator(list(tokenized))
+    model.eval()
+    with torch.no_grad():
+        outputs = model(**batch)
+    torch.testing.assert_close(
+        MLEObjective.token_nll(outputs.logits, batch["labels"], shift=arch == "gpt2"), outputs.loss
+    )
+
+
+def test_a_registered_objective_is_selectable_and_logs_its_metrics(tiny_checkpoints, ner_task, tmp_path):
+    """Adding an objective is registering a class: the trainer routes compute_loss and logs its metrics."""
+
+    @register_objective
+    class HalfMLE(Objective):
+        name = "test_half_mle"
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            loss = self.trainer.stock_compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
+            self.record_metric("full_loss", loss)
+            return loss / 2
+
+    try:
+        task, splits = ner_task
+        model, tokenizer = load_model_and_tokenizer(tiny_checkpoints["gpt2"], extra_tokens=task.extra_tokens(splits))
+        tokenized = task.tokenize(splits, tokenizer, decoder_only=True)
+        args = SeqObjTrainingArguments(
+            output_dir=str(tmp_path),
+            objective="test_half_mle",
+            max_steps=2,
+            logging_steps=1,
+            report_to="none",
+            use_cpu=True,
+            per_device_train_batch_size=4,
+            save_strategy="no",
+            disable_tqdm=True,
+        )
+        trainer = SeqObjTrainer(
+            model=model,
+            args=args,
+            train_dataset=tokenized["train"],
+            processing_class=tokenizer,
+            data_collator=DataCollatorForSeq2Seq(tokenizer),
+        )
+        trainer.train()
+        logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+        assert len(logged) == 2
+        for entry in logged:
+            assert entry["loss"] == pytest.approx(entry["full_loss"] / 2, rel=1e-4)
+    finally:
+        OBJECTIVES.pop("test_half_mle", None)

@@ -1,0 +1,21 @@
+"""README.md and .ci/run agree: CI runs exactly the README's test command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _commands(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip().startswith("python3 -m venv")]
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = _commands((ROOT / "README.md").read_text(encoding="utf-8"))
+    ci = _commands((ROOT / ".ci" / "run").read_text(encoding="utf-8"))
+    assert len(readme) == 2, f"README.md must have exactly two set-up commands, found {readme}"
+    assert "hf-seqobj train configs/quickstart.yaml" in readme[0]
+    assert ci == [readme[1]], "the test command in .ci/run differs from README.md's"
+    assert "pytest" in readme[1]
