@@ -1,0 +1,9 @@
+"""Dynamic oracles: the best next token given the gold output and any prefix (METHODS.md, section 3).
+
+This package imports nothing else from hf_seqobj, so it can be used (and tested) on its own.
+"""
+
+from hf_seqobj.oracles.span_f1 import BIOTagSet, span_f1_oracle, span_f1_oracle_batch, span_f1_score
+
+
+__all__ = ["BIOTagSet", "span_f1_oracle", "span_f1_oracle_batch", "span_f1_score"]
