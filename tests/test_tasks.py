@@ -252,3 +252,9 @@ def test_data_arguments_validation():
         DataArguments(task="translation", dataset_name="synthetic")
     with pytest.raises(ValueError, match="max_source_length must be >= 1, got 0"):
         DataArguments(task="ner", dataset_name="synthetic", max_source_length=0)
+
+
+def test_sample_limits_apply_to_every_source():
+    args = DataArguments(task="ner", dataset_name="synthetic", max_train_samples=7, max_eval_samples=3)
+    sizes = {split: len(data) for split, data in get_task(args).load().items()}
+    assert sizes == {"train": 7, "validation": 3, "test": 3}

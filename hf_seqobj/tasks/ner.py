@@ -77,22 +77,17 @@ class NERTask(Task):
     default_tokenizer_type = "wordlevel"
 
     def load(self) -> DatasetDict:
-        if self.args.dataset_name == "synthetic":
-            from hf_seqobj.tasks.synthetic import synthetic_ner_splits
-
-            splits = synthetic_ner_splits(
-                self.args.synthetic_train_size, self.args.synthetic_eval_size, self.args.synthetic_seed
-            )
-            return DatasetDict(
-                {split: data.select(range(min(len(data), self._limit(split)))) for split, data in splits.items()}
-            )
         splits = super().load()
         self._check_label_set(splits)
         return splits
 
-    def _limit(self, split: str) -> int:
-        limit = self.args.max_train_samples if split == "train" else self.args.max_eval_samples
-        return limit if limit is not None else 1 << 62
+    def load_dataset_splits(self) -> dict[str, Dataset]:
+        if self.args.dataset_name != "synthetic":
+            return super().load_dataset_splits()
+        from hf_seqobj.tasks.synthetic import synthetic_ner_splits
+
+        args = self.args
+        return dict(synthetic_ner_splits(args.synthetic_train_size, args.synthetic_eval_size, args.synthetic_seed))
 
     def _check_label_set(self, splits: DatasetDict) -> None:
         """Every tag of the validation and test splits must occur in the training split."""
