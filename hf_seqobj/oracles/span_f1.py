@@ -71,13 +71,14 @@ MODES = ("exact", "partial")
 IGNORE_INDEX = -100
 """Label id of positions without a target (padding): never an oracle output, always a padding marker in gold."""
 
-_TAG = re.compile(r"^(O|[BI]-\S+)$")
+BIO_TAG_PATTERN = re.compile(r"^(O|[BI]-\S+)$")
+"""A BIO tag: `O`, `B-TYPE` or `I-TYPE` (TYPE without whitespace); shared with the ner task's data checks."""
 _ACCEPTED = "accepted: 'O', 'B-TYPE' or 'I-TYPE', TYPE a non-empty string without whitespace"
 
 
 def _parse(tag: object, where: str) -> tuple[str, str]:
     """Splits a BIO tag into (kind, type): ("O", "") or ("B"/"I", TYPE); raises ValueError naming a bad tag."""
-    if not isinstance(tag, str) or not _TAG.match(tag):
+    if not isinstance(tag, str) or not BIO_TAG_PATTERN.match(tag):
         raise ValueError(f"{where}: {tag!r} is not a BIO tag ({_ACCEPTED}).")
     if tag == "O":
         return "O", ""

@@ -9,23 +9,22 @@ Metric: seqeval span F1 / precision / recall (micro, default conlleval mode) and
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 from datasets import ClassLabel, Dataset, DatasetDict
 from datasets import Sequence as SequenceFeature
 from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
 
+from hf_seqobj.oracles.span_f1 import BIO_TAG_PATTERN
 from hf_seqobj.tasks.base import Task
 
 
-_TAG = re.compile(r"^(O|[BI]-\S+)$")
 INVALID_TAG = "<invalid>"
 
 
 def check_tag(tag: str, where: str) -> str:
     """Returns `tag` if it is a BIO tag (`O`, `B-X`, `I-X`); else raises a ValueError naming it and `where`."""
-    if not _TAG.match(tag):
+    if not BIO_TAG_PATTERN.match(tag):
         raise ValueError(f"{where}: {tag!r} is not a BIO tag (expected 'O', 'B-TYPE' or 'I-TYPE').")
     return tag
 
@@ -145,7 +144,7 @@ class NERTask(Task):
 
     def decode(self, ids, tokenizer):
         tokens = tokenizer.convert_ids_to_tokens(list(ids))
-        return " ".join(token if _TAG.match(token) else INVALID_TAG for token in tokens)
+        return " ".join(token if BIO_TAG_PATTERN.match(token) else INVALID_TAG for token in tokens)
 
     def score(self, predictions: list[str], references: list[str]) -> dict[str, float]:
         """seqeval scores of predicted tag strings against reference tag strings.
