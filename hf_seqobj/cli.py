@@ -5,7 +5,9 @@
 
 `train`: the YAML keys are the fields of the argument classes (`SeqObjTrainingArguments` for decoder-only models,
 `SeqObjSeq2SeqTrainingArguments` for encoder-decoder ones) plus the model and data settings (`ModelArguments`,
-`DataArguments`); flags override the file; an unknown key is an error that names it.
+`DataArguments`); flags override the file; an unknown key is an error that names it. A config with a `compare`
+mapping (run name -> settings that override the rest of the file, e.g. `{dagger: {objective: dagger}}`) trains one
+run per entry, each in `output_dir/NAME` from the same initial model, and prints one table of their results.
 `evaluate`: scores a model written by `train` on one split with generation, reusing its saved data settings
 (flags override them, e.g. `--test_file`).
 """
@@ -103,6 +105,8 @@ def train_command(argv: list[str]) -> int:
         raise ConfigError("train needs a YAML config file first: hf-seqobj train CONFIG.yaml [--key value ...]")
     config_path, flags = argv[0], argv[1:]
     config = load_yaml_config(config_path)
+    if "compare" in config:
+        return compare_runs(config, flags, config_path)
     model_args, data_args, training_args = parse_settings(config, flags, config_path)
     given = dict(config)
     given.update(_flags_as_dict(flags))
@@ -111,6 +115,45 @@ def train_command(argv: list[str]) -> int:
     if evaluated:
         print(f"\nResults ({training_args.objective}, {training_args.output_dir}):")
         print(format_metrics_table(evaluated))
+    return 0
+
+
+def expand_compare(config: dict[str, Any], source: str) -> dict[str, dict[str, Any]]:
+    """The runs of a config with a `compare` mapping: name -> the config's settings, the run's overrides on top,
+    and `output_dir` = the config's output_dir / name. A config without `compare` is one run named "".
+    """
+    if "compare" not in config:
+        return {"": dict(config)}
+    base = {key: value for key, value in config.items() if key != "compare"}
+    runs = config["compare"]
+    if not isinstance(runs, dict) or not runs or not all(isinstance(v, dict | None) for v in runs.values()):
+        raise ConfigError(f"compare in {source} must map run names to mappings of settings, got {runs!r}.")
+    base_dir = Path(base.get("output_dir", "outputs"))
+    return {
+        name: {**base, **(overrides or {}), "output_dir": str(base_dir / name)} for name, overrides in runs.items()
+    }
+
+
+def compare_runs(config: dict[str, Any], flags: list[str], source: str) -> int:
+    """Trains every run of `config["compare"]` and prints one table (see the module docstring)."""
+    from hf_seqobj.run import format_comparison_table, train
+
+    runs = expand_compare(config, source)
+    overrides = _flags_as_dict(flags)
+    base_dir = Path(overrides.get("output_dir", config.get("output_dir", "outputs")))
+    settings = {}
+    for name, run_config in runs.items():
+        run_flags = _without_flag(flags, "output_dir") + ["--output_dir", str(base_dir / name)]
+        settings[name] = (run_config, parse_settings(run_config, run_flags, f"{source} (run {name!r})"))
+    results = {}
+    for name, (run_config, (model_args, data_args, training_args)) in settings.items():
+        given = {**run_config, **overrides, "output_dir": training_args.output_dir}
+        results[name] = (training_args.objective, train(model_args, data_args, training_args, config=given))
+    table = format_comparison_table(results)
+    print(f"\nComparison ({source}; outputs in {base_dir}):")
+    print(table)
+    base_dir.mkdir(parents=True, exist_ok=True)
+    (base_dir / "comparison.md").write_text(table + "\n", encoding="utf-8")
     return 0
 
 
@@ -139,6 +182,20 @@ def evaluate_command(argv: list[str]) -> int:
     print(f"\nResults ({model_dir}, {split}):")
     print(format_metrics_table({split: metrics}))
     return 0
+
+
+def _without_flag(flags: list[str], key: str) -> list[str]:
+    """`flags` without `--key value` / `--key=value`."""
+    kept, index = [], 0
+    while index < len(flags):
+        flag = flags[index]
+        if flag == f"--{key}":
+            index += 2
+            continue
+        if not flag.startswith(f"--{key}="):
+            kept.append(flag)
+        index += 1
+    return kept
 
 
 def _flags_as_dict(flags: list[str]) -> dict[str, str]:

@@ -190,7 +190,7 @@ def is_encoder_decoder(name_or_path: str | Path) -> bool:
 
 
 def load_model_and_tokenizer(
-    name_or_path: str | Path, extra_tokens: Sequence[str] = ()
+    name_or_path: str | Path, extra_tokens: Sequence[str] = (), config_overrides: dict | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Loads a checkpoint (a Hub name such as `gpt2`, `facebook/bart-base`, `t5-small`, or a local path).
 
@@ -198,14 +198,24 @@ def load_model_and_tokenizer(
     for GPT-2), a separator token for decoder-only models, and `extra_tokens` (for instance BIO tags) as single
     tokens. Where tokens are added, the model's embeddings are resized.
 
+    Args:
+        name_or_path: Hub name or local directory.
+        extra_tokens: Tokens that must each be one id (added where the tokenizer lacks them).
+        config_overrides: Config attributes to change before the model is built (for instance
+            `{"dropout": 0.0}`); each must be an attribute the config has.
+
     Returns:
         `(model, tokenizer)`.
     """
     name_or_path = str(name_or_path)
     config = AutoConfig.from_pretrained(name_or_path)
+    unknown = sorted(key for key in (config_overrides or {}) if not hasattr(config, key))
+    if unknown:
+        raise ValueError(f"config_overrides {unknown} are not attributes of {type(config).__name__}.")
+    config.update(config_overrides or {})
     tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     auto_class = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
-    model = auto_class.from_pretrained(name_or_path)
+    model = auto_class.from_pretrained(name_or_path, config=config)
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise ValueError(f"The tokenizer of {name_or_path!r} has neither a pad nor an EOS token.")

@@ -125,7 +125,7 @@ def train(
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model()
     trainer.save_state()
-    results["train"] = train_result.metrics
+    results["train"] = {**train_result.metrics, "global_step": train_result.global_step}
     trainer.log_metrics("train", train_result.metrics)
     trainer.save_metrics("train", train_result.metrics)
     _write_run_config(training_args.output_dir, model_args, data_args, config)
@@ -190,4 +190,42 @@ def format_metrics_table(results: dict[str, dict[str, float]], keys: list[str] |
             value = metrics.get(name)
             cells.append("" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def format_comparison_table(results: dict[str, tuple[str, dict[str, dict[str, float]]]]) -> str:
+    """A markdown table with one row per run: its objective, the main metrics of each split and seconds per step.
+
+    Args:
+        results: run name -> (objective, `train`'s results). The metrics shown are F1 / precision / recall when the
+            runs report them (ner), else every metric of the test (or validation) split except runtimes.
+    """
+
+    def split_metrics(metrics: dict[str, dict[str, float]], split: str) -> dict[str, float]:
+        prefix = f"{split}_"
+        return {k[len(prefix) :]: v for k, v in metrics.get(split, {}).items() if k.startswith(prefix)}
+
+    first = next(iter(results.values()))[1]
+    shown_split = "test" if "test" in first else "eval"
+    available = split_metrics(first, shown_split)
+    if {"f1", "precision", "recall"} <= set(available):
+        names = ["f1", "precision", "recall"]
+    else:
+        names = [k for k in available if k != "loss" and not k.endswith(("runtime", "per_second"))]
+    header = ["run", "objective", *(f"{shown_split} {name}" for name in names)]
+    if shown_split == "test" and "eval" in first and "f1" in names:
+        header.append("eval f1")
+    header += ["steps", "s/step"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, (objective, metrics) in results.items():
+        shown = split_metrics(metrics, shown_split)
+        cells = [name, objective, *(f"{shown.get(metric, float('nan')):.4f}" for metric in names)]
+        if shown_split == "test" and "eval" in first and "f1" in names:
+            cells.append(f"{split_metrics(metrics, 'eval').get('f1', float('nan')):.4f}")
+        train_metrics = metrics.get("train", {})
+        steps = int(train_metrics.get("global_step", 0)) or None
+        runtime = train_metrics.get("train_runtime")
+        cells.append(str(steps or ""))
+        cells.append(f"{runtime / steps:.3f}" if runtime and steps else "")
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -51,3 +51,54 @@ def tiny_checkpoints(tmp_path_factory, ner_task):
         )
         for arch in ARCHITECTURES
     }
+
+
+NO_DROPOUT = {
+    "gpt2": {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0},
+    "bart": {"dropout": 0.0, "attention_dropout": 0.0, "activation_dropout": 0.0},
+    "t5": {"dropout_rate": 0.0},
+}
+"""Config overrides that switch dropout off, for tests that compare two runs parameter by parameter."""
+
+
+@pytest.fixture
+def make_trainer(tiny_checkpoints, ner_task, tmp_path):
+    """Builds a SeqObj trainer for `arch` on the small synthetic NER data: `make_trainer(arch, name, **args)`.
+
+    `dropout=False` loads the model without dropout. Returns the trainer (its model is a fresh copy of the tiny
+    checkpoint).
+    """
+    from hf_seqobj.modeling import load_model_and_tokenizer
+    from hf_seqobj.run import build_trainer
+    from hf_seqobj.trainers import SeqObjSeq2SeqTrainingArguments, SeqObjTrainingArguments
+
+    task, splits = ner_task
+
+    def make(arch: str, name: str = "run", dropout: bool = True, **kwargs):
+        overrides = None if dropout else NO_DROPOUT[arch]
+        model, tokenizer = load_model_and_tokenizer(
+            tiny_checkpoints[arch], extra_tokens=task.extra_tokens(splits), config_overrides=overrides
+        )
+        tokenized = task.tokenize(splits, tokenizer, decoder_only=not model.config.is_encoder_decoder)
+        args_class = SeqObjSeq2SeqTrainingArguments if model.config.is_encoder_decoder else SeqObjTrainingArguments
+        settings = dict(
+            output_dir=str(tmp_path / name),
+            per_device_train_batch_size=8,
+            per_device_eval_batch_size=24,
+            learning_rate=1e-3,
+            seed=3,
+            report_to="none",
+            use_cpu=True,
+            logging_steps=1,
+            save_strategy="no",
+            disable_tqdm=True,
+        )
+        settings.update(kwargs)
+        return build_trainer(model, tokenizer, task, tokenized, args_class(**settings))
+
+    return make
+
+
+def parameters(model) -> dict:
+    """A detached copy of every named parameter."""
+    return {name: value.detach().clone() for name, value in model.named_parameters()}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from hf_seqobj.cli import ConfigError, load_yaml_config, main, parse_settings
+from hf_seqobj.cli import ConfigError, expand_compare, load_yaml_config, main, parse_settings
 from hf_seqobj.trainers import SeqObjSeq2SeqTrainingArguments, SeqObjTrainingArguments
 
 
@@ -58,9 +58,14 @@ def test_yaml_must_be_a_mapping(tmp_path):
 
 
 def test_quickstart_config_is_valid():
-    model_args, data_args, training_args = parse_settings(load_yaml_config(QUICKSTART), [], str(QUICKSTART))
-    assert data_args.dataset_name == "synthetic" and training_args.predict_with_generate
-    assert training_args.use_cpu and training_args.objective == "mle"
+    runs = expand_compare(load_yaml_config(QUICKSTART), str(QUICKSTART))
+    objectives = []
+    for name, config in runs.items():
+        model_args, data_args, training_args = parse_settings(config, [], str(QUICKSTART))
+        assert data_args.dataset_name == "synthetic" and training_args.predict_with_generate
+        assert training_args.use_cpu and training_args.output_dir.endswith(name)
+        objectives.append(training_args.objective)
+    assert objectives == ["mle", "scheduled_sampling", "dagger"]
 
 
 def test_train_then_evaluate_end_to_end(tmp_path, capsys):
@@ -78,10 +83,18 @@ def test_train_then_evaluate_end_to_end(tmp_path, capsys):
         "5",
         "--disable_tqdm",
         "true",
+        "--dagger_warmup_steps",
+        "10",
     ]
     assert main(["train", str(QUICKSTART), *flags]) == 0
     printed = capsys.readouterr().out
-    assert "| f1 |" in printed and "| metric | eval | test |" in printed
+    assert "| run | objective | test f1 | test precision | test recall | eval f1 | steps | s/step |" in printed
+    for name in ("teacher_forcing", "scheduled_sampling", "dagger"):
+        assert f"| {name} |" in printed
+    assert (out / "comparison.md").read_text().strip() in printed
+    dagger_state = json.loads((out / "dagger" / "trainer_state.json").read_text())
+    assert any("oracle_agreement" in entry for entry in dagger_state["log_history"])
+    out = out / "teacher_forcing"
     for name in (
         "model.safetensors",
         "config.json",
@@ -106,7 +119,14 @@ def test_train_then_evaluate_end_to_end(tmp_path, capsys):
 
 @pytest.mark.parametrize("path", sorted((QUICKSTART.parent).glob("*.yaml")), ids=lambda p: p.name)
 def test_every_packaged_config_parses(path):
-    model_args, data_args, training_args = parse_settings(load_yaml_config(path), [], str(path))
-    assert training_args.predict_with_generate
-    expected = SeqObjTrainingArguments if model_args.architecture == "gpt2" else SeqObjSeq2SeqTrainingArguments
-    assert type(training_args) is expected
+    for config in expand_compare(load_yaml_config(path), str(path)).values():
+        model_args, data_args, training_args = parse_settings(config, [], str(path))
+        assert training_args.predict_with_generate
+        expected = SeqObjTrainingArguments if model_args.architecture == "gpt2" else SeqObjSeq2SeqTrainingArguments
+        assert type(training_args) is expected
+
+
+def test_compare_must_map_names_to_settings():
+    with pytest.raises(ConfigError, match="compare in c.yaml must map run names"):
+        expand_compare({**BASE, "compare": ["mle", "dagger"]}, "c.yaml")
+    assert expand_compare(BASE, "c.yaml") == {"": BASE}

@@ -9,10 +9,14 @@ see `hf_seqobj/trainers/seqobj_config.py`).
 from __future__ import annotations
 
 import abc
+import contextlib
+import time
 from collections import defaultdict
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
+from transformers import TrainerCallback
 
 
 if TYPE_CHECKING:
@@ -32,6 +36,47 @@ class Objective(abc.ABC):
     def __init__(self, trainer: Trainer):
         self.trainer = trainer
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self._step_seconds: dict[str, float] = defaultdict(float)
+        self.micro_step = 0
+        """Index of the current micro-batch within the optimizer step (0 .. gradient_accumulation_steps - 1)."""
+
+    def callbacks(self) -> list[TrainerCallback]:
+        """Callbacks the trainer adds for this objective. Default: the step clock behind the `*_time_share` logs."""
+        return [_StepClock(self)]
+
+    @contextlib.contextmanager
+    def timed(self, part: str) -> Iterator[None]:
+        """Adds the wall time of the block to `part`; each optimizer step logs `{part}_time_share` of its time."""
+        device = getattr(self.trainer.args, "device", None)
+        synchronize = torch.cuda.synchronize if device is not None and device.type == "cuda" else (lambda: None)
+        synchronize()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            synchronize()
+            self._step_seconds[part] += time.perf_counter() - start
+
+    def begin_step(self) -> None:
+        """Called by the step clock before the first micro-batch of an optimizer step."""
+        self.micro_step = 0
+        self._step_seconds.clear()
+
+    def end_step(self, seconds: float) -> None:
+        """Called by the step clock after an optimizer step that took `seconds`: records the time shares."""
+        for part, spent in self._step_seconds.items():
+            self._metrics["train"][f"{part}_time_share"].append(spent / max(seconds, 1e-12))
+        self._step_seconds.clear()
+
+    def step_generator(self, device: torch.device) -> torch.Generator:
+        """A generator for this micro-batch's random draws, the same on every rank (seed, global step, micro-batch).
+
+        Every process draws the same numbers, so a branch that depends on them is taken by all ranks alike, and a
+        resumed run draws what the uninterrupted run drew.
+        """
+        args, state = self.trainer.args, self.trainer.state
+        seed = (int(args.seed) * 1_000_003 + int(state.global_step)) * 1009 + self.micro_step
+        return torch.Generator(device=device).manual_seed(seed % (2**63))
 
     @classmethod
     def validate_args(cls, args: TrainingArguments) -> None:
@@ -48,6 +93,35 @@ class Objective(abc.ABC):
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
         """The loss of one (micro-)batch, with the contract of `transformers.Trainer.compute_loss`."""
 
+    def teacher_forced_loss(
+        self, model: torch.nn.Module, batch: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
+    ) -> tuple[torch.Tensor, Any]:
+        """Token cross-entropy of `batch["labels"]` given the batch's inputs, normalised as one big batch.
+
+        The loss is computed here from the logits (not by the model, whose own loss may ignore `num_items_in_batch`:
+        T5's does), as the sum over labelled positions divided by `num_items_in_batch`, the Trainer's count of gold
+        target tokens over the whole accumulated (and, with `average_tokens_across_devices`, gathered) batch. So a
+        step with gradient accumulation, or over several processes, makes the same update as one big batch, as
+        with stock MLE. The Trainer's label smoothing applies. Without `num_items_in_batch` the mean over this
+        batch's labels is returned (and the Trainer divides it by the accumulation steps).
+
+        Returns:
+            `(loss, model outputs)`.
+        """
+        from hf_seqobj.objectives.mle import MLEObjective
+
+        trainer = self.trainer
+        labels = batch["labels"]
+        outputs = model(**{key: value for key, value in batch.items() if key != "labels"})
+        shift = not bool(trainer.accelerator.unwrap_model(model).config.is_encoder_decoder)
+        if trainer.label_smoother is not None:
+            loss = trainer.label_smoother(outputs, labels, shift_labels=shift, num_items_in_batch=num_items_in_batch)
+        else:
+            loss = MLEObjective.token_nll(outputs.logits, labels, shift=shift, num_items_in_batch=num_items_in_batch)
+        if num_items_in_batch is not None and trainer.args.average_tokens_across_devices:
+            loss = loss * (trainer.accelerator.num_processes if trainer.args.n_gpu <= 1 else trainer.args.n_gpu)
+        return loss, outputs
+
     def record_metric(self, key: str, value: float | torch.Tensor) -> None:
         """Adds one value of a metric; the trainer logs the mean of the values recorded since its last log."""
         if isinstance(value, torch.Tensor):
@@ -60,6 +134,21 @@ class Objective(abc.ABC):
         means = {key: sum(values) / len(values) for key, values in self._metrics[mode].items() if values}
         self._metrics[mode].clear()
         return means
+
+
+class _StepClock(TrainerCallback):
+    """Times each optimizer step for the objective's `*_time_share` metrics."""
+
+    def __init__(self, objective: Objective):
+        self.objective = objective
+        self.start = 0.0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.objective.begin_step()
+        self.start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.objective.end_step(time.perf_counter() - self.start)
 
 
 OBJECTIVES: dict[str, type[Objective]] = {}

@@ -63,7 +63,15 @@ from fractions import Fraction
 import torch
 
 
-__all__ = ["BIOTagSet", "IGNORE_INDEX", "MODES", "span_f1_oracle", "span_f1_oracle_batch", "span_f1_score"]
+__all__ = [
+    "BIOTagSet",
+    "IGNORE_INDEX",
+    "MODES",
+    "SpanF1Oracle",
+    "span_f1_oracle",
+    "span_f1_oracle_batch",
+    "span_f1_score",
+]
 
 MODES = ("exact", "partial")
 """The accepted values of `mode`."""
@@ -376,6 +384,17 @@ class BIOTagSet:
         """The tag set `tags` with the ids they have in `vocab` (e.g. `tokenizer.get_vocab()`)."""
         return cls(tags, token_ids=vocab)
 
+    @classmethod
+    def infer_from_vocab(cls, vocab: Mapping[str, int]) -> BIOTagSet:
+        """The tag set made of every token of `vocab` that is a BIO tag (`O`, `B-X`, `I-X`), with its id.
+
+        Raises:
+            ValueError: The vocabulary has no `O`, or a type with only one of `B-X` / `I-X` (add the missing tags to
+                the tokenizer: the oracle may emit either).
+        """
+        tags = sorted(token for token in vocab if BIO_TAG_PATTERN.match(token))
+        return cls(tags, token_ids=vocab)
+
     @property
     def num_types(self) -> int:
         """Number of entity types K."""
@@ -634,3 +653,70 @@ def span_f1_oracle_batch(
     choice = torch.where(optimal, rank, n_cand + 10).argmin(-1)
     labels = torch.where(inside, tag_set.token_ids.to(dev)[choice], IGNORE_INDEX)
     return out.scatter_(1, order, labels)
+
+
+class SpanF1Oracle:
+    """The exact span-F1 oracle for tag sequences generated token by token and ended by EOS (DAgger relabelling).
+
+    A generated output is one tag token per word followed by EOS. For a roll-in `y` (any tokens) and a gold output
+    with n tags, the label at position t (the target after `y[:t]`) is:
+
+    - t < n: the token of `span_f1_oracle(tags of y[:t], gold tags, mode)` (a non-tag token in `y` reads as `O`);
+    - t >= n: EOS (the output has all its tags; the task's scorer cuts longer outputs to n tags, so stopping is
+      optimal);
+    - -100 once `y[:t]` contains an EOS (the roll-in has ended).
+
+    Args:
+        tag_set: The tags and their token ids.
+        eos_token_id: The end token.
+        mode: "exact" or "partial" (see `span_f1_oracle`).
+        pad_token_id: An extra padding id of gold outputs besides -100 (may equal EOS, as for GPT-2).
+    """
+
+    def __init__(self, tag_set: BIOTagSet, eos_token_id: int, mode: str = "exact", pad_token_id: int | None = None):
+        _check_mode(mode)
+        if int(eos_token_id) in tag_set.token_ids.tolist():
+            raise ValueError(f"eos_token_id {eos_token_id} is the id of a tag; accepted: an id that no tag has.")
+        self.tag_set = tag_set
+        self.eos_token_id = int(eos_token_id)
+        self.mode = mode
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, prefix_ids: torch.Tensor, reference_ids: torch.Tensor) -> torch.Tensor:
+        """Labels [B, T] for roll-ins `prefix_ids` [B, T] against gold outputs `reference_ids` [B, M].
+
+        `reference_ids` rows are tag ids, then EOS, then padding (-100 or `pad_token_id`).
+        """
+        if prefix_ids.dim() != 2 or reference_ids.dim() != 2 or prefix_ids.shape[0] != reference_ids.shape[0]:
+            raise ValueError(
+                f"prefix_ids {tuple(prefix_ids.shape)} and reference_ids {tuple(reference_ids.shape)}; accepted: "
+                "[B, T] and [B, M] tensors with the same B."
+            )
+        b_, t_ = prefix_ids.shape
+        gold = reference_ids.long()
+        is_tag = self.tag_set.to_internal(gold) >= 0
+        ended = torch.cumsum(~is_tag, dim=1) > 0  # a row's tags are the ones before its first non-tag token
+        gold = gold.masked_fill(ended, IGNORE_INDEX)
+        n = (~ended).sum(1)
+        width = max(t_, gold.shape[1])
+        pad = torch.full((b_, width), IGNORE_INDEX, dtype=torch.long, device=gold.device)
+        gold_wide = pad.clone()
+        gold_wide[:, : gold.shape[1]] = gold
+        prefix_wide = pad.clone()
+        prefix_wide[:, :t_] = prefix_ids.long()
+        tags = span_f1_oracle_batch(prefix_wide, gold_wide, self.tag_set, self.mode)[:, :t_]
+        position = torch.arange(t_, device=gold.device)[None, :]
+        labels = torch.where(position < n[:, None], tags, self.eos_token_id)
+        is_eos = prefix_ids == self.eos_token_id
+        finished = (torch.cumsum(is_eos.long(), dim=1) - is_eos.long()) > 0
+        return labels.masked_fill(finished, IGNORE_INDEX)
+
+    def next_token(
+        self, prefix_ids: torch.Tensor, prefix_lengths: torch.Tensor, reference_ids: torch.Tensor
+    ) -> torch.Tensor:
+        """[B] the label after `prefix_ids[b, :prefix_lengths[b]]` (-100 where that prefix contains EOS)."""
+        b_ = prefix_ids.shape[0]
+        column = torch.full((b_, 1), IGNORE_INDEX, dtype=prefix_ids.dtype, device=prefix_ids.device)
+        extended = torch.cat([prefix_ids, column], dim=1)
+        labels = self(extended, reference_ids)
+        return labels[torch.arange(b_, device=labels.device), prefix_lengths.long()]

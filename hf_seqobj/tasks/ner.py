@@ -128,8 +128,14 @@ class NERTask(Task):
         return Dataset.from_dict({"source": sources, "target": targets})
 
     def extra_tokens(self, splits: DatasetDict) -> list[str]:
+        """Every tag of the data, completed to a full BIO set (`O`, and `B-X` and `I-X` for each type X seen).
+
+        The completion matters to the span-F1 oracle, which may emit `I-X` (or `B-X`) for a type whose other tag
+        never occurs in the data.
+        """
         tags = {tag for dataset in splits.values() for target in dataset["target"] for tag in target.split()}
-        return sorted(tags)
+        types = {tag[2:] for tag in tags if tag != "O"}
+        return sorted(tags | {"O"} | {f"{kind}-{typ}" for typ in types for kind in "BI"})
 
     def encode_target(self, text, tokenizer):
         vocab = tokenizer.get_vocab()

@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 
 from transformers import Seq2SeqTrainingArguments, TrainingArguments
 
-from hf_seqobj.objectives import OBJECTIVES, get_objective
+from hf_seqobj.objectives import OBJECTIVES, DAggerArguments, ScheduledSamplingArguments, get_objective
+from hf_seqobj.rollin import RollinArguments
 
 
 @dataclass
-class ObjectiveArguments:
+class ObjectiveArguments(DAggerArguments, ScheduledSamplingArguments, RollinArguments):
     """The fields shared by both argument classes: which objective to train with, and its settings."""
 
     objective: str = field(

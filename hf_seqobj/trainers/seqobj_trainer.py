@@ -28,6 +28,8 @@ class _SeqObjMixin:
                 f"an `objective` field), got {type(self.args).__name__}."
             )
         self.objective = get_objective(self.args.objective)(self)
+        for callback in self.objective.callbacks():
+            self.add_callback(callback)
 
     def compute_loss(
         self,
@@ -36,9 +38,12 @@ class _SeqObjMixin:
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ):
-        return self.objective.compute_loss(
+        result = self.objective.compute_loss(
             model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
         )
+        if model.training:
+            self.objective.micro_step += 1
+        return result
 
     def stock_compute_loss(
         self,

@@ -1,0 +1,222 @@
+"""Batch-level components that on-policy objectives share, usable on their own in a custom training loop.
+
+:class:`DAggerRelabeler` turns a padded gold batch into a DAgger training batch: it rolls in with the model
+(optionally mixing in the oracle's tokens with probability beta) and relabels every position of the roll-in with the
+oracle (METHODS.md section 3). :class:`DAggerDataCollator` wraps any collator with it, so that a hand-written loop
+gets roll-in batches straight from its DataLoader:
+
+    >>> collator = DAggerDataCollator(DataCollatorForSeq2Seq(tokenizer, model=model), model,  # doctest: +SKIP
+    ...                               DAggerRelabeler(make_oracle("span_f1", tokenizer)))
+    >>> for batch in DataLoader(train_dataset, batch_size=32, collate_fn=collator):  # doctest: +SKIP
+    ...     model(**batch).loss.backward()
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from hf_seqobj.oracles import BIOTagSet, SpanF1Oracle
+from hf_seqobj.rollin import (
+    IGNORE_INDEX,
+    OracleMixingProcessor,
+    generate_rollin,
+    reference_targets,
+    rollin_generation_config,
+    rollin_training_batch,
+)
+
+
+ORACLES = ("span_f1", "span_f1_partial", "bleu", "rouge1", "rouge2", "rougeL")
+"""The accepted values of `oracle`: the exact span-F1 oracles (NER) and the beam-search BLEU / ROUGE oracles."""
+
+
+def make_oracle(
+    name: str, tokenizer: PreTrainedTokenizerBase, beam_size: int = 5, lookahead: int = 4
+) -> Callable[..., torch.Tensor]:
+    """The oracle called `name` for outputs tokenized by `tokenizer`.
+
+    Args:
+        name: One of `ORACLES`. `span_f1` / `span_f1_partial`: the exact oracle for BIO tag outputs (the tags are
+            the BIO tokens of the tokenizer's vocabulary). `bleu`, `rouge1`, `rouge2`, `rougeL`: the beam-search
+            oracle on token ids.
+        tokenizer: Gives the EOS and pad ids (and, for span F1, the tag tokens).
+        beam_size: Beam size k of the BLEU / ROUGE oracle.
+        lookahead: Lookahead h of the BLEU / ROUGE oracle.
+
+    Returns:
+        An oracle: `oracle(prefix_ids [B, T], reference_ids [B, M]) -> labels [B, T]` and
+        `oracle.next_token(prefix_ids, prefix_lengths, reference_ids) -> [B]`.
+    """
+    if name not in ORACLES:
+        raise ValueError(f"oracle must be one of {ORACLES}, got {name!r}.")
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError("The oracles need the tokenizer's EOS token; this tokenizer has none.")
+    if name.startswith("span_f1"):
+        tag_set = BIOTagSet.infer_from_vocab(tokenizer.get_vocab())
+        mode = "partial" if name == "span_f1_partial" else "exact"
+        return SpanF1Oracle(tag_set, eos, mode=mode, pad_token_id=tokenizer.pad_token_id)
+    from hf_seqobj.oracles.beam import BeamOracle
+
+    return BeamOracle(
+        metric=name, beam_size=beam_size, lookahead=lookahead, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id
+    )
+
+
+@dataclass
+class RelabelStats:
+    """What one relabelling did (the objective logs these)."""
+
+    rollin_length: float = 0.0
+    """Mean roll-in length (tokens up to and including the first EOS)."""
+    forced_fraction: float = 0.0
+    """Fraction of generation steps at which the oracle's token was forced (beta mixing)."""
+    labelled: int = 0
+    """Positions with a label."""
+    seconds: dict[str, float] = field(default_factory=dict)
+    """Wall time of `rollin` (generation, oracle calls inside it excluded) and `oracle`."""
+
+
+class _TimedOracle:
+    """Counts the time spent inside an oracle's `next_token` (called from generation)."""
+
+    def __init__(self, oracle):
+        self.oracle = oracle
+        self.seconds = 0.0
+
+    def next_token(self, *args):
+        start = time.perf_counter()
+        try:
+            return self.oracle.next_token(*args)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+
+class DAggerRelabeler:
+    """Roll-in with the current model, then oracle labels at every position (METHODS.md section 3, steps 1-2).
+
+    Args:
+        oracle: See :func:`make_oracle`.
+        rollin: "greedy" or "sample".
+        temperature: Sampling temperature of the roll-in.
+        dropout: Roll in with dropout on (the model's training mode) instead of eval mode.
+        max_new_tokens: The longest roll-in. None: each row's roll-in is cut at the length of its own gold output
+            (EOS included), so a row's roll-in and labels do not depend on the other rows of its batch (and gradient
+            accumulation makes the same update as one big batch).
+        pad_token_id: Padding of generated rows; None: the model config's.
+        eos_token_id: None: the model config's.
+    """
+
+    def __init__(
+        self,
+        oracle,
+        rollin: str = "greedy",
+        temperature: float = 1.0,
+        dropout: bool = False,
+        max_new_tokens: int | None = None,
+        pad_token_id: int | None = None,
+        eos_token_id: int | None = None,
+    ):
+        if rollin not in ("greedy", "sample"):
+            raise ValueError(f"rollin must be 'greedy' or 'sample', got {rollin!r}.")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}.")
+        if max_new_tokens is not None and max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be None or >= 1, got {max_new_tokens}.")
+        self.oracle = oracle
+        self.rollin = rollin
+        self.temperature = temperature
+        self.dropout = dropout
+        self.max_new_tokens = max_new_tokens
+        self.pad_token_id = pad_token_id
+        self.eos_token_id = eos_token_id
+
+    def __call__(
+        self,
+        model: torch.nn.Module,
+        batch: dict[str, torch.Tensor],
+        beta: float = 0.0,
+        generator: torch.Generator | None = None,
+        accelerator=None,
+        checkpointing_kwargs: dict | None = None,
+    ) -> tuple[dict[str, torch.Tensor], RelabelStats]:
+        """Returns `(training batch on the roll-in, stats)`.
+
+        Args:
+            model: The model (wrapped or not) to roll in with.
+            batch: A padded gold batch with `input_ids`, `attention_mask` and `labels`.
+            beta: Probability per generated token that the oracle's token is taken instead of the model's.
+            generator: Source of the beta draws.
+            accelerator: The trainer's accelerator (unwrapping for generation).
+            checkpointing_kwargs: Passed back when gradient checkpointing is restored after generation.
+        """
+        if not 0.0 <= beta <= 1.0:
+            raise ValueError(f"beta must be in [0, 1], got {beta}.")
+        unwrapped = accelerator.unwrap_model(model) if accelerator is not None else model
+        config = unwrapped.config
+        encoder_decoder = bool(config.is_encoder_decoder)
+        references = reference_targets(batch, encoder_decoder)
+        if self.max_new_tokens is None:
+            limits = (references != IGNORE_INDEX).sum(1).clamp(min=1)
+        else:
+            limits = torch.full_like(references[:, 0], self.max_new_tokens)
+        max_new = int(limits.max())
+        generation_config = rollin_generation_config(
+            unwrapped, max(max_new, 1), self.rollin, self.temperature, self.pad_token_id, self.eos_token_id
+        )
+        timed = _TimedOracle(self.oracle)
+        processor = OracleMixingProcessor(timed, references, 0, beta, generator) if beta > 0 else None
+        start = time.perf_counter()
+        rollin = generate_rollin(
+            model, batch, generation_config, accelerator, self.dropout, processor, checkpointing_kwargs
+        )
+        generated = time.perf_counter() - start
+        rollin = rollin.cut(limits)
+        start = time.perf_counter()
+        labels = self.oracle(rollin.tokens, references)
+        position = torch.arange(labels.shape[1], device=labels.device)[None, :]
+        labels = labels.masked_fill(position >= rollin.lengths[:, None], IGNORE_INDEX)
+        oracle_seconds = time.perf_counter() - start + timed.seconds
+        train_batch = rollin_training_batch(batch, rollin, labels, getattr(config, "decoder_start_token_id", None))
+        stats = RelabelStats(
+            rollin_length=float(rollin.lengths.float().mean()),
+            forced_fraction=rollin.forced / max(rollin.steps, 1),
+            labelled=int((labels != IGNORE_INDEX).sum()),
+            seconds={"rollin": generated - timed.seconds, "oracle": oracle_seconds},
+        )
+        return train_batch, stats
+
+
+class DAggerDataCollator:
+    """A collator that pads with `base_collator` and then rolls in and relabels with `relabeler`.
+
+    For custom training loops (the trainers call :class:`DAggerRelabeler` inside `compute_loss` instead, so that
+    roll-ins use the parameters of the current step). The batch is moved to the model's device first.
+
+    Args:
+        base_collator: Pads features into a gold batch (e.g. `DataCollatorForSeq2Seq`).
+        model: The model being trained.
+        relabeler: The roll-in and oracle.
+        beta: The oracle mixing probability (change the attribute as training goes on).
+    """
+
+    def __init__(
+        self, base_collator: Callable[[list[dict[str, Any]]], dict], model: PreTrainedModel, relabeler, beta=0.0
+    ):
+        self.base_collator = base_collator
+        self.model = model
+        self.relabeler = relabeler
+        self.beta = beta
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        batch = self.base_collator(features)
+        device = next(self.model.parameters()).device
+        batch = {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
+        relabelled, _ = self.relabeler(self.model, batch, beta=self.beta)
+        return relabelled

@@ -1,0 +1,155 @@
+"""DAgger with dynamic oracles (Yang et al. 2024, arXiv 2406.09393): METHODS.md section 3.
+
+One training step: roll in with the current model (the oracle's token replaces the model's with probability beta),
+relabel every position of the roll-in with the oracle, and run one teacher-forced forward/backward on the roll-in
+with those labels. Cost: one generation and one ordinary training pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hf_seqobj.collators import ORACLES, DAggerRelabeler, make_oracle
+from hf_seqobj.objectives.base import Objective, register_objective
+from hf_seqobj.objectives.schedules import BETA_SCHEDULES, dagger_beta
+from hf_seqobj.rollin import IGNORE_INDEX, predicted_tokens
+
+
+@dataclass
+class DAggerArguments:
+    """Settings of `objective="dagger"`."""
+
+    oracle: str = field(
+        default="span_f1",
+        metadata={
+            "help": f"The dynamic oracle that relabels roll-ins, one of {ORACLES}: exact span-F1 oracles (exact or "
+            "partial match) for BIO tagging, beam-search oracles for BLEU and ROUGE."
+        },
+    )
+    oracle_beam_size: int = field(
+        default=5, metadata={"help": "Beam size k of the BLEU / ROUGE oracle (gains level off near 20)."}
+    )
+    oracle_lookahead: int = field(
+        default=4, metadata={"help": "Lookahead h of the BLEU / ROUGE oracle: tokens of completion searched."}
+    )
+    dagger_beta: float = field(
+        default=0.5,
+        metadata={
+            "help": "Probability per roll-in token that the oracle's token is taken instead of the model's, when "
+            "the warm-up ends (then decayed by dagger_beta_schedule). 1: teacher forcing on oracle paths."
+        },
+    )
+    dagger_beta_schedule: str = field(
+        default="linear",
+        metadata={
+            "help": f"How beta decays after the warm-up, one of {BETA_SCHEDULES}: linear reaches 0 at the last "
+            "step; exponential multiplies by dagger_beta_decay each step."
+        },
+    )
+    dagger_beta_decay: float = field(
+        default=0.999, metadata={"help": "Factor per step of the exponential beta schedule, in (0, 1]."}
+    )
+    dagger_warmup_steps: int = field(
+        default=0, metadata={"help": "Steps of plain teacher forcing before the first roll-in."}
+    )
+
+    def _validate_dagger(self) -> None:
+        if self.oracle not in ORACLES:
+            raise ValueError(f"oracle must be one of {ORACLES}, got {self.oracle!r}.")
+        if self.oracle_beam_size < 1:
+            raise ValueError(f"oracle_beam_size must be >= 1, got {self.oracle_beam_size}.")
+        if self.oracle_lookahead < 1:
+            raise ValueError(f"oracle_lookahead must be >= 1, got {self.oracle_lookahead}.")
+        if not 0.0 <= self.dagger_beta <= 1.0:
+            raise ValueError(f"dagger_beta must be in [0, 1], got {self.dagger_beta}.")
+        if self.dagger_beta_schedule not in BETA_SCHEDULES:
+            raise ValueError(
+                f"dagger_beta_schedule must be one of {BETA_SCHEDULES}, got {self.dagger_beta_schedule!r}."
+            )
+        if not 0.0 < self.dagger_beta_decay <= 1.0:
+            raise ValueError(f"dagger_beta_decay must be in (0, 1], got {self.dagger_beta_decay}.")
+        if self.dagger_warmup_steps < 0:
+            raise ValueError(f"dagger_warmup_steps must be >= 0, got {self.dagger_warmup_steps}.")
+
+
+@register_objective
+class DAggerObjective(Objective):
+    """`objective="dagger"`: roll in, relabel with the oracle, teacher-force on the roll-in.
+
+    The loss is the token cross-entropy on the roll-in batch (:meth:`Objective.teacher_forced_loss`). Its
+    normaliser is the Trainer's `num_items_in_batch`: the number of GOLD target tokens of the whole accumulated batch
+    (counted before any roll-in, and known before it), so a step with gradient accumulation makes the same update as
+    one big batch. A roll-in that stops early has fewer labels than its gold
+    output; it is not up-weighted for that. Evaluation loss is plain teacher forcing.
+
+    Logged (train): `dagger_beta`, `rollin_length` (mean tokens up to the first EOS), `oracle_forced_fraction`,
+    `oracle_agreement` (fraction of labelled positions where the model's greedy token equals the oracle's), and the
+    shares of step time spent in generation (`rollin_time_share`) and in the oracle (`oracle_time_share`).
+    """
+
+    name = "dagger"
+
+    def __init__(self, trainer):
+        super().__init__(trainer)
+        args = trainer.args
+        tokenizer = trainer.processing_class
+        if tokenizer is None:
+            raise ValueError("objective='dagger' needs the trainer's processing_class (the tokenizer) for its oracle.")
+        self.oracle = make_oracle(args.oracle, tokenizer, args.oracle_beam_size, args.oracle_lookahead)
+        self.relabeler = DAggerRelabeler(
+            self.oracle,
+            rollin=args.rollin,
+            temperature=args.rollin_temperature,
+            dropout=args.rollin_dropout,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+
+    @classmethod
+    def validate_args(cls, args) -> None:
+        args._validate_dagger()
+        args._validate_rollin()
+
+    def beta(self) -> float:
+        """Beta at the current global step (1 during the warm-up)."""
+        args, state = self.trainer.args, self.trainer.state
+        return dagger_beta(
+            state.global_step,
+            args.dagger_beta,
+            args.dagger_beta_schedule,
+            args.dagger_warmup_steps,
+            state.max_steps,
+            args.dagger_beta_decay,
+        )
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        trainer = self.trainer
+        if not model.training:
+            return trainer.stock_compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if trainer.state.global_step < trainer.args.dagger_warmup_steps:
+            self.record_metric("dagger_beta", 1.0)
+            loss, outputs = self.teacher_forced_loss(model, inputs, num_items_in_batch)
+            return (loss, outputs) if return_outputs else loss
+        beta = self.beta()
+        device = inputs["input_ids"].device
+        batch, stats = self.relabeler(
+            model,
+            inputs,
+            beta=beta,
+            generator=self.step_generator(device),
+            accelerator=trainer.accelerator,
+            checkpointing_kwargs=trainer.args.gradient_checkpointing_kwargs,
+        )
+        self._step_seconds["rollin"] += stats.seconds["rollin"]
+        self._step_seconds["oracle"] += stats.seconds["oracle"]
+        loss, outputs = self.teacher_forced_loss(model, batch, num_items_in_batch)
+        labels = batch["labels"]
+        encoder_decoder = "decoder_input_ids" in batch
+        predicted = predicted_tokens(outputs.logits.detach(), encoder_decoder)
+        labelled = labels != IGNORE_INDEX
+        agreement = (predicted == labels)[labelled].float().mean() if labelled.any() else 1.0
+        self.record_metric("dagger_beta", beta)
+        self.record_metric("rollin_length", stats.rollin_length)
+        self.record_metric("oracle_forced_fraction", stats.forced_fraction)
+        self.record_metric("oracle_agreement", agreement)
+        return (loss, outputs) if return_outputs else loss

@@ -1,0 +1,143 @@
+"""Scheduled sampling (Bengio et al. 2015), two-pass form for transformers: METHODS.md section 2.
+
+Pass 1 is teacher-forced and without gradient: it gives the model's prediction at every position (argmax, or a
+sample at `rollin_temperature`). Each gold input token is then replaced by the prediction for its position with
+probability 1 - eps, and pass 2 runs on the mixed inputs and is trained on the gold targets. eps, the probability of
+keeping the gold token, follows a schedule of the global step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from hf_seqobj.objectives.base import Objective, register_objective
+from hf_seqobj.objectives.schedules import (
+    SS_DEFAULT_K,
+    SS_SCHEDULES,
+    check_scheduled_sampling,
+    scheduled_sampling_eps,
+)
+from hf_seqobj.rollin import IGNORE_INDEX, dropout_mode
+
+
+@dataclass
+class ScheduledSamplingArguments:
+    """Settings of `objective="scheduled_sampling"`."""
+
+    ss_schedule: str = field(
+        default="inverse_sigmoid",
+        metadata={
+            "help": f"Schedule of eps, the probability of feeding the gold token, over the global step i; one of "
+            f"{SS_SCHEDULES}: linear max(ss_eps_min, k - c i), exponential k^i, inverse_sigmoid k / (k + exp(i / k))."
+        },
+    )
+    ss_k: float | None = field(
+        default=None,
+        metadata={"help": f"The schedule's k; None: {SS_DEFAULT_K} for the chosen schedule."},
+    )
+    ss_c: float = field(default=1e-4, metadata={"help": "The slope c of the linear schedule."})
+    ss_eps_min: float = field(default=0.0, metadata={"help": "The floor of eps, for every schedule."})
+
+    @property
+    def ss_k_value(self) -> float:
+        """`ss_k`, or the default k of `ss_schedule`."""
+        return self.ss_k if self.ss_k is not None else SS_DEFAULT_K.get(self.ss_schedule, 0.0)
+
+    def _validate_scheduled_sampling(self) -> None:
+        check_scheduled_sampling(self.ss_schedule, self.ss_k_value, self.ss_c, self.ss_eps_min)
+
+
+def mix_tokens(
+    gold_inputs: torch.Tensor,
+    predictions: torch.Tensor,
+    replaceable: torch.Tensor,
+    eps: float,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Replaces each replaceable gold input token by the model's prediction with probability 1 - eps.
+
+    Args:
+        gold_inputs: [B, L] gold input tokens of pass 2.
+        predictions: [B, L] the model's prediction for each input position (from pass 1).
+        replaceable: [B, L] bool, positions whose input is a gold target token.
+        eps: Probability of keeping the gold token.
+        generator: Source of the draws.
+
+    Returns:
+        `(mixed inputs, replaced mask)`.
+    """
+    draws = torch.rand(gold_inputs.shape, generator=generator, device=generator.device if generator else None)
+    replaced = replaceable & (draws.to(gold_inputs.device) >= eps)
+    return torch.where(replaced, predictions, gold_inputs), replaced
+
+
+@register_objective
+class ScheduledSamplingObjective(Objective):
+    """`objective="scheduled_sampling"`: two passes, the second on gold inputs mixed with the model's predictions.
+
+    Decoder-only (GPT-2): the input at position j + 1 of a target token is replaced by the prediction of the logits
+    at position j; prompt tokens are never replaced. Encoder-decoder (BART, T5): the decoder input at t + 1 (gold
+    label t) is replaced by the prediction for label t. The loss is the token cross-entropy of pass 2 on the gold
+    targets, normalised as one big batch (:meth:`Objective.teacher_forced_loss`), so gradient accumulation makes the
+    same update as one big batch when the draws are the same. Evaluation loss is plain teacher forcing.
+
+    Logged (train): `ss_eps` and `ss_replaced_fraction` (of replaceable inputs).
+    """
+
+    name = "scheduled_sampling"
+
+    @classmethod
+    def validate_args(cls, args) -> None:
+        args._validate_scheduled_sampling()
+        args._validate_rollin()
+
+    def eps(self) -> float:
+        """The probability of keeping the gold token at the current global step."""
+        args = self.trainer.args
+        return scheduled_sampling_eps(
+            self.trainer.state.global_step, args.ss_schedule, args.ss_k_value, args.ss_c, args.ss_eps_min
+        )
+
+    def _predict(self, logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        args = self.trainer.args
+        if args.rollin == "greedy":
+            return logits.argmax(-1)
+        probs = torch.softmax(logits.float() / args.rollin_temperature, dim=-1)
+        flat = probs.reshape(-1, probs.shape[-1])
+        draws = torch.multinomial(flat.to(generator.device), 1, generator=generator)
+        return draws.reshape(probs.shape[:-1]).to(logits.device)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        trainer = self.trainer
+        if not model.training:
+            return trainer.stock_compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        eps = self.eps()
+        labels = inputs["labels"]
+        generator = self.step_generator(labels.device)
+        unwrapped = trainer.accelerator.unwrap_model(model)
+        encoder_decoder = bool(unwrapped.config.is_encoder_decoder)
+        inputs = dict(inputs)
+        if encoder_decoder and "decoder_input_ids" not in inputs:
+            inputs["decoder_input_ids"] = unwrapped.prepare_decoder_input_ids_from_labels(labels=labels)
+        first_pass = {key: value for key, value in inputs.items() if key != "labels"}
+        first_pass["use_cache"] = False
+        with self.timed("first_pass"), dropout_mode(model, trainer.args.rollin_dropout), torch.no_grad():
+            logits = model(**first_pass).logits
+            predicted = self._predict(logits, generator)
+        if encoder_decoder:
+            gold = inputs["decoder_input_ids"]
+            # decoder input t + 1 is gold label t; its replacement is the prediction for label t
+            shifted = torch.cat([gold[:, :1], predicted[:, :-1]], dim=1)
+            target = torch.cat([torch.zeros_like(labels[:, :1], dtype=torch.bool), labels[:, :-1] != IGNORE_INDEX], 1)
+            inputs["decoder_input_ids"], replaced = mix_tokens(gold, shifted, target, eps, generator)
+        else:
+            gold = inputs["input_ids"]
+            shifted = torch.cat([gold[:, :1], predicted[:, :-1]], dim=1)
+            inputs["input_ids"], replaced = mix_tokens(gold, shifted, labels != IGNORE_INDEX, eps, generator)
+            target = labels != IGNORE_INDEX
+        self.record_metric("ss_eps", eps)
+        self.record_metric("ss_replaced_fraction", replaced.sum() / target.sum().clamp(min=1))
+        loss, outputs = self.teacher_forced_loss(model, inputs, num_items_in_batch)
+        return (loss, outputs) if return_outputs else loss

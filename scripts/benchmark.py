@@ -1,0 +1,334 @@
+"""Benchmarks of hf_seqobj: speed of each objective against teacher forcing, and oracle throughput.
+
+    python scripts/benchmark.py speed [--quick] [--out FILE.json] [--repeats N] [--device cpu|cuda]
+    python scripts/benchmark.py oracles [--quick] [--out FILE.json] [--device cpu|cuda]
+
+`speed` measures optimizer steps (forward, backward, roll-in and relabelling where the objective has them, optimizer
+update) of every objective side by side in one process: the same initial model and the same batch, objectives
+interleaved in each repeat so that machine noise hits all alike; it reports the median seconds per step and the
+ratio to teacher forcing (mle) of the same task. It also runs `oracles` (positions labelled per second). Data: the
+real CoNLL-2003 and Multi30k files in ../shared/data when present (else the embedded synthetic NER data, and no
+translation rows). Writes a JSON list of {"name", "seconds_per_step", "ratio_to_mle", ...} to --out.
+
+These are benchmarks, not tests: run them on a quiet machine; the figures in benchmarks/ say where they were taken.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+
+from hf_seqobj.arguments import DataArguments  # noqa: E402
+from hf_seqobj.modeling import create_offline_model, load_model_and_tokenizer  # noqa: E402
+from hf_seqobj.run import build_trainer  # noqa: E402
+from hf_seqobj.tasks import get_task  # noqa: E402
+from hf_seqobj.trainers import SeqObjSeq2SeqTrainingArguments  # noqa: E402
+
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+
+
+def ner_data(quick: bool) -> tuple[DataArguments, str]:
+    conll = SHARED / "conll2003"
+    if (conll / "train.txt").exists():
+        args = DataArguments(
+            task="ner",
+            train_file=str(conll / "train.txt"),
+            validation_file=str(conll / "valid.txt"),
+            max_train_samples=2000 if quick else 5000,
+            max_eval_samples=64,
+        )
+        return args, "CoNLL-2003"
+    return DataArguments(task="ner", dataset_name="synthetic", synthetic_train_size=2000), "synthetic NER"
+
+
+def translation_data(quick: bool) -> tuple[DataArguments, str] | None:
+    multi30k = SHARED / "multi30k"
+    if not (multi30k / "train.en").exists():
+        return None
+    args = DataArguments(
+        task="translation",
+        train_file=str(multi30k / "train"),
+        validation_file=str(multi30k / "val"),
+        source_lang="en",
+        target_lang="de",
+        max_train_samples=2000 if quick else 5000,
+        max_eval_samples=64,
+    )
+    return args, "Multi30k en-de"
+
+
+def build_case(data_args: DataArguments, workdir: Path, tokenizer_type: str, batch_size: int, seed: int = 0):
+    """Task data, a tiny BART checkpoint built offline, one fixed padded training batch."""
+    task = get_task(data_args)
+    splits = task.load()
+    path = create_offline_model(
+        "bart",
+        task.training_text(splits),
+        workdir / f"model_{data_args.task}",
+        tokenizer_type=tokenizer_type,
+        vocab_size=8000,
+        min_frequency=2 if tokenizer_type == "wordlevel" else 1,
+        extra_tokens=task.extra_tokens(splits),
+        seed=seed,
+    )
+    return task, splits, path
+
+
+def make_trainer(task, splits, path, workdir: Path, device: str, batch_size: int, **objective_args):
+    model, tokenizer = load_model_and_tokenizer(path, extra_tokens=task.extra_tokens(splits))
+    tokenized = task.tokenize(splits, tokenizer, decoder_only=False)
+    args = SeqObjSeq2SeqTrainingArguments(
+        output_dir=str(workdir / "trainer"),
+        per_device_train_batch_size=batch_size,
+        learning_rate=1e-4,
+        report_to="none",
+        use_cpu=device == "cpu",
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=0,
+        max_steps=1000,
+        **objective_args,
+    )
+    trainer = build_trainer(model, tokenizer, task, tokenized, args)
+    trainer.create_optimizer_and_scheduler(num_training_steps=args.max_steps)
+    trainer.state.max_steps = args.max_steps
+    return trainer
+
+
+def one_step(trainer, batch) -> None:
+    """One optimizer step as the Trainer makes it (no gradient accumulation)."""
+    model = trainer.model
+    model.train()
+    num_items = (batch["labels"] != -100).sum()
+    trainer.objective.begin_step()
+    trainer.training_step(model, batch, num_items)
+    trainer.optimizer.step()
+    trainer.optimizer.zero_grad(set_to_none=True)
+    trainer.objective.micro_step = 0
+
+
+def time_objectives(case, variants: dict[str, dict], device: str, batch_size: int, repeats: int, steps: int):
+    """Median seconds per optimizer step of each variant, measured interleaved on one fixed batch."""
+    task, splits, path = case
+    workdir = Path(tempfile.mkdtemp(prefix="hf_seqobj_bench_"))
+    trainers = {
+        name: make_trainer(task, splits, path, workdir, device, batch_size, **kw) for name, kw in variants.items()
+    }
+    first = next(iter(trainers.values()))
+    batch = next(iter(first.get_train_dataloader()))
+    batch = {key: value.to(first.args.device) for key, value in batch.items()}
+    sync = torch.cuda.synchronize if first.args.device.type == "cuda" else (lambda: None)
+    for trainer in trainers.values():  # warm-up (allocations, first-call overheads)
+        one_step(trainer, batch)
+        trainer.objective.pop_metrics("train")
+    times = {name: [] for name in trainers}
+    for _ in range(repeats):
+        for name, trainer in trainers.items():
+            sync()
+            start = time.perf_counter()
+            for _ in range(steps):
+                one_step(trainer, batch)
+            sync()
+            times[name].append((time.perf_counter() - start) / steps)
+    results = {}
+    for name, trainer in trainers.items():
+        metrics = trainer.objective.pop_metrics("train")
+        results[name] = {
+            "seconds_per_step": statistics.median(times[name]),
+            "seconds_per_step_all": times[name],
+            "rollin_length": metrics.get("rollin_length"),
+        }
+    return results, int(batch["labels"].shape[0]), int(batch["labels"].shape[1])
+
+
+def speed(quick: bool, device: str, repeats: int, batch_size: int) -> list[dict]:
+    steps = 3 if quick else 10
+    repeats = repeats or (3 if quick else 7)
+    rows = []
+    workdir = Path(tempfile.mkdtemp(prefix="hf_seqobj_bench_"))
+    ner_args, ner_name = ner_data(quick)
+    cases = [
+        (
+            "ner",
+            ner_name,
+            ner_args,
+            "wordlevel",
+            {
+                "mle": {"objective": "mle"},
+                "scheduled_sampling": {"objective": "scheduled_sampling", "ss_schedule": "linear", "ss_k": 0.5},
+                "dagger+span_f1 (beta=0)": {"objective": "dagger", "oracle": "span_f1", "dagger_beta": 0.0},
+                "dagger+span_f1 (beta=0.5)": {
+                    "objective": "dagger",
+                    "oracle": "span_f1",
+                    "dagger_beta": 0.5,
+                    "dagger_beta_schedule": "constant",
+                },
+            },
+        )
+    ]
+    translation = translation_data(quick)
+    if translation is not None:
+        variants = {
+            "mle": {"objective": "mle"},
+            "scheduled_sampling": {"objective": "scheduled_sampling", "ss_schedule": "linear", "ss_k": 0.5},
+        }
+        for k in (5, 20):
+            variants[f"dagger+bleu k={k}"] = {
+                "objective": "dagger",
+                "oracle": "bleu",
+                "oracle_beam_size": k,
+                "dagger_beta": 0.0,
+            }
+        cases.append(("translation", translation[1], translation[0], "bpe", variants))
+    for task_name, data_name, data_args, tokenizer_type, variants in cases:
+        case = build_case(data_args, workdir, tokenizer_type, batch_size)
+        timed, batch, width = time_objectives(case, variants, device, batch_size, repeats, steps)
+        base = timed["mle"]["seconds_per_step"]
+        for name, values in timed.items():
+            rows.append(
+                {
+                    "name": f"{task_name}/{name}",
+                    "seconds_per_step": values["seconds_per_step"],
+                    "ratio_to_mle": values["seconds_per_step"] / base,
+                    "data": data_name,
+                    "model": "bart tiny (d_model 64, 2+2 layers)",
+                    "batch_size": batch,
+                    "target_width": width,
+                    "mean_rollin_length": values["rollin_length"],
+                    "repeats": repeats,
+                    "steps_per_repeat": steps,
+                    "seconds_per_step_all": values["seconds_per_step_all"],
+                }
+            )
+            print(
+                f"{rows[-1]['name']:<40} {values['seconds_per_step'] * 1000:8.1f} ms/step  "
+                f"x{rows[-1]['ratio_to_mle']:.2f}",
+                flush=True,
+            )
+    return rows
+
+
+def oracles(quick: bool, device: str) -> list[dict]:
+    """Positions labelled per second by each oracle."""
+    from hf_seqobj.oracles import BIOTagSet, SpanF1Oracle
+
+    rows = []
+    generator = torch.Generator().manual_seed(0)
+    repeats = 3 if quick else 10
+    tags = ["O"] + [f"{k}-{t}" for t in ("LOC", "MISC", "ORG", "PER") for k in "BI"]
+    tag_set = BIOTagSet(tags, list(range(10, 10 + len(tags))))
+    gold = torch.randint(10, 10 + len(tags), (256, 31), generator=generator)
+    gold[:, 30] = 2
+    prefix = torch.randint(10, 10 + len(tags), (256, 31), generator=generator)
+    for mode in ("exact", "partial"):
+        oracle = SpanF1Oracle(tag_set, eos_token_id=2, mode=mode)
+        rows.append(
+            _throughput(
+                f"oracle/span_f1 {mode}",
+                lambda o=oracle: o(prefix.to(device), gold.to(device)),
+                256 * 31,
+                repeats,
+                device,
+                "256 sequences of 30 tags",
+            )
+        )
+    try:
+        from hf_seqobj.oracles.beam import BeamOracle
+    except ImportError:
+        return rows
+    batch, length, vocab = 32, 20, 1000
+    refs = torch.randint(4, vocab, (batch, length + 1), generator=generator)
+    refs[:, length] = 2
+    hyps = torch.randint(4, vocab, (batch, length), generator=generator)
+    hyps[:, ::2] = refs[:, :length:2]  # half the tokens right, as a half-trained model's roll-in
+    for metric in ("bleu", "rougeL"):
+        for k in (1, 5, 20):
+            oracle = BeamOracle(metric=metric, beam_size=k, lookahead=4, eos_token_id=2)
+            rows.append(
+                _throughput(
+                    f"oracle/{metric} k={k} h=4",
+                    lambda o=oracle: o(hyps.to(device), refs.to(device)),
+                    batch * length,
+                    repeats,
+                    device,
+                    f"{batch} sequences of {length} tokens",
+                )
+            )
+    return rows
+
+
+def _throughput(name, call, positions, repeats, device, shape) -> dict:
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    call()
+    sync()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        sync()
+        times.append(time.perf_counter() - start)
+    seconds = statistics.median(times)
+    print(
+        f"{name:<40} {positions / seconds:12.0f} positions/s  ({seconds * 1000:.1f} ms per call, {shape})", flush=True
+    )
+    return {"name": name, "positions_per_second": positions / seconds, "seconds_per_call": seconds, "shape": shape}
+
+
+def environment() -> dict:
+    import transformers
+
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["speed", "oracles"])
+    parser.add_argument("--quick", action="store_true", help="A reduced run (under 3 minutes on 2 CPU cores).")
+    parser.add_argument("--out", help="Write the rows as a JSON list to this file.")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--repeats", type=int, default=0, help="Interleaved repeats (default 3 quick, 7 full).")
+    parser.add_argument("--batch-size", type=int, default=32)
+    options = parser.parse_args(argv)
+    torch.manual_seed(0)
+    started = time.time()
+    rows = oracles(options.quick, options.device)
+    if options.command == "speed":
+        rows = speed(options.quick, options.device, options.repeats, options.batch_size) + rows
+    env = environment()
+    for row in rows:
+        row["environment"] = env
+    print(f"done in {time.time() - started:.0f} s", file=sys.stderr)
+    if options.out:
+        Path(options.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(options.out).write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

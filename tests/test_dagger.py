@@ -1,0 +1,271 @@
+"""DAgger with dynamic oracles (METHODS.md section 3): roll-in, relabelling, the objective in the trainers."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from conftest import ARCHITECTURES, parameters
+from transformers import DataCollatorForSeq2Seq
+
+from hf_seqobj.collators import DAggerDataCollator, DAggerRelabeler, make_oracle
+from hf_seqobj.objectives.schedules import dagger_beta
+from hf_seqobj.oracles import BIOTagSet, SpanF1Oracle, span_f1_oracle
+from hf_seqobj.rollin import predicted_tokens
+
+
+TAGS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+EOS = 2
+
+
+@pytest.fixture
+def span_oracle():
+    return SpanF1Oracle(BIOTagSet(TAGS, [10, 11, 12, 13, 14]), EOS)
+
+
+def test_span_oracle_labels_tags_then_eos_and_nothing_after_the_rollin_ends(span_oracle):
+    gold = torch.tensor([[11, 12, 10, EOS, -100], [10, 13, EOS, -100, -100]])
+    rollin = torch.tensor([[11, 10, 10, 10, 10], [13, 99, EOS, 10, 10]])
+    labels = span_oracle(rollin, gold)
+    # row 0: B-PER (gold), then after [B-PER] continue with I-PER, after [B-PER, O] the span is lost: O; then EOS
+    # row 1: after [] gold O; after [B-LOC] (a wrong span) the gold B-LOC at 1; then EOS at t = 2 = n; after the
+    # roll-in's EOS (position 2) nothing
+    assert labels.tolist() == [[11, 12, 10, EOS, EOS], [10, 13, EOS, -100, -100]]
+
+
+def test_span_oracle_matches_the_scalar_oracle_and_next_token_matches_its_column(span_oracle):
+    tag_set = span_oracle.tag_set
+    rng = random.Random(0)
+    for _ in range(200):
+        batch, width = 3, 6
+        gold = torch.full((batch, width + 1), -100)
+        rollin = torch.zeros((batch, width + 1), dtype=torch.long)
+        lengths = []
+        for row in range(batch):
+            n = rng.randint(1, width)
+            gold_tags = [rng.choice(TAGS) for _ in range(n)]
+            gold[row, :n] = torch.tensor(tag_set.encode(gold_tags))
+            gold[row, n] = EOS
+            rollin[row] = torch.tensor([rng.choice([*tag_set.token_ids.tolist(), 99]) for _ in range(width + 1)])
+            lengths.append((n, gold_tags))
+        labels = span_oracle(rollin, gold)
+        for row, (n, gold_tags) in enumerate(lengths):
+            for t in range(n):
+                expected = span_f1_oracle(tag_set.decode(rollin[row, :t]), gold_tags)
+                assert labels[row, t] == tag_set.token_id(expected)
+            assert (labels[row, n:] == EOS).all()
+        t = rng.randint(0, width)
+        column = span_oracle.next_token(rollin[:, :t], torch.full((batch,), t), gold)
+        assert torch.equal(column, labels[:, t])
+
+
+def test_tag_set_is_read_from_a_vocabulary_and_incomplete_sets_are_named():
+    tag_set = BIOTagSet.infer_from_vocab({"O": 4, "B-PER": 5, "I-PER": 6, "the": 7, "<s>": 0})
+    assert tag_set.tags == ("O", "B-PER", "I-PER")
+    with pytest.raises(ValueError, match="I-LOC"):
+        BIOTagSet.infer_from_vocab({"O": 4, "B-LOC": 5})
+
+
+def test_make_oracle_rejects_unknown_names(tiny_checkpoints):
+    from hf_seqobj.modeling import load_model_and_tokenizer
+
+    _, tokenizer = load_model_and_tokenizer(tiny_checkpoints["bart"])
+    with pytest.raises(ValueError, match="span_f1.*'f1'"):
+        make_oracle("f1", tokenizer)
+
+
+def test_beta_schedules():
+    assert dagger_beta(3, 0.5, "linear", warmup_steps=5, max_steps=15) == 1.0
+    assert dagger_beta(5, 0.5, "linear", warmup_steps=5, max_steps=15) == 0.5
+    assert dagger_beta(10, 0.5, "linear", warmup_steps=5, max_steps=15) == pytest.approx(0.25)
+    assert dagger_beta(15, 0.5, "linear", warmup_steps=5, max_steps=15) == 0.0
+    assert dagger_beta(7, 0.5, "exponential", warmup_steps=5, decay=0.9) == pytest.approx(0.5 * 0.81)
+    assert dagger_beta(1000, 0.3, "constant") == 0.3
+    with pytest.raises(ValueError, match="'cosine'"):
+        dagger_beta(0, 0.5, "cosine")
+
+
+def test_predicted_tokens_align_with_labels():
+    logits = torch.randn(2, 5, 7)
+    argmax = logits.argmax(-1)
+    assert torch.equal(predicted_tokens(logits, encoder_decoder=True), argmax)
+    shifted = predicted_tokens(logits, encoder_decoder=False)
+    assert (shifted[:, 0] == -100).all() and torch.equal(shifted[:, 1:], argmax[:, :-1])
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_beta_one_rolls_in_on_gold_and_gives_the_teacher_forcing_loss(arch, make_trainer):
+    """With beta = 1 the span oracle forces the gold tags: roll-in = gold, labels = gold, loss = MLE loss."""
+    trainer = make_trainer(arch, dropout=False, objective="dagger")
+    model = trainer.model
+    batch = next(iter(trainer.get_train_dataloader()))
+    batch = {key: value.to(model.device) for key, value in batch.items()}
+    relabeler = DAggerRelabeler(make_oracle("span_f1", trainer.processing_class))
+    relabelled, stats = relabeler(model, batch, beta=1.0)
+    assert stats.forced_fraction > 0.5
+    gold = batch["labels"] if model.config.is_encoder_decoder else None
+    if gold is not None:
+        width = relabelled["labels"].shape[1]
+        assert torch.equal(relabelled["labels"], gold[:, :width])
+        assert (gold[:, width:] == -100).all()
+    model.eval()
+    with torch.no_grad():
+        gold_loss = model(**batch).loss
+        rollin_loss = model(**relabelled).loss
+    torch.testing.assert_close(rollin_loss, gold_loss, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_dagger_trains_logs_its_metrics_and_evaluates_with_generation(arch, make_trainer):
+    trainer = make_trainer(
+        arch, objective="dagger", max_steps=3, predict_with_generate=True, **_generation_length(arch, 40)
+    )
+    trainer.train()
+    logged = {key for entry in trainer.state.log_history for key in entry}
+    for key in (
+        "dagger_beta",
+        "rollin_length",
+        "oracle_agreement",
+        "oracle_forced_fraction",
+        "rollin_time_share",
+        "oracle_time_share",
+    ):
+        assert key in logged, f"{key} was not logged"
+    metrics = trainer.evaluate()
+    assert 0.0 <= metrics["eval_f1"] <= 1.0 and "eval_loss" in metrics
+
+
+def _generation_length(arch: str, length: int) -> dict:
+    return {"generation_max_new_tokens": length} if arch == "gpt2" else {"generation_max_length": length}
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_gradient_accumulation_makes_the_same_update_as_one_big_batch(arch, make_trainer):
+    common = dict(dropout=False, objective="dagger", dagger_beta=0.0, max_steps=2, rollin="greedy")
+    big = make_trainer(arch, "big", per_device_train_batch_size=8, gradient_accumulation_steps=1, **common)
+    small = make_trainer(arch, "small", per_device_train_batch_size=4, gradient_accumulation_steps=2, **common)
+    initial = parameters(big.model)
+    big.train()
+    small.train()
+    moved = max((value - initial[name]).abs().max().item() for name, value in parameters(big.model).items())
+    assert moved > 1e-4
+    for name, value in parameters(big.model).items():
+        torch.testing.assert_close(parameters(small.model)[name], value, atol=2e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("arch", ["bart", "gpt2"])
+def test_resume_from_checkpoint_ends_with_the_same_parameters(arch, make_trainer, tmp_path):
+    """Mixing draws and beta are functions of the global step, so a resumed run repeats the uninterrupted one."""
+    common = dict(dropout=False, objective="dagger", dagger_beta=0.5, dagger_beta_schedule="linear", max_steps=4)
+    full = make_trainer(arch, "full", **common)
+    full.train()
+    first = make_trainer(arch, "parts", save_strategy="steps", save_steps=2, **common)
+    first.train()
+    resumed = make_trainer(arch, "parts", save_strategy="steps", save_steps=2, **common)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "parts" / "checkpoint-2"))
+    for name, value in parameters(full.model).items():
+        torch.testing.assert_close(parameters(resumed.model)[name], value, atol=1e-6, rtol=0, msg=name)
+
+
+def test_warmup_steps_are_teacher_forcing(make_trainer):
+    dagger = make_trainer("bart", "dagger", dropout=False, objective="dagger", dagger_warmup_steps=2, max_steps=2)
+    mle = make_trainer("bart", "mle", dropout=False, objective="mle", max_steps=2)
+    dagger.train()
+    mle.train()
+    for name, value in parameters(mle.model).items():
+        torch.testing.assert_close(parameters(dagger.model)[name], value, atol=1e-6, rtol=0, msg=name)
+    betas = [entry["dagger_beta"] for entry in dagger.state.log_history if "dagger_beta" in entry]
+    assert betas == [1.0, 1.0]
+
+
+def test_collator_gives_relabelled_batches_to_a_custom_loop(make_trainer):
+    trainer = make_trainer("bart", objective="mle")
+    model, tokenizer = trainer.model, trainer.processing_class
+    collator = DAggerDataCollator(
+        DataCollatorForSeq2Seq(tokenizer, model=model),
+        model,
+        DAggerRelabeler(make_oracle("span_f1_partial", tokenizer), rollin="sample", temperature=0.7),
+        beta=0.3,
+    )
+    dataset = trainer.train_dataset
+    features = [dataset[i] for i in range(6)]
+    batch = collator(features)
+    assert set(batch) == {"input_ids", "attention_mask", "decoder_input_ids", "labels"}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.train()
+    loss = model(**batch).loss
+    loss.backward()
+    optimizer.step()
+    assert torch.isfinite(loss)
+
+
+def test_bad_settings_are_named(tmp_path):
+    from hf_seqobj import SeqObjSeq2SeqTrainingArguments
+
+    for key, value, pattern in [
+        ("oracle", "meteor", "'meteor'"),
+        ("dagger_beta", 1.5, "1.5"),
+        ("dagger_beta_schedule", "cosine", "'cosine'"),
+        ("oracle_beam_size", 0, "oracle_beam_size"),
+        ("rollin", "beam", "'beam'"),
+        ("rollin_temperature", 0.0, "rollin_temperature"),
+    ]:
+        with pytest.raises(ValueError, match=pattern):
+            SeqObjSeq2SeqTrainingArguments(output_dir=str(tmp_path), objective="dagger", **{key: value})
+
+
+def test_rollin_ignores_the_checkpoint_generation_config_and_switches_checkpointing_off(make_trainer):
+    """METHODS.md section 6: an explicit GenerationConfig, no gradient checkpointing and the cache on in roll-ins."""
+    trainer = make_trainer("bart", dropout=False, objective="dagger")
+    model = trainer.model
+    model.generation_config.num_beams = 3
+    model.generation_config.no_repeat_ngram_size = 1
+    model.generation_config.max_length = 2
+    model.activation_checkpointing_enable()
+    model.train()
+    seen = {}
+    generate = model.generate
+
+    def spy(*args, **kwargs):
+        seen["checkpointing"] = model.is_activation_checkpointing
+        seen["use_cache"] = model.config.use_cache
+        seen["training"] = model.training
+        return generate(*args, **kwargs)
+
+    model.generate = spy
+    batch = next(iter(trainer.get_train_dataloader()))
+    relabelled, _ = DAggerRelabeler(make_oracle("span_f1", trainer.processing_class))(model, batch, beta=1.0)
+    assert seen == {"checkpointing": False, "use_cache": True, "training": False}
+    assert model.is_activation_checkpointing and model.training
+    width = relabelled["labels"].shape[1]
+    assert torch.equal(relabelled["labels"], batch["labels"][:, :width]), "a checkpoint setting leaked in"
+
+
+@pytest.mark.parametrize("arch, oracle", [("gpt2", "bleu"), ("t5", "rougeL"), ("bart", "rouge2")])
+def test_dagger_with_the_beam_search_oracles(arch, oracle, make_trainer):
+    """The BLEU / ROUGE oracles drive the same roll-in machinery (mixing included) on any tokens."""
+    trainer = make_trainer(
+        arch,
+        objective="dagger",
+        oracle=oracle,
+        oracle_beam_size=3,
+        oracle_lookahead=2,
+        dagger_beta=0.5,
+        dagger_beta_schedule="constant",
+        max_steps=2,
+    )
+    trainer.train()
+    forced = [
+        entry["oracle_forced_fraction"] for entry in trainer.state.log_history if "oracle_forced_fraction" in entry
+    ]
+    assert len(forced) == 2 and all(0.0 < value < 1.0 for value in forced)
+
+
+def test_beta_one_with_the_bleu_oracle_follows_the_reference(make_trainer):
+    trainer = make_trainer("bart", dropout=False, objective="dagger")
+    batch = next(iter(trainer.get_train_dataloader()))
+    oracle = make_oracle("bleu", trainer.processing_class, beam_size=2, lookahead=2)
+    relabelled, _ = DAggerRelabeler(oracle)(trainer.model, batch, beta=1.0)
+    width = relabelled["labels"].shape[1]
+    assert torch.equal(relabelled["labels"], batch["labels"][:, :width])
