@@ -3,7 +3,8 @@
     python scripts/benchmark.py speed [--quick] [--out FILE.json] [--repeats N] [--device cpu|cuda]
     python scripts/benchmark.py oracles [--quick] [--out FILE.json] [--device cpu|cuda]
 
-`speed` measures optimizer steps (forward, backward, roll-in and relabelling where the objective has them, optimizer
+`speed` first teacher-forces a tiny BART for a few hundred steps (so that roll-ins have realistic lengths), then
+measures optimizer steps (forward, backward, roll-in and relabelling where the objective has them, optimizer
 update) of every objective side by side in one process: the same initial model and the same batch, objectives
 interleaved in each repeat so that machine noise hits all alike; it reports the median seconds per step and the
 ratio to teacher forcing (mle) of the same task. It also runs `oracles` (positions labelled per second). Data: the
@@ -32,14 +33,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 from hf_seqobj.arguments import DataArguments  # noqa: E402
-from hf_seqobj.modeling import create_offline_model, load_model_and_tokenizer  # noqa: E402
+from hf_seqobj.modeling import MODEL_SIZES, create_offline_model, load_model_and_tokenizer  # noqa: E402
 from hf_seqobj.run import build_trainer  # noqa: E402
 from hf_seqobj.tasks import get_task  # noqa: E402
 from hf_seqobj.trainers import SeqObjSeq2SeqTrainingArguments  # noqa: E402
 
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
+SHARED = Path(os.environ.get("HF_SEQOBJ_DATA", ROOT.parent / "shared" / "data"))
+"""The real data sets (conll2003/, multi30k/); HF_SEQOBJ_DATA points elsewhere."""
 
 
 def ner_data(quick: bool) -> tuple[DataArguments, str]:
@@ -72,7 +74,7 @@ def translation_data(quick: bool) -> tuple[DataArguments, str] | None:
     return args, "Multi30k en-de"
 
 
-def build_case(data_args: DataArguments, workdir: Path, tokenizer_type: str, batch_size: int, seed: int = 0):
+def build_case(data_args: DataArguments, workdir: Path, tokenizer_type: str, size: str = "tiny", seed: int = 0):
     """Task data, a tiny BART checkpoint built offline, one fixed padded training batch."""
     task = get_task(data_args)
     splits = task.load()
@@ -80,6 +82,7 @@ def build_case(data_args: DataArguments, workdir: Path, tokenizer_type: str, bat
         "bart",
         task.training_text(splits),
         workdir / f"model_{data_args.task}",
+        size=size,
         tokenizer_type=tokenizer_type,
         vocab_size=8000,
         min_frequency=2 if tokenizer_type == "wordlevel" else 1,
@@ -87,6 +90,19 @@ def build_case(data_args: DataArguments, workdir: Path, tokenizer_type: str, bat
         seed=seed,
     )
     return task, splits, path
+
+
+def pretrain(case, workdir: Path, device: str, batch_size: int, steps: int):
+    """Teacher-forces the fresh model for `steps` steps, so that its roll-ins look like a half-trained model's
+    (a random model stops or rambles at once, and its roll-in lengths would make DAgger look cheap or dear)."""
+    task, splits, path = case
+    trainer = make_trainer(task, splits, path, workdir, device, batch_size, objective="mle")
+    trainer.args.learning_rate = 1e-3
+    trainer.args.max_steps = steps
+    trainer.train()
+    target = workdir / f"pretrained_{task.args.task}"
+    trainer.save_model(str(target))
+    return task, splits, str(target)
 
 
 def make_trainer(task, splits, path, workdir: Path, device: str, batch_size: int, **objective_args):
@@ -153,12 +169,14 @@ def time_objectives(case, variants: dict[str, dict], device: str, batch_size: in
             "seconds_per_step_all": times[name],
             "rollin_length": metrics.get("rollin_length"),
         }
-    return results, int(batch["labels"].shape[0]), int(batch["labels"].shape[1])
+    mean_target = float((batch["labels"] != -100).sum(1).float().mean())
+    return results, int(batch["labels"].shape[0]), int(batch["labels"].shape[1]), mean_target
 
 
-def speed(quick: bool, device: str, repeats: int, batch_size: int) -> list[dict]:
+def speed(quick: bool, device: str, repeats: int, batch_size: int, size: str, tasks: list[str]) -> list[dict]:
     steps = 3 if quick else 10
     repeats = repeats or (3 if quick else 7)
+    warm = 300 if quick else 1000
     rows = []
     workdir = Path(tempfile.mkdtemp(prefix="hf_seqobj_bench_"))
     ner_args, ner_name = ner_data(quick)
@@ -181,7 +199,9 @@ def speed(quick: bool, device: str, repeats: int, batch_size: int) -> list[dict]
             },
         )
     ]
-    translation = translation_data(quick)
+    if "ner" not in tasks:
+        cases = []
+    translation = translation_data(quick) if "translation" in tasks else None
     if translation is not None:
         variants = {
             "mle": {"objective": "mle"},
@@ -196,8 +216,8 @@ def speed(quick: bool, device: str, repeats: int, batch_size: int) -> list[dict]
             }
         cases.append(("translation", translation[1], translation[0], "bpe", variants))
     for task_name, data_name, data_args, tokenizer_type, variants in cases:
-        case = build_case(data_args, workdir, tokenizer_type, batch_size)
-        timed, batch, width = time_objectives(case, variants, device, batch_size, repeats, steps)
+        case = pretrain(build_case(data_args, workdir, tokenizer_type, size), workdir, device, batch_size, warm)
+        timed, batch, width, mean_target = time_objectives(case, variants, device, batch_size, repeats, steps)
         base = timed["mle"]["seconds_per_step"]
         for name, values in timed.items():
             rows.append(
@@ -206,10 +226,13 @@ def speed(quick: bool, device: str, repeats: int, batch_size: int) -> list[dict]
                     "seconds_per_step": values["seconds_per_step"],
                     "ratio_to_mle": values["seconds_per_step"] / base,
                     "data": data_name,
-                    "model": "bart tiny (d_model 64, 2+2 layers)",
+                    "model": f"bart {size} (d_model {MODEL_SIZES[size][0]}, {MODEL_SIZES[size][1]}+"
+                    f"{MODEL_SIZES[size][1]} layers)",
                     "batch_size": batch,
                     "target_width": width,
                     "mean_rollin_length": values["rollin_length"],
+                    "mean_target_length": mean_target,
+                    "pretrain_steps": warm,
                     "repeats": repeats,
                     "steps_per_repeat": steps,
                     "seconds_per_step_all": values["seconds_per_step_all"],
@@ -217,7 +240,8 @@ def speed(quick: bool, device: str, repeats: int, batch_size: int) -> list[dict]
             )
             print(
                 f"{rows[-1]['name']:<40} {values['seconds_per_step'] * 1000:8.1f} ms/step  "
-                f"x{rows[-1]['ratio_to_mle']:.2f}",
+                f"x{rows[-1]['ratio_to_mle']:.2f}  roll-in {values['rollin_length'] or 0:.1f} / target "
+                f"{mean_target:.1f} tokens",
                 flush=True,
             )
     return rows
@@ -314,12 +338,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     parser.add_argument("--repeats", type=int, default=0, help="Interleaved repeats (default 3 quick, 7 full).")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--model-size", default="tiny", choices=sorted(MODEL_SIZES), help="Size of the BART model.")
+    parser.add_argument("--tasks", default="ner,translation", help="Comma-separated: ner, translation.")
     options = parser.parse_args(argv)
     torch.manual_seed(0)
     started = time.time()
     rows = oracles(options.quick, options.device)
     if options.command == "speed":
-        rows = speed(options.quick, options.device, options.repeats, options.batch_size) + rows
+        tasks = [name.strip() for name in options.tasks.split(",") if name.strip()]
+        unknown = sorted(set(tasks) - {"ner", "translation"})
+        if unknown:
+            parser.error(f"--tasks {unknown} unknown; accepted: ner, translation")
+        rows = (
+            speed(options.quick, options.device, options.repeats, options.batch_size, options.model_size, tasks) + rows
+        )
     env = environment()
     for row in rows:
         row["environment"] = env
