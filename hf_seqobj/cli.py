@@ -1,6 +1,6 @@
 """The `hf-seqobj` command line.
 
-    hf-seqobj train CONFIG.yaml [--key value ...]
+    hf-seqobj train CONFIG.yaml [--accelerate_config NAME_OR_PATH [--num_processes N]] [--key value ...]
     hf-seqobj evaluate MODEL_DIR [--split test] [--key value ...]
 
 `train`: the YAML keys are the fields of the argument classes (`SeqObjTrainingArguments` for decoder-only models,
@@ -8,6 +8,8 @@
 `DataArguments`); flags override the file; an unknown key is an error that names it. A config with a `compare`
 mapping (run name -> settings that override the rest of the file, e.g. `{dagger: {objective: dagger}}`) trains one
 run per entry, each in `output_dir/NAME` from the same initial model, and prints one table of their results.
+`--accelerate_config` runs the same command under `accelerate launch` with that config (a name from
+`configs/accelerate/`, e.g. `cpu_2proc`, or a file path).
 `evaluate`: scores a model written by `train` on one split with generation, reusing its saved data settings
 (flags override them, e.g. `--test_file`).
 """
@@ -27,7 +29,7 @@ from transformers import HfArgumentParser
 from hf_seqobj.arguments import DataArguments, ModelArguments
 
 
-USAGE = """usage: hf-seqobj train CONFIG.yaml [--key value ...]
+USAGE = """usage: hf-seqobj train CONFIG.yaml [--accelerate_config NAME_OR_PATH [--num_processes N]] [--key value ...]
        hf-seqobj evaluate MODEL_DIR [--split SPLIT] [--key value ...]"""
 
 
@@ -98,12 +100,54 @@ def parse_settings(config: dict[str, Any], flags: list[str], source: str):
         raise ConfigError(f"Bad command-line flags {flags} (see the message above).") from error
 
 
+ACCELERATE_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "accelerate"
+"""The packaged accelerate configs (`--accelerate_config NAME` reads `NAME.yaml` there)."""
+
+
+def resolve_accelerate_config(name_or_path: str) -> Path:
+    """A packaged accelerate config's name (see `ACCELERATE_CONFIGS`) or a file path, as an existing file."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    packaged = ACCELERATE_CONFIGS / f"{name_or_path}.yaml"
+    if packaged.is_file():
+        return packaged
+    names = sorted(p.stem for p in ACCELERATE_CONFIGS.glob("*.yaml"))
+    raise ConfigError(f"accelerate config {name_or_path!r} is neither a file nor one of the packaged configs {names}.")
+
+
+def _pop_flag(flags: list[str], key: str) -> tuple[str | None, list[str]]:
+    value = _flags_as_dict(flags).get(key)
+    return value, _without_flag(flags, key)
+
+
+def launch_with_accelerate(config_path: str, flags: list[str]) -> int:
+    """Runs `hf-seqobj train CONFIG ...` under `accelerate launch` (`--accelerate_config`, `--num_processes`)."""
+    import subprocess
+
+    accelerate_config, flags = _pop_flag(flags, "accelerate_config")
+    processes, flags = _pop_flag(flags, "num_processes")
+    command = [sys.executable, "-m", "accelerate.commands.launch"]
+    command += ["--config_file", str(resolve_accelerate_config(accelerate_config))]
+    if processes is not None:
+        if not processes.isdigit() or int(processes) < 1:
+            raise ConfigError(f"--num_processes must be a positive integer, got {processes!r}.")
+        command += ["--num_processes", processes]
+    command += ["-m", "hf_seqobj.cli", "train", config_path, *flags]
+    logging.getLogger(__name__).info("Running %s", " ".join(command))
+    return subprocess.run(command, check=False).returncode
+
+
 def train_command(argv: list[str]) -> int:
     from hf_seqobj.run import format_metrics_table, train
 
     if not argv or argv[0].startswith("-"):
         raise ConfigError("train needs a YAML config file first: hf-seqobj train CONFIG.yaml [--key value ...]")
     config_path, flags = argv[0], argv[1:]
+    if "accelerate_config" in _flags_as_dict(flags):
+        return launch_with_accelerate(config_path, flags)
+    if "num_processes" in _flags_as_dict(flags):
+        raise ConfigError("--num_processes needs --accelerate_config (a packaged name such as cpu_2proc, or a file).")
     config = load_yaml_config(config_path)
     if "compare" in config:
         return compare_runs(config, flags, config_path)

@@ -145,6 +145,8 @@ class DAggerRelabeler:
         generator: torch.Generator | None = None,
         accelerator=None,
         checkpointing_kwargs: dict | None = None,
+        row_offset: int = 0,
+        global_rows: int | None = None,
     ) -> tuple[dict[str, torch.Tensor], RelabelStats]:
         """Returns `(training batch on the roll-in, stats)`.
 
@@ -155,6 +157,7 @@ class DAggerRelabeler:
             generator: Source of the beta draws.
             accelerator: The trainer's accelerator (unwrapping for generation).
             checkpointing_kwargs: Passed back when gradient checkpointing is restored after generation.
+            row_offset, global_rows: Where this batch sits in the global batch (see `OracleMixingProcessor`).
         """
         if not 0.0 <= beta <= 1.0:
             raise ValueError(f"beta must be in [0, 1], got {beta}.")
@@ -171,7 +174,9 @@ class DAggerRelabeler:
             unwrapped, max(max_new, 1), self.rollin, self.temperature, self.pad_token_id, self.eos_token_id
         )
         timed = _TimedOracle(self.oracle)
-        processor = OracleMixingProcessor(timed, references, 0, beta, generator) if beta > 0 else None
+        processor = None
+        if beta > 0:
+            processor = OracleMixingProcessor(timed, references, 0, beta, generator, row_offset, global_rows)
         start = time.perf_counter()
         rollin = generate_rollin(
             model, batch, generation_config, accelerator, self.dropout, processor, checkpointing_kwargs

@@ -140,21 +140,38 @@ class OracleMixingProcessor(LogitsProcessor):
             prompt of a decoder-only model, or 1 for an encoder-decoder's decoder start token).
         beta: Probability, per row and step, that the oracle's token replaces the model's.
         generator: The source of the mixing draws (seeded identically on every rank).
+        row_offset: Index of this batch's first row in the global batch (process index x local batch size).
+        global_rows: Rows of the global batch (all processes); None: this batch's rows. Each step draws one
+            number per global row and uses this batch's slice, so that a row's draws do not depend on how the
+            global batch is split over processes.
     """
 
-    def __init__(self, oracle, reference_ids: torch.Tensor, prompt_width: int, beta: float, generator=None):
+    def __init__(
+        self,
+        oracle,
+        reference_ids: torch.Tensor,
+        prompt_width: int,
+        beta: float,
+        generator=None,
+        row_offset: int = 0,
+        global_rows: int | None = None,
+    ):
         self.oracle = oracle
         self.reference_ids = reference_ids
         self.prompt_width = prompt_width
         self.beta = beta
         self.generator = generator
+        self.row_offset = row_offset
+        self.global_rows = global_rows
         self.forced = 0
         self.steps = 0
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         batch = input_ids.shape[0]
         device = self.generator.device if self.generator is not None else scores.device
-        mix = torch.rand(batch, generator=self.generator, device=device).to(scores.device) < self.beta
+        rows = max(self.global_rows or batch, self.row_offset + batch)
+        draws = torch.rand(rows, generator=self.generator, device=device)[self.row_offset : self.row_offset + batch]
+        mix = draws.to(scores.device) < self.beta
         self.steps += batch
         if not bool(mix.any()):
             return scores

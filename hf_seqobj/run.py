@@ -46,12 +46,18 @@ def training_arguments_class(model_args: ModelArguments) -> type:
 
 
 def prepare_model(
-    model_args: ModelArguments, task: Task, splits: DatasetDict, output_dir: str, seed: int
+    model_args: ModelArguments, task: Task, splits: DatasetDict, output_dir: str, seed: int, build: bool = True
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Loads the checkpoint, or builds one offline (tokenizer trained on the training text) and loads it back."""
+    """Loads the checkpoint, or builds one offline (tokenizer trained on the training text) and loads it back.
+
+    With `build=False` an offline model is not built but loaded from `output_dir/initial_model`, where the main
+    process of a multi-process run has built it.
+    """
     extra_tokens = task.extra_tokens(splits)
     path = model_args.model_name_or_path
-    if path is None:
+    if path is None and not build:
+        path = str(Path(output_dir) / "initial_model")
+    elif path is None:
         tokenizer_type = model_args.tokenizer_type or task.default_tokenizer_type
         path = create_offline_model(
             model_args.architecture,
@@ -118,7 +124,12 @@ def train(
     splits = task.load()
     if "train" not in splits:
         raise ValueError("Training needs a train split: set train_file or a dataset with a 'train' split.")
-    model, tokenizer = prepare_model(model_args, task, splits, training_args.output_dir, training_args.seed)
+    # In a multi-process run the local main process builds an offline model first; the others then load it.
+    with training_args.main_process_first(local=True, desc="building or loading the model"):
+        build = training_args.local_process_index == 0
+        model, tokenizer = prepare_model(
+            model_args, task, splits, training_args.output_dir, training_args.seed, build=build
+        )
     tokenized = task.tokenize(splits, tokenizer, decoder_only=not model.config.is_encoder_decoder)
     trainer = build_trainer(model, tokenizer, task, tokenized, training_args)
     results: dict[str, dict[str, float]] = {}

@@ -6,8 +6,16 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
-from hf_seqobj.cli import ConfigError, expand_compare, load_yaml_config, main, parse_settings
+from hf_seqobj.cli import (
+    ConfigError,
+    expand_compare,
+    load_yaml_config,
+    main,
+    parse_settings,
+    resolve_accelerate_config,
+)
 from hf_seqobj.trainers import SeqObjSeq2SeqTrainingArguments, SeqObjTrainingArguments
 
 
@@ -130,3 +138,21 @@ def test_compare_must_map_names_to_settings():
     with pytest.raises(ConfigError, match="compare in c.yaml must map run names"):
         expand_compare({**BASE, "compare": ["mle", "dagger"]}, "c.yaml")
     assert expand_compare(BASE, "c.yaml") == {"": BASE}
+
+
+def test_train_under_accelerate_launch_with_two_processes(tmp_path, capsys):
+    config = {**BASE, "output_dir": str(tmp_path / "run"), "max_steps": 4, "synthetic_train_size": 64}
+    config.update({"synthetic_eval_size": 8, "use_cpu": True, "predict_with_generate": True, "disable_tqdm": True})
+    config.update({"objective": "dagger", "dagger_beta": 0.5, "logging_steps": 2, "generation_max_length": 40})
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["train", str(path), "--accelerate_config", "cpu_2proc", "--num_processes", "2"]) == 0
+    state = json.loads((tmp_path / "run" / "trainer_state.json").read_text())
+    assert state["global_step"] == 4 and any("oracle_agreement" in entry for entry in state["log_history"])
+    assert (tmp_path / "run" / "test_results.json").exists()
+
+
+def test_accelerate_config_errors_are_named(tmp_path):
+    with pytest.raises(ConfigError, match="'no_such'.*cpu_2proc"):
+        resolve_accelerate_config("no_such")
+    assert main(["train", str(QUICKSTART), "--num_processes", "2"]) == 2

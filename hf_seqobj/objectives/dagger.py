@@ -132,6 +132,8 @@ class DAggerObjective(Objective):
             return (loss, outputs) if return_outputs else loss
         beta = self.beta()
         device = inputs["input_ids"].device
+        local_rows = inputs["input_ids"].shape[0]
+        processes = trainer.accelerator.num_processes
         batch, stats = self.relabeler(
             model,
             inputs,
@@ -139,6 +141,8 @@ class DAggerObjective(Objective):
             generator=self.step_generator(device),
             accelerator=trainer.accelerator,
             checkpointing_kwargs=trainer.args.gradient_checkpointing_kwargs,
+            row_offset=trainer.accelerator.process_index * local_rows,
+            global_rows=processes * local_rows,
         )
         self._step_seconds["rollin"] += stats.seconds["rollin"]
         self._step_seconds["oracle"] += stats.seconds["oracle"]

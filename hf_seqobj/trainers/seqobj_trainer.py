@@ -60,6 +60,12 @@ class _SeqObjMixin:
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         is_eval = any(key.startswith("eval_") for key in logs)
         extra = self.objective.pop_metrics("eval" if is_eval else "train")
+        if self.accelerator.num_processes > 1:  # every rank calls log: the mean of the ranks' means
+            from accelerate.utils import gather_object
+
+            per_rank = gather_object([extra])
+            keys = sorted({key for metrics in per_rank for key in metrics})
+            extra = {key: sum(m[key] for m in per_rank if key in m) / sum(key in m for m in per_rank) for key in keys}
         if is_eval:
             extra = {f"eval_{key}": value for key, value in extra.items()}
         super().log({**logs, **extra}, start_time)  # type: ignore[misc]
