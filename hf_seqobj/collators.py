@@ -25,6 +25,7 @@ from hf_seqobj.oracles import BIOTagSet, SpanF1Oracle
 from hf_seqobj.rollin import (
     IGNORE_INDEX,
     OracleMixingProcessor,
+    check_rollin,
     generate_rollin,
     reference_targets,
     rollin_generation_config,
@@ -123,10 +124,7 @@ class DAggerRelabeler:
         pad_token_id: int | None = None,
         eos_token_id: int | None = None,
     ):
-        if rollin not in ("greedy", "sample"):
-            raise ValueError(f"rollin must be 'greedy' or 'sample', got {rollin!r}.")
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}.")
+        check_rollin(rollin, temperature)
         if max_new_tokens is not None and max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be None or >= 1, got {max_new_tokens}.")
         self.oracle = oracle

@@ -30,6 +30,14 @@ IGNORE_INDEX = -100
 ROLLIN_MODES = ("greedy", "sample")
 
 
+def check_rollin(mode: str, temperature: float) -> None:
+    """Raises ValueError naming a bad roll-in mode (`ROLLIN_MODES`) or a temperature that is not > 0."""
+    if mode not in ROLLIN_MODES:
+        raise ValueError(f"rollin must be one of {ROLLIN_MODES}, got {mode!r}.")
+    if not temperature > 0:
+        raise ValueError(f"rollin_temperature must be > 0, got {temperature}.")
+
+
 def rollin_generation_config(
     model: PreTrainedModel,
     max_new_tokens: int,
@@ -42,10 +50,7 @@ def rollin_generation_config(
 
     Sampling draws from the whole (temperature-scaled) distribution: top-k and top-p are off.
     """
-    if mode not in ROLLIN_MODES:
-        raise ValueError(f"rollin must be one of {ROLLIN_MODES}, got {mode!r}.")
-    if temperature <= 0:
-        raise ValueError(f"rollin_temperature must be > 0, got {temperature}.")
+    check_rollin(mode, temperature)
     config = model.config
     sample = mode == "sample"
     return GenerationConfig(
@@ -64,6 +69,17 @@ def rollin_generation_config(
 
 
 @contextlib.contextmanager
+def dropout_mode(model: torch.nn.Module, dropout: bool = False) -> Iterator[None]:
+    """Eval mode (dropout off) unless `dropout`, for a forward that takes the model's own tokens; restored on exit."""
+    was_training = model.training
+    model.train(dropout and was_training)
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+@contextlib.contextmanager
 def generation_mode(
     model: torch.nn.Module, dropout: bool = False, checkpointing_kwargs: dict | None = None
 ) -> Iterator[None]:
@@ -72,7 +88,6 @@ def generation_mode(
     `checkpointing_kwargs` are passed back to `gradient_checkpointing_enable` when checkpointing is restored (the
     trainer's `gradient_checkpointing_kwargs`).
     """
-    was_training = model.training
     name = "is_activation_checkpointing" if hasattr(type(model), "is_activation_checkpointing") else None
     checkpointing = bool(getattr(model, name or "is_gradient_checkpointing", False))
     config = getattr(model, "config", None)
@@ -82,27 +97,15 @@ def generation_mode(
         (model.activation_checkpointing_disable if modern else model.gradient_checkpointing_disable)()
     if config is not None:
         config.use_cache = True
-    model.train(dropout and was_training)
     try:
-        yield
+        with dropout_mode(model, dropout):
+            yield
     finally:
-        model.train(was_training)
         if config is not None:
             config.use_cache = use_cache
         if checkpointing:
             enable = model.activation_checkpointing_enable if modern else model.gradient_checkpointing_enable
             enable(checkpointing_kwargs)
-
-
-@contextlib.contextmanager
-def dropout_mode(model: torch.nn.Module, dropout: bool = False) -> Iterator[None]:
-    """Eval mode (dropout off) unless `dropout`, for a forward that takes the model's own tokens; restored on exit."""
-    was_training = model.training
-    model.train(dropout and was_training)
-    try:
-        yield
-    finally:
-        model.train(was_training)
 
 
 @contextlib.contextmanager
@@ -279,9 +282,7 @@ def generate_rollin(
             )
     tokens = generated[:, width:]
     lengths = first_eos_lengths(tokens, generation_config.eos_token_id)
-    after = torch.arange(tokens.shape[1], device=tokens.device)[None, :] >= lengths[:, None]
-    tokens = tokens.masked_fill(after, generation_config.pad_token_id)
-    return RollIn(
+    rollin = RollIn(
         tokens=tokens,
         lengths=lengths,
         prompt_ids=prompt_ids,
@@ -290,6 +291,7 @@ def generate_rollin(
         steps=getattr(logits_processor, "steps", 0),
         pad_token_id=generation_config.pad_token_id,
     )
+    return rollin.cut(lengths)  # everything after a row's first EOS becomes padding
 
 
 def rollin_training_batch(
@@ -356,7 +358,4 @@ class RollinArguments:
     )
 
     def _validate_rollin(self) -> None:
-        if self.rollin not in ROLLIN_MODES:
-            raise ValueError(f"rollin must be one of {ROLLIN_MODES}, got {self.rollin!r}.")
-        if not self.rollin_temperature > 0:
-            raise ValueError(f"rollin_temperature must be > 0, got {self.rollin_temperature}.")
+        check_rollin(self.rollin, self.rollin_temperature)

@@ -13,6 +13,7 @@ from transformers import GenerationConfig, Seq2SeqTrainer, Trainer
 
 from hf_seqobj.generation import gather_targets, split_prompts
 from hf_seqobj.objectives import Objective, get_objective
+from hf_seqobj.rollin import first_eos_lengths
 from hf_seqobj.trainers.seqobj_config import SeqObjSeq2SeqTrainingArguments, SeqObjTrainingArguments
 
 
@@ -115,8 +116,8 @@ class SeqObjTrainer(_SeqObjMixin, Trainer):
             )
         new_tokens = generated[:, prompt_ids.shape[1] :]
         # Everything after the first EOS is padding: mark it -100 so that metrics never read it.
-        is_eos = new_tokens == generation_config.eos_token_id
-        after_eos = (is_eos.cumsum(dim=1) - is_eos.int()) > 0
+        lengths = first_eos_lengths(new_tokens, generation_config.eos_token_id)
+        after_eos = torch.arange(new_tokens.shape[1], device=new_tokens.device)[None, :] >= lengths[:, None]
         new_tokens = new_tokens.masked_fill(after_eos, -100)
         return loss, new_tokens, gather_targets(inputs["labels"])
 
