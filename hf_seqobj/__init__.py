@@ -4,6 +4,7 @@ Drop-in trainers (`SeqObjTrainer`, `SeqObjSeq2SeqTrainer`) whose `objective` arg
 objective; tasks with offline metrics; and offline model building for tests and demos.
 """
 
+from hf_seqobj.backspace import add_backspace_token, build_backspace_inputs, generate_with_backspace
 from hf_seqobj.objectives import OBJECTIVES, Objective, get_objective, register_objective
 from hf_seqobj.trainers import (
     SeqObjSeq2SeqTrainer,
@@ -22,6 +23,9 @@ __all__ = [
     "SeqObjSeq2SeqTrainingArguments",
     "SeqObjTrainer",
     "SeqObjTrainingArguments",
+    "add_backspace_token",
+    "build_backspace_inputs",
+    "generate_with_backspace",
     "get_objective",
     "register_objective",
 ]

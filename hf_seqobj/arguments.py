@@ -37,6 +37,32 @@ class ModelArguments:
     min_frequency: int = field(
         default=1, metadata={"help": "Fewest occurrences for a word or merge to enter a trained vocabulary."}
     )
+    use_peft: bool = field(
+        default=False,
+        metadata={
+            "help": "Train a LoRA adapter (PEFT) instead of every weight. The tokens added to the tokenizer beyond "
+            "its base vocabulary (tags, <sep>) train too (LoRA's trainable_token_indices); the output directory "
+            "holds the adapter (adapter_config.json, adapter_model.safetensors)."
+        },
+    )
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank (use_peft)."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha: the update is scaled by lora_alpha / lora_r."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on LoRA's input, in [0, 1)."})
+    lora_target_modules: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Module names that LoRA adapts; None: c_attn c_proj (GPT-2, Conv1D layers, fan_in_fan_out), "
+            "q_proj v_proj (BART), q v (T5), all-linear for other architectures. 'all-linear' adapts every linear "
+            "layer but the output layer."
+        },
+    )
+    lora_modules_to_save: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Modules trained in full and saved with the adapter, e.g. lm_head. Naming an embedding module "
+            "(wte, shared, embed_tokens, lm_head) trains all its rows instead of only the added tokens' rows."
+        },
+    )
 
     def __post_init__(self):
         if self.model_name_or_path is None and self.architecture is None:
@@ -52,13 +78,31 @@ class ModelArguments:
             raise ValueError(f"model_size must be one of {tuple(MODEL_SIZES)}, got {self.model_size!r}.")
         if self.tokenizer_type is not None and self.tokenizer_type not in TOKENIZER_TYPES:
             raise ValueError(f"tokenizer_type must be one of {TOKENIZER_TYPES}, got {self.tokenizer_type!r}.")
+        self._validate_peft()
+
+    def _validate_peft(self) -> None:
+        if self.lora_r < 1:
+            raise ValueError(f"lora_r must be >= 1, got {self.lora_r}.")
+        if not self.lora_alpha > 0:
+            raise ValueError(f"lora_alpha must be > 0, got {self.lora_alpha}.")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}.")
+        for name in ("lora_target_modules", "lora_modules_to_save"):
+            value = getattr(self, name)
+            if isinstance(value, str):  # a YAML string such as `all-linear`
+                value = [value]
+                setattr(self, name, value)
+            if value is not None and (not value or not all(isinstance(v, str) and v for v in value)):
+                raise ValueError(f"{name} must be None or a non-empty list of module names, got {value!r}.")
+            if value is not None and not self.use_peft:
+                raise ValueError(f"{name} ({value!r}) is a LoRA setting: set use_peft to train an adapter.")
 
 
 @dataclass
 class DataArguments:
     """Which task and data to train and evaluate on."""
 
-    task: str = field(default="ner", metadata={"help": "The task: ner, translation or summarization."})
+    task: str = field(default="ner", metadata={"help": "The task: ner, translation, summarization, arithmetic or lm."})
     dataset_name: str | None = field(
         default=None,
         metadata={
@@ -102,6 +146,14 @@ class DataArguments:
     synthetic_train_size: int = field(default=2000, metadata={"help": "synthetic data: training sentences."})
     synthetic_eval_size: int = field(default=300, metadata={"help": "synthetic data: validation and test sentences."})
     synthetic_seed: int = field(default=0, metadata={"help": "synthetic data: the seed that generates it."})
+    arithmetic_base: int = field(default=10, metadata={"help": "arithmetic: the number base, 2 to 36."})
+    arithmetic_max_digits: int = field(default=3, metadata={"help": "arithmetic: the most digits of an operand."})
+    arithmetic_operations: str = field(
+        default="+-", metadata={"help": "arithmetic: the operations that occur, a string of '+' and '-'."}
+    )
+    lm_prompt_words: int = field(
+        default=8, metadata={"help": "lm: the words of each document that form the prompt (the rest is the target)."}
+    )
 
     def __post_init__(self):
         from hf_seqobj.tasks import TASKS
@@ -113,9 +165,22 @@ class DataArguments:
             raise ValueError("Set dataset_name (a Hub name, a local dataset or 'synthetic') or train_file.")
         if self.dataset_name is not None and files:
             raise ValueError(f"Set either dataset_name ({self.dataset_name!r}) or the data files ({files}), not both.")
-        if self.dataset_name == "synthetic" and self.task != "ner":
-            raise ValueError(f"dataset_name 'synthetic' exists for the ner task only, not for {self.task!r}.")
-        for name in ("max_source_length", "max_target_length", "synthetic_train_size", "synthetic_eval_size"):
+        if self.dataset_name == "synthetic" and self.task not in ("ner", "arithmetic"):
+            raise ValueError(
+                f"dataset_name 'synthetic' exists for the ner and arithmetic tasks only, not for {self.task!r}."
+            )
+        if not 2 <= self.arithmetic_base <= 36:
+            raise ValueError(f"arithmetic_base must be in [2, 36], got {self.arithmetic_base}.")
+        if not self.arithmetic_operations or set(self.arithmetic_operations) - {"+", "-"}:
+            raise ValueError(f"arithmetic_operations must be made of '+' and '-', got {self.arithmetic_operations!r}.")
+        for name in (
+            "max_source_length",
+            "max_target_length",
+            "synthetic_train_size",
+            "synthetic_eval_size",
+            "arithmetic_max_digits",
+            "lm_prompt_words",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
         for name in ("max_train_samples", "max_eval_samples"):

@@ -8,8 +8,8 @@
 `DataArguments`); flags override the file; an unknown key is an error that names it. A config with a `compare`
 mapping (run name -> settings that override the rest of the file, e.g. `{dagger: {objective: dagger}}`) trains one
 run per entry, each in `output_dir/NAME` from the same initial model, and prints one table of their results.
-`--accelerate_config` runs the same command under `accelerate launch` with that config (a name from
-`configs/accelerate/`, e.g. `cpu_2proc`, or a file path).
+`--accelerate_config` runs the same command under `accelerate launch` with that config (a name of a config packaged
+in `hf_seqobj/accelerate_configs/`: cpu_2proc, single_gpu, multi_gpu, fsdp, fsdp1, zero2, zero3; or a file path).
 `evaluate`: scores a model written by `train` on one split with generation, reusing its saved data settings
 (flags override them, e.g. `--test_file`).
 """
@@ -100,8 +100,9 @@ def parse_settings(config: dict[str, Any], flags: list[str], source: str):
         raise ConfigError(f"Bad command-line flags {flags} (see the message above).") from error
 
 
-ACCELERATE_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "accelerate"
-"""The packaged accelerate configs (`--accelerate_config NAME` reads `NAME.yaml` there)."""
+ACCELERATE_CONFIGS = Path(__file__).resolve().parent / "accelerate_configs"
+"""The packaged accelerate configs (`--accelerate_config NAME` reads `NAME.yaml` there). They are package data, so
+they are found from a wheel as from a source checkout (where `configs/accelerate` links to them)."""
 
 
 def resolve_accelerate_config(name_or_path: str) -> Path:

@@ -185,7 +185,11 @@ def create_offline_model(
 
 
 def is_encoder_decoder(name_or_path: str | Path) -> bool:
-    """Whether the checkpoint (Hub name or local path) is an encoder-decoder model."""
+    """Whether the checkpoint (Hub name or local path; for a PEFT adapter, its base model) is an encoder-decoder."""
+    from hf_seqobj.peft_utils import adapter_base_model, is_adapter_dir
+
+    if is_adapter_dir(name_or_path):
+        name_or_path = adapter_base_model(name_or_path)
     return bool(getattr(AutoConfig.from_pretrained(str(name_or_path)), "is_encoder_decoder", False))
 
 
@@ -196,7 +200,9 @@ def load_model_and_tokenizer(
 
     The tokenizer is completed for hf_seqobj's examples: a pad token (the EOS token where the tokenizer has none, as
     for GPT-2), a separator token for decoder-only models, and `extra_tokens` (for instance BIO tags) as single
-    tokens. Where tokens are added, the model's embeddings are resized.
+    tokens. Where tokens are added, the model's embeddings are resized. A local directory that holds a PEFT adapter
+    (adapter_config.json, as a trainer with `peft_config` writes) loads as its base model with the adapter on top
+    (:func:`hf_seqobj.peft_utils.load_adapter_model_and_tokenizer`).
 
     Args:
         name_or_path: Hub name or local directory.
@@ -207,6 +213,10 @@ def load_model_and_tokenizer(
     Returns:
         `(model, tokenizer)`.
     """
+    from hf_seqobj.peft_utils import is_adapter_dir, load_adapter_model_and_tokenizer
+
+    if is_adapter_dir(name_or_path):
+        return load_adapter_model_and_tokenizer(name_or_path, extra_tokens, config_overrides)
     name_or_path = str(name_or_path)
     config = AutoConfig.from_pretrained(name_or_path)
     unknown = sorted(key for key in (config_overrides or {}) if not hasattr(config, key))

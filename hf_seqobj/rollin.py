@@ -133,6 +133,22 @@ def unwrap_for_generation(model: torch.nn.Module, accelerator) -> Iterator[tuple
     yield unwrapped, multi and distributed == DistributedType.FSDP
 
 
+@contextlib.contextmanager
+def blank_generation_defaults(model: torch.nn.Module) -> Iterator[None]:
+    """Gives the model a blank `generation_config` for the duration (restored on exit).
+
+    `generate` fills every setting that the explicit GenerationConfig of a roll-in leaves None from the model's own
+    `generation_config`: a checkpoint's `forced_eos_token_id` (BART's default), `no_repeat_ngram_size`,
+    `min_length` and the like would otherwise alter the logits the roll-in samples from.
+    """
+    saved = model.generation_config
+    model.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        model.generation_config = saved
+
+
 class OracleMixingProcessor(LogitsProcessor):
     """Forces the oracle's token at a generation step with probability `beta` per row (DAgger's mixture policy).
 
@@ -273,7 +289,11 @@ def generate_rollin(
         if logits_processor is not None:
             logits_processor.prompt_width = width
             processors.append(logits_processor)
-        with generation_mode(unwrapped, dropout, checkpointing_kwargs), torch.no_grad():
+        with (
+            generation_mode(unwrapped, dropout, checkpointing_kwargs),
+            blank_generation_defaults(unwrapped),
+            torch.no_grad(),
+        ):
             generated = unwrapped.generate(
                 **generate_inputs,
                 generation_config=generation_config,

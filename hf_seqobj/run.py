@@ -18,6 +18,8 @@ from transformers import DataCollatorForSeq2Seq, PreTrainedModel, PreTrainedToke
 
 from hf_seqobj.arguments import DataArguments, ModelArguments
 from hf_seqobj.modeling import create_offline_model, is_encoder_decoder, load_model_and_tokenizer
+from hf_seqobj.objectives import get_objective
+from hf_seqobj.peft_utils import get_peft_config
 from hf_seqobj.tasks import Task, get_task
 from hf_seqobj.trainers import (
     SeqObjSeq2SeqTrainer,
@@ -79,8 +81,13 @@ def build_trainer(
     task: Task,
     tokenized: DatasetDict,
     training_args: SeqObjTrainingArguments | SeqObjSeq2SeqTrainingArguments,
+    peft_config=None,
 ) -> SeqObjTrainer | SeqObjSeq2SeqTrainer:
-    """The trainer for the model family, with the padding collator and the task's generation metrics."""
+    """The trainer for the model family, with the padding collator and the task's generation metrics.
+
+    `peft_config` (a `peft.PeftConfig`, see :func:`hf_seqobj.peft_utils.get_peft_config`) trains an adapter. The
+    trainer's `task_name` and `dataset_name` (shown in model cards) are the task's.
+    """
     encoder_decoder = bool(model.config.is_encoder_decoder)
     trainer_class = SeqObjSeq2SeqTrainer if encoder_decoder else SeqObjTrainer
     expected_args = SeqObjSeq2SeqTrainingArguments if encoder_decoder else SeqObjTrainingArguments
@@ -91,7 +98,7 @@ def build_trainer(
     if encoder_decoder and training_args.generation_max_length is None:
         training_args.generation_max_length = task.args.max_target_length
     start = model.config.decoder_start_token_id if encoder_decoder else None
-    return trainer_class(
+    trainer = trainer_class(
         model=model,
         args=training_args,
         train_dataset=tokenized.get("train"),
@@ -99,7 +106,11 @@ def build_trainer(
         processing_class=tokenizer,
         data_collator=DataCollatorForSeq2Seq(tokenizer, model=model if encoder_decoder else None),
         compute_metrics=task.compute_metrics_fn(tokenizer, start) if training_args.predict_with_generate else None,
+        peft_config=peft_config,
     )
+    trainer.task_name = task.args.task
+    trainer.dataset_name = task.args.dataset_name or task.args.train_file
+    return trainer
 
 
 def train(
@@ -108,7 +119,8 @@ def train(
     training_args: SeqObjTrainingArguments | SeqObjSeq2SeqTrainingArguments,
     config: dict[str, Any] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Trains, saves (model, tokenizer, trainer state, run settings) and evaluates on validation and test.
+    """Trains, saves (model or LoRA adapter, tokenizer, trainer state, run settings) and evaluates on validation and
+    test; then writes the model card (README.md) with the final metrics, or with `push_to_hub` pushes it all.
 
     Args:
         model_args: Which model.
@@ -131,7 +143,10 @@ def train(
             model_args, task, splits, training_args.output_dir, training_args.seed, build=build
         )
     tokenized = task.tokenize(splits, tokenizer, decoder_only=not model.config.is_encoder_decoder)
-    trainer = build_trainer(model, tokenizer, task, tokenized, training_args)
+    # the objective's changes to the model (SequenceMatch's <bksp>) come before the adapter is configured
+    get_objective(training_args.objective).prepare_model(model, tokenizer)
+    peft_config = get_peft_config(model_args, model, tokenizer)
+    trainer = build_trainer(model, tokenizer, task, tokenized, training_args, peft_config=peft_config)
     results: dict[str, dict[str, float]] = {}
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model()
@@ -148,6 +163,11 @@ def train(
         results["test"] = trainer.predict(tokenized["test"], metric_key_prefix="test").metrics
         trainer.log_metrics("test", results["test"])
         trainer.save_metrics("test", results["test"])
+    # The model card with the final metrics; with push_to_hub, the final upload (model, tokenizer, card).
+    if training_args.push_to_hub:
+        trainer.push_to_hub(metrics=results.get("test"))
+    else:
+        trainer.create_model_card(metrics=results.get("test"))
     return results
 
 

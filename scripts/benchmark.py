@@ -2,6 +2,7 @@
 
     python scripts/benchmark.py speed [--quick] [--out FILE.json] [--repeats N] [--device cpu|cuda]
     python scripts/benchmark.py oracles [--quick] [--out FILE.json] [--device cpu|cuda]
+    python scripts/benchmark.py quality --task ner|translation|arithmetic [--seeds 3] [--budget-minutes M] [--quick]
 
 `speed` first teacher-forces a tiny BART for a few hundred steps (so that roll-ins have realistic lengths), then
 measures optimizer steps (forward, backward, roll-in and relabelling where the objective has them, optimizer
@@ -36,7 +37,7 @@ from hf_seqobj.arguments import DataArguments  # noqa: E402
 from hf_seqobj.modeling import MODEL_SIZES, create_offline_model, load_model_and_tokenizer  # noqa: E402
 from hf_seqobj.run import build_trainer  # noqa: E402
 from hf_seqobj.tasks import get_task  # noqa: E402
-from hf_seqobj.trainers import SeqObjSeq2SeqTrainingArguments  # noqa: E402
+from hf_seqobj.trainers import SeqObjSeq2SeqTrainingArguments, SeqObjTrainingArguments  # noqa: E402
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,12 +75,24 @@ def translation_data(quick: bool) -> tuple[DataArguments, str] | None:
     return args, "Multi30k en-de"
 
 
-def build_case(data_args: DataArguments, workdir: Path, tokenizer_type: str, size: str = "tiny", seed: int = 0):
-    """Task data, a tiny BART checkpoint built offline, one fixed padded training batch."""
+def arithmetic_data(quick: bool) -> tuple[DataArguments, str]:
+    args = DataArguments(
+        task="arithmetic",
+        dataset_name="synthetic",
+        synthetic_train_size=2000 if quick else 5000,
+        synthetic_eval_size=64,
+    )
+    return args, "arithmetic (generated: base 10, up to 3 digits, + and -)"
+
+
+def build_case(
+    data_args: DataArguments, workdir: Path, tokenizer_type: str, size: str = "tiny", seed: int = 0, arch: str = "bart"
+):
+    """Task data and a tiny model (BART by default) built offline."""
     task = get_task(data_args)
     splits = task.load()
     path = create_offline_model(
-        "bart",
+        arch,
         task.training_text(splits),
         workdir / f"model_{data_args.task}",
         size=size,
@@ -107,8 +120,10 @@ def pretrain(case, workdir: Path, device: str, batch_size: int, steps: int):
 
 def make_trainer(task, splits, path, workdir: Path, device: str, batch_size: int, **objective_args):
     model, tokenizer = load_model_and_tokenizer(path, extra_tokens=task.extra_tokens(splits))
-    tokenized = task.tokenize(splits, tokenizer, decoder_only=False)
-    args = SeqObjSeq2SeqTrainingArguments(
+    encoder_decoder = bool(model.config.is_encoder_decoder)
+    tokenized = task.tokenize(splits, tokenizer, decoder_only=not encoder_decoder)
+    args_class = SeqObjSeq2SeqTrainingArguments if encoder_decoder else SeqObjTrainingArguments
+    args = args_class(
         output_dir=str(workdir / "trainer"),
         per_device_train_batch_size=batch_size,
         learning_rate=1e-4,
@@ -136,6 +151,7 @@ def one_step(trainer, batch) -> None:
     trainer.optimizer.step()
     trainer.optimizer.zero_grad(set_to_none=True)
     trainer.objective.micro_step = 0
+    trainer.state.global_step += 1  # schedules and roll-in refreshes follow the step, as in training
 
 
 def time_objectives(case, variants: dict[str, dict], device: str, batch_size: int, repeats: int, steps: int):
@@ -215,8 +231,34 @@ def speed(quick: bool, device: str, repeats: int, batch_size: int, size: str, ta
                 "dagger_beta": 0.0,
             }
         cases.append(("translation", translation[1], translation[0], "bpe", variants))
-    for task_name, data_name, data_args, tokenizer_type, variants in cases:
-        case = pretrain(build_case(data_args, workdir, tokenizer_type, size), workdir, device, batch_size, warm)
+    if "arithmetic" in tasks:
+        sequencematch = {
+            "objective": "sequencematch",
+            "sm_bc_steps": 0,
+            "sm_bc_anneal_steps": 1,
+            "sm_noise_prob": 0.1,
+            "rollin": "sample",
+        }
+        cases.append(
+            (
+                "arithmetic",
+                arithmetic_data(quick)[1],
+                arithmetic_data(quick)[0],
+                "wordlevel",
+                {
+                    "mle": {"objective": "mle"},
+                    "mle+backspace noise": {**sequencematch, "sm_bc_steps": 10**9},
+                    "sequencematch (no refresh)": {**sequencematch, "sm_rollout_every": 10**9},
+                    "sequencematch (refresh every 4)": {**sequencematch, "sm_rollout_every": 4},
+                    "sequencematch (fresh every step)": {**sequencematch, "sm_rollout_every": 1},
+                },
+                "gpt2",
+            )
+        )
+    for task_name, data_name, data_args, tokenizer_type, variants, *arch in cases:
+        arch = arch[0] if arch else "bart"
+        built = build_case(data_args, workdir, tokenizer_type, size, arch=arch)
+        case = pretrain(built, workdir, device, batch_size, warm)
         timed, batch, width, mean_target = time_objectives(case, variants, device, batch_size, repeats, steps)
         base = timed["mle"]["seconds_per_step"]
         for name, values in timed.items():
@@ -226,8 +268,8 @@ def speed(quick: bool, device: str, repeats: int, batch_size: int, size: str, ta
                     "seconds_per_step": values["seconds_per_step"],
                     "ratio_to_mle": values["seconds_per_step"] / base,
                     "data": data_name,
-                    "model": f"bart {size} (d_model {MODEL_SIZES[size][0]}, {MODEL_SIZES[size][1]}+"
-                    f"{MODEL_SIZES[size][1]} layers)",
+                    "model": f"{arch} {size} (d_model {MODEL_SIZES[size][0]}, {MODEL_SIZES[size][1]}"
+                    f"{'+' + str(MODEL_SIZES[size][1]) if arch != 'gpt2' else ''} layers)",
                     "batch_size": batch,
                     "target_width": width,
                     "mean_rollin_length": values["rollin_length"],
@@ -332,23 +374,54 @@ def environment() -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["speed", "oracles"])
+    parser.add_argument("command", choices=["speed", "oracles", "quality"])
+    parser.add_argument("--task", choices=["ner", "translation", "arithmetic"], help="quality: the task.")
+    parser.add_argument("--seeds", type=int, default=3, help="quality: seeds per method.")
+    parser.add_argument(
+        "--budget-minutes", type=float, help="quality: training minutes per run instead of a fixed number of steps."
+    )
+    parser.add_argument("--families", help="quality: comma-separated model families (default: the task's).")
+    parser.add_argument("--methods", help="quality: comma-separated method names (default: all of the task's).")
+    parser.add_argument("--reports", default=str(ROOT / "benchmarks"), help="quality: where reports and JSON go.")
     parser.add_argument("--quick", action="store_true", help="A reduced run (under 3 minutes on 2 CPU cores).")
     parser.add_argument("--out", help="Write the rows as a JSON list to this file.")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     parser.add_argument("--repeats", type=int, default=0, help="Interleaved repeats (default 3 quick, 7 full).")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--model-size", default="tiny", choices=sorted(MODEL_SIZES), help="Size of the BART model.")
-    parser.add_argument("--tasks", default="ner,translation", help="Comma-separated: ner, translation.")
+    parser.add_argument(
+        "--tasks", default="ner,translation,arithmetic", help="speed: comma-separated ner, translation, arithmetic."
+    )
     options = parser.parse_args(argv)
     torch.manual_seed(0)
     started = time.time()
+    if options.command == "quality":
+        if options.task is None:
+            parser.error("quality needs --task ner|translation|arithmetic")
+        from quality import quality
+
+        split = lambda text: [item.strip() for item in text.split(",") if item.strip()] if text else None  # noqa: E731
+        quality(
+            options.task,
+            options.seeds,
+            options.budget_minutes,
+            options.quick,
+            SHARED,
+            Path(options.reports),
+            options.batch_size,
+            options.model_size,
+            split(options.families),
+            split(options.methods),
+            environment(),
+        )
+        print(f"done in {time.time() - started:.0f} s", file=sys.stderr)
+        return 0
     rows = oracles(options.quick, options.device)
     if options.command == "speed":
         tasks = [name.strip() for name in options.tasks.split(",") if name.strip()]
-        unknown = sorted(set(tasks) - {"ner", "translation"})
+        unknown = sorted(set(tasks) - {"ner", "translation", "arithmetic"})
         if unknown:
-            parser.error(f"--tasks {unknown} unknown; accepted: ner, translation")
+            parser.error(f"--tasks {unknown} unknown; accepted: ner, translation, arithmetic")
         rows = (
             speed(options.quick, options.device, options.repeats, options.batch_size, options.model_size, tasks) + rows
         )

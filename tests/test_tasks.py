@@ -248,7 +248,7 @@ def test_data_arguments_validation():
         DataArguments(task="parsing", train_file="x")
     with pytest.raises(ValueError, match="Set dataset_name"):
         DataArguments(task="ner")
-    with pytest.raises(ValueError, match="'synthetic' exists for the ner task only"):
+    with pytest.raises(ValueError, match="'synthetic' exists for the ner and arithmetic tasks only"):
         DataArguments(task="translation", dataset_name="synthetic")
     with pytest.raises(ValueError, match="max_source_length must be >= 1, got 0"):
         DataArguments(task="ner", dataset_name="synthetic", max_source_length=0)

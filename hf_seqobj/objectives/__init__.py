@@ -5,18 +5,45 @@ Importing this package registers the built-in objectives.
 
 from hf_seqobj.objectives.base import OBJECTIVES, Objective, get_objective, register_objective
 from hf_seqobj.objectives.dagger import DAggerArguments, DAggerObjective
+from hf_seqobj.objectives.data_noising import DataNoisingArguments, DataNoisingObjective
+from hf_seqobj.objectives.interpolation import (
+    InterpolationAnnealingCallback,
+    InterpolationArguments,
+    InterpolationObjective,
+)
 from hf_seqobj.objectives.mle import MLEObjective
+from hf_seqobj.objectives.raml import RAMLArguments, RAMLObjective
 from hf_seqobj.objectives.scheduled_sampling import ScheduledSamplingArguments, ScheduledSamplingObjective
+from hf_seqobj.objectives.sequencematch import (
+    SequenceMatchArguments,
+    SequenceMatchLoss,
+    SequenceMatchObjective,
+    sequencematch_loss,
+)
+from hf_seqobj.objectives.spg import SPGArguments, SPGObjective
 
 
 __all__ = [
     "OBJECTIVES",
     "DAggerArguments",
     "DAggerObjective",
+    "DataNoisingArguments",
+    "DataNoisingObjective",
+    "InterpolationAnnealingCallback",
+    "InterpolationArguments",
+    "InterpolationObjective",
     "MLEObjective",
     "Objective",
+    "RAMLArguments",
+    "RAMLObjective",
+    "SPGArguments",
+    "SPGObjective",
     "ScheduledSamplingArguments",
     "ScheduledSamplingObjective",
+    "SequenceMatchArguments",
+    "SequenceMatchLoss",
+    "SequenceMatchObjective",
     "get_objective",
     "register_objective",
+    "sequencematch_loss",
 ]

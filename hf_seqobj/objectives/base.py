@@ -41,8 +41,17 @@ class Objective(abc.ABC):
         """Index of the current micro-batch within the optimizer step (0 .. gradient_accumulation_steps - 1)."""
 
     def callbacks(self) -> list[TrainerCallback]:
-        """Callbacks the trainer adds for this objective. Default: the step clock behind the `*_time_share` logs."""
-        return [_StepClock(self)]
+        """Callbacks the trainer adds for this objective: the step clock behind the `*_time_share` logs, and the
+        saving of :meth:`save_state` into each checkpoint."""
+        return [_StepClock(self), _StateCheckpoint(self)]
+
+    def save_state(self, checkpoint_dir: str) -> None:
+        """Saves objective state that a resumed run needs (e.g. a replay buffer) into a checkpoint. Default: none."""
+        return None
+
+    def load_state(self, checkpoint_dir: str) -> None:
+        """Restores what :meth:`save_state` saved, when training resumes from `checkpoint_dir`. Default: nothing."""
+        return None
 
     @contextlib.contextmanager
     def timed(self, part: str) -> Iterator[None]:
@@ -77,6 +86,11 @@ class Objective(abc.ABC):
         args, state = self.trainer.args, self.trainer.state
         seed = (int(args.seed) * 1_000_003 + int(state.global_step)) * 1009 + self.micro_step
         return torch.Generator(device=device).manual_seed(seed % (2**63))
+
+    @classmethod
+    def prepare_model(cls, model: torch.nn.Module, tokenizer: Any) -> None:
+        """Changes the model before training, before any PEFT wrapping (e.g. adds a token). Default: nothing."""
+        return None
 
     @classmethod
     def validate_args(cls, args: TrainingArguments) -> None:
@@ -118,9 +132,18 @@ class Objective(abc.ABC):
             loss = trainer.label_smoother(outputs, labels, shift_labels=shift, num_items_in_batch=num_items_in_batch)
         else:
             loss = MLEObjective.token_nll(outputs.logits, labels, shift=shift, num_items_in_batch=num_items_in_batch)
-        if num_items_in_batch is not None and trainer.args.average_tokens_across_devices:
-            loss = loss * (trainer.accelerator.num_processes if trainer.args.n_gpu <= 1 else trainer.args.n_gpu)
-        return loss, outputs
+        return self.scale_for_processes(loss, num_items_in_batch), outputs
+
+    def scale_for_processes(self, loss: torch.Tensor, num_items_in_batch: torch.Tensor | int | None) -> torch.Tensor:
+        """Multiplies a loss normalised by the gathered `num_items_in_batch` by the number of processes.
+
+        With `average_tokens_across_devices`, `num_items_in_batch` counts the targets of every process, while DDP
+        averages the gradients over processes: the product makes the update that of one big batch.
+        """
+        args = self.trainer.args
+        if num_items_in_batch is not None and args.average_tokens_across_devices:
+            loss = loss * (self.trainer.accelerator.num_processes if args.n_gpu <= 1 else args.n_gpu)
+        return loss
 
     def record_metric(self, key: str, value: float | torch.Tensor) -> None:
         """Adds one value of a metric; the trainer logs the mean of the values recorded since its last log."""
@@ -149,6 +172,60 @@ class _StepClock(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         self.objective.end_step(time.perf_counter() - self.start)
+
+
+class _StateCheckpoint(TrainerCallback):
+    """Calls the objective's `save_state` with the folder of each checkpoint the trainer writes."""
+
+    def __init__(self, objective: Objective):
+        self.objective = objective
+
+    def on_save(self, args, state, control, **kwargs):
+        import os
+
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+        self.objective.save_state(os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"))
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(value: int) -> int:
+    """One round of SplitMix64: spreads nearby integers over 64 bits (torch's CPU generator keeps 32 of them)."""
+    value = (value + 0x9E3779B97F4A7C15) & _MASK64
+    value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return value ^ (value >> 31)
+
+
+def row_seed(seed: int, global_step: int, row: int) -> int:
+    """The seed of one example's random stream: a hash of (seed, global step, index in the global batch)."""
+    mixed = _splitmix64(_splitmix64(_splitmix64(int(seed)) ^ int(global_step)) ^ int(row))
+    return (mixed ^ (mixed >> 32)) & 0xFFFFFFFF
+
+
+def row_generators(objective: Objective, rows: int) -> list[torch.Generator]:
+    """One CPU generator per row of the current micro-batch, keyed by where the row sits in the global batch.
+
+    The index of local row r is `(micro_step * processes + process_index) * block + r`, with `block` the
+    per-process batch size (`args.train_batch_size`): the index it has in the one big batch that the accumulated
+    micro-batches of all processes make up (accelerate gives process p the p-th slice of each global micro-batch).
+    The generators live on the CPU, so that every device draws the same numbers.
+
+    Args:
+        objective: The objective (its trainer gives the seed, the global step and the process layout; its
+            `micro_step` the index of the micro-batch within the optimizer step).
+        rows: Rows of the local micro-batch.
+    """
+    trainer = objective.trainer
+    args, state = trainer.args, trainer.state
+    accelerator = getattr(trainer, "accelerator", None)
+    processes = getattr(accelerator, "num_processes", 1)
+    process_index = getattr(accelerator, "process_index", 0)
+    block = max(int(args.train_batch_size), rows)
+    first = (objective.micro_step * processes + process_index) * block
+    return [torch.Generator().manual_seed(row_seed(args.seed, state.global_step, first + row)) for row in range(rows)]
 
 
 OBJECTIVES: dict[str, type[Objective]] = {}

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from hf_seqobj.tasks.arithmetic import ArithmeticTask, arithmetic_problems
 from hf_seqobj.tasks.base import SPLITS, Task
+from hf_seqobj.tasks.language_modeling import LanguageModelingTask
 from hf_seqobj.tasks.ner import NERTask, read_conll, tag_metrics
 from hf_seqobj.tasks.summarization import SummarizationTask
 from hf_seqobj.tasks.synthetic import synthetic_ner, synthetic_ner_splits
@@ -14,7 +16,9 @@ from hf_seqobj.tasks.translation import TranslationTask, read_parallel
 if TYPE_CHECKING:
     from hf_seqobj.arguments import DataArguments
 
-TASKS: dict[str, type[Task]] = {task.name: task for task in (NERTask, TranslationTask, SummarizationTask)}
+TASKS: dict[str, type[Task]] = {
+    task.name: task for task in (NERTask, TranslationTask, SummarizationTask, ArithmeticTask, LanguageModelingTask)
+}
 
 
 def get_task(args: DataArguments) -> Task:
@@ -26,11 +30,14 @@ def get_task(args: DataArguments) -> Task:
 
 __all__ = [
     "SPLITS",
+    "ArithmeticTask",
+    "LanguageModelingTask",
     "TASKS",
     "NERTask",
     "SummarizationTask",
     "Task",
     "TranslationTask",
+    "arithmetic_problems",
     "get_task",
     "read_conll",
     "read_parallel",

@@ -11,12 +11,32 @@ from dataclasses import dataclass, field
 
 from transformers import Seq2SeqTrainingArguments, TrainingArguments
 
-from hf_seqobj.objectives import OBJECTIVES, DAggerArguments, ScheduledSamplingArguments, get_objective
+from hf_seqobj.callbacks import SampleLoggingArguments
+from hf_seqobj.objectives import (
+    OBJECTIVES,
+    DAggerArguments,
+    DataNoisingArguments,
+    InterpolationArguments,
+    RAMLArguments,
+    ScheduledSamplingArguments,
+    SequenceMatchArguments,
+    SPGArguments,
+    get_objective,
+)
 from hf_seqobj.rollin import RollinArguments
 
 
 @dataclass
-class ObjectiveArguments(DAggerArguments, ScheduledSamplingArguments, RollinArguments):
+class ObjectiveArguments(
+    DAggerArguments,
+    ScheduledSamplingArguments,
+    SequenceMatchArguments,
+    RAMLArguments,
+    DataNoisingArguments,
+    SPGArguments,
+    InterpolationArguments,
+    RollinArguments,
+):
     """The fields shared by both argument classes: which objective to train with, and its settings."""
 
     objective: str = field(
@@ -31,7 +51,7 @@ class ObjectiveArguments(DAggerArguments, ScheduledSamplingArguments, RollinArgu
 
 
 @dataclass
-class SeqObjTrainingArguments(ObjectiveArguments, TrainingArguments):
+class SeqObjTrainingArguments(ObjectiveArguments, SampleLoggingArguments, TrainingArguments):
     """`transformers.TrainingArguments` for decoder-only models (GPT-2), plus the objective and generation at eval.
 
     Decoder-only examples are a prompt, a separator and a target; with `predict_with_generate`, evaluation generates
@@ -50,20 +70,31 @@ class SeqObjTrainingArguments(ObjectiveArguments, TrainingArguments):
         default=None,
         metadata={"help": "Beams for evaluation generation; None uses greedy decoding (1 beam)."},
     )
+    generation_do_sample: bool = field(
+        default=False,
+        metadata={"help": "Sample evaluation generations (at generation_temperature) instead of greedy decoding."},
+    )
+    generation_temperature: float = field(
+        default=1.0, metadata={"help": "Sampling temperature of evaluation generation (generation_do_sample); > 0."}
+    )
 
     def __post_init__(self):
         super().__post_init__()
         self._validate_objective()
+        self._validate_sample_logging()
         if self.generation_max_new_tokens < 1:
             raise ValueError(f"generation_max_new_tokens must be >= 1, got {self.generation_max_new_tokens}.")
         if self.generation_num_beams is not None and self.generation_num_beams < 1:
             raise ValueError(f"generation_num_beams must be None or >= 1, got {self.generation_num_beams}.")
+        if not self.generation_temperature > 0:
+            raise ValueError(f"generation_temperature must be > 0, got {self.generation_temperature}.")
 
 
 @dataclass
-class SeqObjSeq2SeqTrainingArguments(ObjectiveArguments, Seq2SeqTrainingArguments):
+class SeqObjSeq2SeqTrainingArguments(ObjectiveArguments, SampleLoggingArguments, Seq2SeqTrainingArguments):
     """`transformers.Seq2SeqTrainingArguments` for encoder-decoder models (BART, T5), plus the objective."""
 
     def __post_init__(self):
         super().__post_init__()
         self._validate_objective()
+        self._validate_sample_logging()

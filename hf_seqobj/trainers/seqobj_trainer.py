@@ -6,21 +6,51 @@ With `objective="mle"` (the default) they train exactly as the stock classes; ot
 
 from __future__ import annotations
 
-from typing import Any
+import copy
+import inspect
+import math
+import os
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import GenerationConfig, Seq2SeqTrainer, Trainer
 
+from hf_seqobj.backspace import backspace_token_id, generate_with_backspace
+from hf_seqobj.callbacks import SampleGenerationsCallback
 from hf_seqobj.generation import gather_targets, split_prompts
+from hf_seqobj.model_card import trainer_model_card
 from hf_seqobj.objectives import Objective, get_objective
+from hf_seqobj.peft_utils import wrap_model_in_args
 from hf_seqobj.rollin import first_eos_lengths
 from hf_seqobj.trainers.seqobj_config import SeqObjSeq2SeqTrainingArguments, SeqObjTrainingArguments
 
 
+if TYPE_CHECKING:
+    from peft import PeftConfig
+
+
 class _SeqObjMixin:
-    """What both trainers add to their stock class: the objective, its loss and its logged metrics."""
+    """What both trainers add to their stock class: the objective, its loss and its logged metrics; PEFT adapters
+    (`peft_config=`); model cards (README.md in the output directory, each checkpoint and Hub pushes); sample
+    generations at evaluation."""
 
     objective: Objective
+    task_name: str | None = None
+    """The task (ner, translation, summarization) named in model cards; `hf-seqobj train` sets it."""
+    dataset_name: str | None = None
+    """The data (a Hub data set name, a local path, or "synthetic") named in model cards; `hf-seqobj train` sets it."""
+
+    @staticmethod
+    def _peft_arguments(args: tuple, kwargs: dict[str, Any], peft_config: PeftConfig | None):
+        """The constructor's arguments, with the model wrapped by `get_peft_model` when `peft_config` is given."""
+        if peft_config is None:
+            return args, kwargs
+        names = list(inspect.signature(Trainer.__init__).parameters)[1:]
+        found = {name: args[i] if len(args) > i else kwargs.get(name) for i, name in enumerate(names)}
+        model, training_args, tokenizer = found["model"], found["args"], found["processing_class"]
+        if model is not None and hasattr(training_args, "objective"):  # e.g. <bksp>, before the adapter is added
+            get_objective(training_args.objective).prepare_model(model, tokenizer)
+        return wrap_model_in_args(args, kwargs, peft_config, names)
 
     def _init_objective(self) -> None:
         if not hasattr(self.args, "objective"):
@@ -31,6 +61,58 @@ class _SeqObjMixin:
         self.objective = get_objective(self.args.objective)(self)
         for callback in self.objective.callbacks():
             self.add_callback(callback)
+        if getattr(self.args, "eval_samples_to_log", 0) > 0:
+            self.add_callback(SampleGenerationsCallback(self, self.args.eval_samples_to_log))
+
+    def create_model_card(
+        self,
+        language: str | None = None,
+        license: str | None = None,
+        tags: str | list[str] | None = None,
+        model_name: str | None = None,
+        finetuned_from: str | None = None,
+        tasks: str | list[str] | None = None,
+        dataset_tags: str | list[str] | None = None,
+        dataset: str | list[str] | None = None,
+        dataset_args: str | list[str] | None = None,
+        dataset_name: str | list[str] | None = None,
+        metrics: dict[str, float] | None = None,
+    ) -> None:
+        """Writes the model card (README.md) into `args.output_dir` (`push_to_hub` calls this before uploading).
+
+        The card (:func:`hf_seqobj.model_card.trainer_model_card`) names the base model, the task and data, the
+        objective with its settings, the final metrics (the last logged evaluation, plus `metrics`), the library
+        versions and the objective's papers; its tags are hf_seqobj, the objective and the task (plus `tags`). The
+        stock arguments are accepted: `tasks` and `dataset` stand for the task and `dataset_name`; `dataset_tags` and
+        `dataset_args` are not used.
+        """
+        if not self.is_world_process_zero():  # type: ignore[attr-defined]
+            return
+        card = trainer_model_card(
+            self,  # type: ignore[arg-type]
+            model_name=model_name,
+            dataset_name=dataset_name if dataset_name is not None else dataset,
+            task=tasks if isinstance(tasks, str) else None,
+            tags=tags,
+            metrics=metrics,
+            finetuned_from=finetuned_from,
+            language=language,
+            license=license,
+        )
+        card.save(os.path.join(self.args.output_dir, "README.md"))
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """The stock `save_model`, then the model card into the same directory (so every checkpoint has one)."""
+        super().save_model(output_dir, _internal_call)  # type: ignore[misc]
+        if not self.args.should_save:
+            return
+        directories = {output_dir or self.args.output_dir}
+        if self.args.push_to_hub:  # checkpoint pushes upload output_dir: keep its card current too
+            directories.add(self.args.output_dir)
+        card = trainer_model_card(self)  # type: ignore[arg-type]
+        for directory in directories:
+            os.makedirs(directory, exist_ok=True)
+            card.save(os.path.join(directory, "README.md"))
 
     def compute_loss(
         self,
@@ -58,6 +140,22 @@ class _SeqObjMixin:
             model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
         )
 
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
+        super()._load_from_checkpoint(resume_from_checkpoint, model)  # type: ignore[misc]
+        self.objective.load_state(resume_from_checkpoint)
+
+    def _generate_with_backspace(
+        self, model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, config
+    ) -> torch.Tensor:
+        """Evaluation generation of a model that has `<bksp>`: backspace decoding; logs `backspace_rate`."""
+        result = generate_with_backspace(
+            self.accelerator.unwrap_model(model), input_ids, attention_mask, config, return_actions=True
+        )
+        self.objective.record_metric(
+            "backspace_rate", float(result.num_backspaces.sum()) / max(1, int(result.num_actions.sum()))
+        )
+        return result.sequences
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         is_eval = any(key.startswith("eval_") for key in logs)
         extra = self.objective.pop_metrics("eval" if is_eval else "train")
@@ -69,6 +167,8 @@ class _SeqObjMixin:
             extra = {key: sum(m[key] for m in per_rank if key in m) / sum(key in m for m in per_rank) for key in keys}
         if is_eval:
             extra = {f"eval_{key}": value for key, value in extra.items()}
+            if "eval_loss" in logs:  # the model's perplexity on the evaluation targets (teacher forced)
+                extra["eval_perplexity"] = math.exp(min(float(logs["eval_loss"]), 100.0))
         super().log({**logs, **extra}, start_time)  # type: ignore[misc]
 
 
@@ -78,10 +178,12 @@ class SeqObjTrainer(_SeqObjMixin, Trainer):
     Takes the same arguments as `transformers.Trainer`, with `args` a :class:`SeqObjTrainingArguments`. With
     `args.predict_with_generate`, evaluation generates from each example's prompt (the tokens before its first
     label) and `compute_metrics` gets the generated tokens as predictions and the target tokens as label ids, both
-    left-aligned and padded with -100.
+    left-aligned and padded with -100. `peft_config` (a `peft.PeftConfig`, as TRL's trainers take it) wraps the model
+    with `get_peft_model`; :func:`hf_seqobj.peft_utils.lora_config_for` gives one with the right defaults.
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, peft_config: PeftConfig | None = None, **kwargs):
+        args, kwargs = self._peft_arguments(args, kwargs, peft_config)
         super().__init__(*args, **kwargs)
         self._init_objective()
 
@@ -94,7 +196,9 @@ class SeqObjTrainer(_SeqObjMixin, Trainer):
         return GenerationConfig(
             max_new_tokens=self.args.generation_max_new_tokens,
             num_beams=self.args.generation_num_beams or 1,
-            do_sample=False,
+            do_sample=self.args.generation_do_sample,
+            temperature=self.args.generation_temperature if self.args.generation_do_sample else None,
+            top_k=0 if self.args.generation_do_sample else None,
             pad_token_id=pad if pad is not None else model_config.pad_token_id,
             eos_token_id=eos if eos is not None else model_config.eos_token_id,
             bos_token_id=model_config.bos_token_id,
@@ -111,9 +215,12 @@ class SeqObjTrainer(_SeqObjMixin, Trainer):
         prompt_ids, prompt_mask = split_prompts(inputs["input_ids"], inputs["labels"], generation_config.pad_token_id)
         unwrapped = self.accelerator.unwrap_model(model)
         with torch.no_grad():
-            generated = unwrapped.generate(
-                input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=generation_config
-            )
+            if backspace_token_id(unwrapped) is not None:
+                generated = self._generate_with_backspace(model, prompt_ids, prompt_mask, generation_config)
+            else:
+                generated = unwrapped.generate(
+                    input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=generation_config
+                )
         new_tokens = generated[:, prompt_ids.shape[1] :]
         # Everything after the first EOS is padding: mark it -100 so that metrics never read it.
         lengths = first_eos_lengths(new_tokens, generation_config.eos_token_id)
@@ -125,12 +232,30 @@ class SeqObjTrainer(_SeqObjMixin, Trainer):
 class SeqObjSeq2SeqTrainer(_SeqObjMixin, Seq2SeqTrainer):
     """`transformers.Seq2SeqTrainer` for encoder-decoder models (BART, T5) with a sequence-level objective.
 
-    Takes the same arguments as `transformers.Seq2SeqTrainer`, with `args` a :class:`SeqObjSeq2SeqTrainingArguments`.
+    Takes the same arguments as `transformers.Seq2SeqTrainer`, with `args` a :class:`SeqObjSeq2SeqTrainingArguments`,
+    and `peft_config` as :class:`SeqObjTrainer` does.
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, peft_config: PeftConfig | None = None, **kwargs):
+        args, kwargs = self._peft_arguments(args, kwargs, peft_config)
         super().__init__(*args, **kwargs)
         self._init_objective()
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **gen_kwargs):
+        unwrapped = self.accelerator.unwrap_model(model)
+        if not self.args.predict_with_generate or prediction_loss_only or backspace_token_id(unwrapped) is None:
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys, **gen_kwargs)
+        # A model with <bksp>: the loss as usual, the generation with backspace decoding.
+        loss, _, labels = super().prediction_step(model, inputs, True, ignore_keys=ignore_keys)
+        inputs = self._prepare_inputs(inputs)
+        kwargs = {**getattr(self, "_gen_kwargs", {}), **gen_kwargs}
+        config = copy.deepcopy(unwrapped.generation_config)
+        config.num_beams = 1
+        config.do_sample = False
+        max_length = kwargs.get("max_length") or self.args.generation_max_length or config.max_length or 128
+        config.max_new_tokens = kwargs.get("max_new_tokens") or max_length
+        generated = self._generate_with_backspace(model, inputs["input_ids"], inputs.get("attention_mask"), config)
+        return loss, generated, inputs.get("labels")
 
 
 __all__ = ["SeqObjSeq2SeqTrainer", "SeqObjSeq2SeqTrainingArguments", "SeqObjTrainer", "SeqObjTrainingArguments"]

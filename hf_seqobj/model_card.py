@@ -1,0 +1,337 @@
+"""Model cards for models trained with the hf_seqobj trainers (the README.md pushed to the Hub).
+
+The trainers' `create_model_card` (called by `Trainer.push_to_hub`) and `save_model` (so every checkpoint directory
+has one too) write a card built here with `huggingface_hub.ModelCard.from_template`: metadata (`ModelCardData`:
+base model, data set, library, tags `hf_seqobj` / objective / task) and a text with the task and data, the objective
+and its settings (the fields of that objective only), the final metrics, the framework versions and the papers to
+cite.
+
+An objective class may name its papers in a `papers` class attribute (keys of :data:`PAPERS`, or whole BibTeX
+entries) and its settings in a `settings_classes` class attribute (the dataclasses whose fields are its settings);
+:data:`OBJECTIVE_PAPERS` and :data:`OBJECTIVE_SETTINGS` cover the built-in objectives.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import os
+import sys
+from typing import TYPE_CHECKING, Any
+
+from huggingface_hub import ModelCard, ModelCardData
+
+
+if TYPE_CHECKING:
+    from transformers import Trainer
+
+
+PAPERS: dict[str, str] = {
+    "yang2024dynamic": """@article{yang2024dynamic,
+  title         = {Improving Autoregressive Training with Dynamic Oracles},
+  author        = {Yang, Jianing and Visvanathan, Harshine and Wang, Yilin and Hu, Xinyi and Gormley, Matthew R.},
+  journal       = {arXiv preprint arXiv:2406.09393},
+  year          = {2024},
+  eprint        = {2406.09393},
+  archivePrefix = {arXiv}
+}""",
+    "ross2011reduction": """@inproceedings{ross2011reduction,
+  title     = {A Reduction of Imitation Learning and Structured Prediction to No-Regret Online Learning},
+  author    = {Ross, St{\\'e}phane and Gordon, Geoffrey J. and Bagnell, J. Andrew},
+  booktitle = {Proceedings of the Fourteenth International Conference on Artificial Intelligence and Statistics},
+  year      = {2011}
+}""",
+    "bengio2015scheduled": """@inproceedings{bengio2015scheduled,
+  title     = {Scheduled Sampling for Sequence Prediction with Recurrent Neural Networks},
+  author    = {Bengio, Samy and Vinyals, Oriol and Jaitly, Navdeep and Shazeer, Noam},
+  booktitle = {Advances in Neural Information Processing Systems},
+  year      = {2015},
+  eprint    = {1506.03099}
+}""",
+    "cundy2024sequencematch": """@inproceedings{cundy2024sequencematch,
+  title         = {SequenceMatch: Imitation Learning for Autoregressive Sequence Modelling with Backtracking},
+  author        = {Cundy, Chris and Ermon, Stefano},
+  booktitle     = {International Conference on Learning Representations},
+  year          = {2024},
+  eprint        = {2306.05426},
+  archivePrefix = {arXiv}
+}""",
+    "tan2018connecting": """@article{tan2018connecting,
+  title         = {Connecting the Dots Between MLE and RL for Sequence Generation},
+  author        = {Tan, Bowen and Hu, Zhiting and Yang, Zichao and Salakhutdinov, Ruslan and Xing, Eric P.},
+  journal       = {arXiv preprint arXiv:1811.09740},
+  year          = {2018},
+  eprint        = {1811.09740},
+  archivePrefix = {arXiv}
+}""",
+}
+"""BibTeX entries of the papers behind the objectives, by key."""
+
+OBJECTIVE_PAPERS: dict[str, tuple[str, ...]] = {
+    "dagger": ("yang2024dynamic", "ross2011reduction"),
+    "scheduled_sampling": ("bengio2015scheduled",),
+    "sequencematch": ("cundy2024sequencematch",),
+    "raml": ("tan2018connecting",),
+    "spg": ("tan2018connecting",),
+    "data_noising": ("tan2018connecting",),
+    "interpolation": ("tan2018connecting",),
+}
+"""The papers (keys of :data:`PAPERS`) of the built-in objectives without a `papers` attribute."""
+
+OBJECTIVE_SETTINGS: dict[str, tuple[str, ...]] = {
+    "mle": (),
+    "dagger": ("DAggerArguments", "RollinArguments"),
+    "scheduled_sampling": ("ScheduledSamplingArguments", "RollinArguments"),
+    "sequencematch": ("SequenceMatchArguments", "RollinArguments"),
+}
+"""Names of the argument dataclasses whose fields are an objective's settings. Objectives not listed (and without a
+`settings_classes` attribute) show the fields of the argument dataclasses defined in their own module."""
+
+OBJECTIVE_DESCRIPTIONS: dict[str, str] = {
+    "mle": "teacher forcing (maximum likelihood on gold prefixes)",
+    "dagger": "DAgger with dynamic oracles: roll-ins by the model, relabelled by the metric's oracle",
+    "scheduled_sampling": "scheduled sampling (two-pass form for transformers)",
+    "sequencematch": "SequenceMatch: imitation learning with backtracking (<bksp>)",
+    "raml": "reward-augmented maximum likelihood (ERPO family)",
+    "spg": "softmax policy gradient (ERPO family)",
+    "data_noising": "data noising (ERPO family)",
+    "interpolation": "the interpolation algorithm of the ERPO family",
+}
+
+LIBRARIES = ("hf_seqobj", "transformers", "torch", "accelerate", "peft", "datasets", "tokenizers", "huggingface_hub")
+
+TEMPLATE = """---
+{{ card_data }}
+---
+
+# Model card for {{ model_name }}
+
+{{ intro }}
+It was trained with hf_seqobj's `{{ trainer_name }}` and the `{{ objective }}` objective{{ objective_description }}.
+{% if adapter %}
+It is a LoRA adapter ([PEFT](https://github.com/huggingface/peft)) for its base model.
+{% endif %}
+## Quick start
+
+```python
+{% if adapter %}from peft import {{ peft_auto_class }}
+from transformers import AutoTokenizer
+
+model = {{ peft_auto_class }}.from_pretrained("{{ repo }}")  # or .merge_and_unload() for a plain model
+{% else %}from transformers import {{ auto_class }}, AutoTokenizer
+
+model = {{ auto_class }}.from_pretrained("{{ repo }}")
+{% endif %}tokenizer = AutoTokenizer.from_pretrained("{{ repo }}")
+```
+
+## Training procedure
+
+Objective: `{{ objective }}`{% if settings %}, with these settings:
+
+| setting | value |
+|---|---|
+{% for key, value in settings.items() %}| `{{ key }}` | `{{ value }}` |
+{% endfor %}{% else %} (no settings of its own).
+{% endif %}
+Training: {{ training }}.
+
+## Results
+
+{% if metrics %}| metric | value |
+|---|---|
+{% for key, value in metrics.items() %}| {{ key }} | {{ value }} |
+{% endfor %}{% else %}No evaluation has been run yet.
+{% endif %}
+## Framework versions
+
+{% for name, version in versions.items() %}- {{ name }}: {{ version }}
+{% endfor %}
+## Citations
+{% if papers %}
+The `{{ objective }}` objective comes from:
+
+```bibtex
+{% for paper in papers %}{{ paper }}
+{% if not loop.last %}
+{% endif %}{% endfor %}```
+{% else %}
+Teacher forcing needs no citation beyond the libraries'.
+{% endif %}"""
+
+
+def objective_papers(objective: str) -> list[str]:
+    """BibTeX entries of the papers behind `objective` (its class's `papers`, else :data:`OBJECTIVE_PAPERS`)."""
+    from hf_seqobj.objectives import get_objective
+
+    keys = getattr(get_objective(objective), "papers", None) or OBJECTIVE_PAPERS.get(objective, ())
+    return [PAPERS.get(key, key) for key in keys]
+
+
+def objective_settings(args: Any) -> dict[str, Any]:
+    """The values in `args` of the settings of `args.objective` only (e.g. dagger's oracle and beta, not ss_k)."""
+    import hf_seqobj.objectives as objectives
+    from hf_seqobj.objectives import get_objective
+    from hf_seqobj.rollin import RollinArguments
+
+    cls = get_objective(args.objective)
+    classes = getattr(cls, "settings_classes", None)
+    if classes is None and args.objective in OBJECTIVE_SETTINGS:
+        named = {"RollinArguments": RollinArguments}
+        classes = [named.get(name) or getattr(objectives, name) for name in OBJECTIVE_SETTINGS[args.objective]]
+    if classes is None:
+        module = sys.modules[cls.__module__]
+        classes = [
+            value
+            for value in vars(module).values()
+            if isinstance(value, type)
+            and dataclasses.is_dataclass(value)
+            and value.__module__ == module.__name__
+            and isinstance(args, value)
+        ]
+    return {f.name: getattr(args, f.name) for klass in classes for f in dataclasses.fields(klass)}
+
+
+def final_metrics(log_history: list[dict[str, Any]], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The last logged value of each evaluation metric and the training loss, plus `extra` (e.g. test metrics).
+
+    Runtimes and throughputs are left out; floats are rounded to 4 decimals.
+    """
+    metrics: dict[str, Any] = {}
+    for entry in log_history:
+        for key, value in entry.items():
+            if key.startswith("eval_") or key == "train_loss":
+                metrics[key] = value
+    metrics.update(extra or {})
+    skipped = ("_runtime", "_per_second", "_steps_per_second", "_samples_per_second")
+    return {
+        key: round(value, 4) if isinstance(value, float) else value
+        for key, value in metrics.items()
+        if not key.endswith(skipped) and isinstance(value, int | float)
+    }
+
+
+def library_versions() -> dict[str, str]:
+    """Installed versions of hf_seqobj and the libraries it trains with."""
+    versions = {}
+    for name in LIBRARIES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            module = sys.modules.get(name)
+            versions[name] = getattr(module, "__version__", "not installed")
+    return versions
+
+
+def _is_hub_id(name: str | None) -> bool:
+    """Whether `name` looks like a Hub repository id rather than a local path or a built-in data set."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if not name or name == "synthetic" or os.path.exists(name):
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def _base_model(model) -> str | None:
+    peft_config = getattr(model, "peft_config", None)
+    if isinstance(peft_config, dict) and peft_config:
+        return next(iter(peft_config.values())).base_model_name_or_path
+    return getattr(getattr(model, "config", None), "_name_or_path", None) or None
+
+
+def trainer_model_card(
+    trainer: Trainer,
+    model_name: str | None = None,
+    dataset_name: str | list[str] | None = None,
+    task: str | None = None,
+    tags: str | list[str] | None = None,
+    metrics: dict[str, Any] | None = None,
+    finetuned_from: str | None = None,
+    language: str | list[str] | None = None,
+    license: str | None = None,
+) -> ModelCard:
+    """The model card of `trainer`'s model.
+
+    Args:
+        trainer: A `SeqObjTrainer` / `SeqObjSeq2SeqTrainer` (or a trainer with their argument classes).
+        model_name: Defaults to the Hub repository's name, else the output directory's name.
+        dataset_name: A Hub data set name, a local file or directory, or "synthetic"; defaults to the trainer's
+            `dataset_name` attribute.
+        task: ner, translation or summarization; defaults to the trainer's `task_name` attribute.
+        tags: Tags added to hf_seqobj, the objective and the task.
+        metrics: Metrics shown besides the last logged evaluation metrics (e.g. test metrics), taking precedence.
+        finetuned_from: The base model; defaults to the model's own `_name_or_path` (for an adapter, the base
+            model the adapter was made for).
+        language: The card's `language` metadata.
+        license: The card's `license` metadata.
+    """
+    from peft import PeftModel
+
+    args = trainer.args
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    adapter = isinstance(model, PeftModel)
+    hub_model_id = getattr(trainer, "hub_model_id", None) or args.hub_model_id
+    if model_name is None:
+        model_name = (hub_model_id or os.path.abspath(args.output_dir)).replace(os.sep, "/").split("/")[-1]
+    dataset_name = dataset_name if dataset_name is not None else getattr(trainer, "dataset_name", None)
+    task = task if task is not None else getattr(trainer, "task_name", None)
+    base_model = finetuned_from or _base_model(model)
+    datasets = [dataset_name] if isinstance(dataset_name, str) else list(dataset_name or [])
+    hub_datasets = [name for name in datasets if _is_hub_id(name)]
+    tag_list = ["hf_seqobj", args.objective, *([task] if task else []), *(["peft", "lora"] if adapter else [])]
+    tag_list += [tags] if isinstance(tags, str) else list(tags or [])
+    tag_list += list(getattr(model, "model_tags", None) or [])
+    tag_list = list(dict.fromkeys(tag_list))
+    card_data = ModelCardData(
+        base_model=base_model if _is_hub_id(base_model) else None,
+        datasets=hub_datasets or None,
+        language=language,
+        license=license,
+        library_name="peft" if adapter else "transformers",
+        model_name=model_name,
+        tags=tag_list,
+    )
+    if not datasets:
+        data = None
+    elif datasets == ["synthetic"]:
+        data = "the synthetic NER data that hf_seqobj generates (`dataset_name: synthetic`)"
+    else:
+        data = ", ".join(
+            f"[{name}](https://huggingface.co/datasets/{name})" if name in hub_datasets else f"`{name}`"
+            for name in datasets
+        )
+    if base_model:
+        base = f"[{base_model}](https://huggingface.co/{base_model})" if _is_hub_id(base_model) else f"`{base_model}`"
+        intro = f"This model is a fine-tuned version of {base}"
+    else:
+        intro = "This model was trained"
+    intro += (f" for the `{task}` task" if task else "") + (f" on {data}" if data else "") + "."
+    state = trainer.state
+    training = f"{state.global_step} optimizer steps"
+    training += f" ({round(state.epoch, 2)} epochs)" if state.epoch else ""
+    training += f", learning rate {args.learning_rate}, batch size {args.per_device_train_batch_size} per device"
+    if args.gradient_accumulation_steps > 1:
+        training += f" x {args.gradient_accumulation_steps} accumulation steps"
+    training += f", seed {args.seed}"
+    description = OBJECTIVE_DESCRIPTIONS.get(args.objective)
+    encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
+    return ModelCard.from_template(
+        card_data,
+        template_str=TEMPLATE,
+        intro=intro,
+        trainer_name=type(trainer).__name__,
+        objective=args.objective,
+        objective_description=f" ({description})" if description else "",
+        adapter=adapter,
+        repo=hub_model_id or args.output_dir,
+        auto_class="AutoModelForSeq2SeqLM" if encoder_decoder else "AutoModelForCausalLM",
+        peft_auto_class="AutoPeftModelForSeq2SeqLM" if encoder_decoder else "AutoPeftModelForCausalLM",
+        settings=objective_settings(args),
+        training=training,
+        metrics=final_metrics(trainer.state.log_history, metrics),
+        versions=library_versions(),
+        papers=objective_papers(args.objective),
+    )

@@ -1,0 +1,454 @@
+"""SequenceMatch (Cundy & Ermon, arXiv 2306.05426): imitation with a backspace action, METHODS.md section 4.
+
+The logits are read as Q-values, Q(s, a) = l(a|s), with V(s) = logsumexp_a l(a|s) and the implied reward
+r(s, a, s') = l(a|s) - gamma V(s'). The loss is the chi^2-mixture divergence in the IQ-Learn form:
+
+    L = - E_data[ r ] + E_mix[ V(s) - gamma V(s') ] + 1 / (4 alpha) E_mix[ r^2 ]
+
+Our exact form (the specification asks the code to document it):
+
+- Each step t of a sequence (its t-th action, counting from 0) is weighted gamma^t, and the expectations are sums
+  over steps divided by the normaliser N (the Trainer's `num_items_in_batch`, the gold-token count of the whole
+  accumulated batch, so that gradient accumulation equals one big batch).
+- data: the training sequences, with backspace noise when `sm_noise_prob` > 0; the wrong token of a noise pair is
+  not a step of the data (label -100) in any term, so the data and value terms of the remaining steps still
+  telescope. mix: the data sequences and the model's roll-ins in equal parts (weight 1/2 each; weight 1 on the data
+  when there are no roll-ins). Every action of a roll-in up to its EOS is a step.
+- The state after EOS is absorbing: from it the policy keeps taking EOS (our choice of the absorbing action), with
+  s' = s. Its infinite tail is summed in closed form: for a sequence whose EOS is step T, with G = gamma^(T+1) /
+  (1 - gamma) and r_abs = l(EOS|s_abs) - gamma V(s_abs), the tail adds -G r_abs to the data term (data sequences),
+  gamma^(T+1) V(s_abs) to the value term and G r_abs^2 / (4 alpha) to the chi^2 term (each with its mix weight).
+  A roll-in cut at the length limit before EOS has no tail.
+- Check (tested): without roll-ins and without the chi^2 and absorbing terms, the data and value terms sum to the
+  gamma^t-weighted token NLL (with gamma = 1, exactly the NLL): per step, -(l - gamma V') + (V - gamma V') = V - l.
+
+Training: BC (token NLL on the data, the noise's backspace targets included) for `sm_bc_steps`, then
+w BC + (1 - w) SM, with the BC weight w annealed linearly from 1 to `sm_bc_final_weight` over `sm_bc_anneal_steps`.
+Roll-ins are generated with the backspace action (:func:`hf_seqobj.backspace.generate_with_backspace`) every
+`sm_rollout_every` optimizer steps into a replay buffer of `sm_buffer_size` sequences, from which each micro-batch
+draws as many roll-ins as it has examples (with `sm_rollout_every=1` a micro-batch uses its own fresh roll-ins).
+All states of a batch, data and roll-ins, go through the model in one forward pass (:mod:`hf_seqobj.backspace`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import torch
+from transformers import GenerationConfig
+
+from hf_seqobj.backspace import (
+    add_backspace_token,
+    backspace_forward,
+    backspace_token_id,
+    build_backspace_batch,
+    generate_with_backspace,
+    insert_backspace_noise,
+    noise_candidates,
+    split_examples,
+)
+from hf_seqobj.generation import split_prompts
+from hf_seqobj.objectives.base import Objective, register_objective, row_generators
+from hf_seqobj.rollin import IGNORE_INDEX, generation_mode, unwrap_for_generation
+
+
+logger = logging.getLogger(__name__)
+
+BUFFER_FILE = "sequencematch_buffer_rank{rank}.pt"
+"""Per process, the replay buffer saved in each checkpoint (so that a resumed run draws what the original drew)."""
+
+
+@dataclass
+class SequenceMatchArguments:
+    """Settings of `objective="sequencematch"`."""
+
+    sm_alpha: float = field(
+        default=0.01, metadata={"help": "alpha of the chi^2 term 1/(4 alpha) E_mix[r^2] (reported: 0.01); > 0."}
+    )
+    sm_gamma: float = field(
+        default=0.998,
+        metadata={"help": "Discount gamma in (0, 1] (reported: 0.998); must be < 1 with the absorbing state."},
+    )
+    sm_chi2: bool = field(default=True, metadata={"help": "Include the chi^2 term (off: data and value terms only)."})
+    sm_absorbing: bool = field(
+        default=True, metadata={"help": "Add the closed-form tail of the absorbing state after EOS."}
+    )
+    sm_bc_steps: int = field(
+        default=0, metadata={"help": "Optimizer steps of BC (MLE on the data) before the SequenceMatch loss starts."}
+    )
+    sm_bc_final_weight: float = field(
+        default=0.2,
+        metadata={"help": "The BC weight w in w BC + (1 - w) SM after annealing (reported: 0.2); in [0, 1]."},
+    )
+    sm_bc_anneal_steps: int = field(
+        default=1000,
+        metadata={"help": "Optimizer steps over which the BC weight goes linearly from 1 to sm_bc_final_weight."},
+    )
+    sm_noise_prob: float = field(
+        default=0.0,
+        metadata={"help": "Backspace noise: probability per target position of a wrong token followed by <bksp>."},
+    )
+    sm_buffer_size: int = field(
+        default=256, metadata={"help": "Roll-ins (sequences) kept in the replay buffer per process."}
+    )
+    sm_rollout_every: int = field(
+        default=1,
+        metadata={"help": "Generate new roll-ins every this many optimizer steps (1: fresh roll-ins every step)."},
+    )
+    sm_rollin_fraction: float = field(
+        default=1.0,
+        metadata={
+            "help": "Roll-ins per micro-batch as a fraction of its examples (rounded up), in (0, 1]. The roll-ins' "
+            "mix weight is scaled by examples / roll-ins, so data and roll-ins still count in equal parts; fewer "
+            "roll-ins make a cheaper, noisier step."
+        },
+    )
+    sm_max_new_tokens: int | None = field(
+        default=None,
+        metadata={"help": "Actions per roll-in (backspaces count); None: twice the batch's longest target."},
+    )
+
+    def _validate_sequencematch(self) -> None:
+        if not self.sm_alpha > 0:
+            raise ValueError(f"sm_alpha must be > 0, got {self.sm_alpha}.")
+        if not 0 < self.sm_gamma <= 1:
+            raise ValueError(f"sm_gamma must be in (0, 1], got {self.sm_gamma}.")
+        if self.sm_absorbing and self.sm_gamma >= 1:
+            raise ValueError(
+                f"sm_gamma={self.sm_gamma}: the absorbing state's tail sums gamma^t to infinity, so it needs "
+                "sm_gamma < 1 (or sm_absorbing=False)."
+            )
+        if not 0.0 <= self.sm_bc_final_weight <= 1.0:
+            raise ValueError(f"sm_bc_final_weight must be in [0, 1], got {self.sm_bc_final_weight}.")
+        if not 0.0 <= self.sm_noise_prob <= 1.0:
+            raise ValueError(f"sm_noise_prob must be in [0, 1], got {self.sm_noise_prob}.")
+        for name in ("sm_bc_steps", "sm_bc_anneal_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
+        for name in ("sm_buffer_size", "sm_rollout_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if not 0.0 < self.sm_rollin_fraction <= 1.0:
+            raise ValueError(f"sm_rollin_fraction must be in (0, 1], got {self.sm_rollin_fraction}.")
+        if self.sm_max_new_tokens is not None and self.sm_max_new_tokens < 1:
+            raise ValueError(f"sm_max_new_tokens must be None or >= 1, got {self.sm_max_new_tokens}.")
+
+
+class SequenceMatchLoss(NamedTuple):
+    """The loss and its three terms (each already divided by the normaliser; `loss` is their sum)."""
+
+    loss: torch.Tensor
+    data: torch.Tensor
+    value: torch.Tensor
+    chi2: torch.Tensor
+
+
+def sequencematch_loss(
+    logits: torch.Tensor,
+    actions: torch.Tensor,
+    is_rollin: torch.Tensor | None = None,
+    alpha: float = 0.01,
+    gamma: float = 0.998,
+    chi2: bool = True,
+    eos_token_id: int | None = None,
+    normalizer: torch.Tensor | float | None = None,
+    rollin_scale: float = 1.0,
+) -> SequenceMatchLoss:
+    """The SequenceMatch loss of a batch in step layout, as a pure function (see the module docstring).
+
+    Args:
+        logits: [B, T + 1, V]; row t is the state before action t, row T the state after the last column.
+        actions: [B, T] the action taken at each step, -100 where there is no step (padding, noise tokens).
+        is_rollin: [B] bool, rows that are the model's roll-ins (mix only); default none.
+        alpha: The chi^2 term's alpha (> 0).
+        gamma: The discount (in (0, 1]).
+        chi2: Include the chi^2 term.
+        eos_token_id: With it, a row whose last step is EOS gets the absorbing state's closed-form tail (needs
+            gamma < 1); None: no tails.
+        normalizer: Divides every term; default the number of data steps.
+        rollin_scale: Multiplies the roll-in rows' mix weight: data rows / roll-in rows when a batch has fewer
+            roll-ins than examples, so that both parts of the mix keep equal weight.
+
+    Returns:
+        A :class:`SequenceMatchLoss`, computed in float32.
+    """
+    if logits.dim() != 3 or actions.dim() != 2 or logits.shape[:2] != (actions.shape[0], actions.shape[1] + 1):
+        raise ValueError(
+            f"logits {tuple(logits.shape)} must be [B, T + 1, V] for actions {tuple(actions.shape)} [B, T]."
+        )
+    if not alpha > 0:
+        raise ValueError(f"alpha must be > 0, got {alpha}.")
+    if not 0 < gamma <= 1 or (eos_token_id is not None and gamma >= 1):
+        raise ValueError(f"gamma must be in (0, 1], and < 1 with the absorbing tail (eos_token_id); got {gamma}.")
+    batch, steps = actions.shape
+    device = logits.device
+    if is_rollin is None:
+        is_rollin = torch.zeros(batch, dtype=torch.bool, device=device)
+    is_rollin = is_rollin.to(device)
+    scores = logits.float()
+    values = torch.logsumexp(scores, dim=-1)  # [B, T + 1]
+    valid = actions != IGNORE_INDEX
+    q = scores[:, :-1].gather(-1, actions.clamp(min=0)[..., None])[..., 0]
+    reward = q - gamma * values[:, 1:]
+    discount = gamma ** torch.arange(steps, device=device, dtype=torch.float32)
+    weight = discount[None, :] * valid
+    data_rows = (~is_rollin).float()[:, None]
+    mix_rows = torch.where(is_rollin, 0.5 * rollin_scale, 0.5 if bool(is_rollin.any()) else 1.0).float()[:, None]
+    data = -(data_rows * weight * reward).sum()
+    value = (mix_rows * weight * (values[:, :-1] - gamma * values[:, 1:])).sum()
+    squares = (mix_rows * weight * reward.pow(2)).sum()
+    if eos_token_id is not None:
+        any_step = valid.any(1)
+        last = torch.where(any_step, steps - 1 - valid.flip(1).int().argmax(1), 0)
+        last_action = actions.gather(1, last[:, None])[:, 0]
+        terminal = any_step & (last_action == eos_token_id)
+        rows = torch.arange(batch, device=device)
+        absorbing = last + 1
+        value_abs = values[rows, absorbing]
+        reward_abs = scores[rows, absorbing, eos_token_id] - gamma * value_abs
+        start = gamma ** (last.float() + 1)
+        tail = start / (1 - gamma)
+        terminal = terminal.float()
+        data = data - (terminal * data_rows[:, 0] * tail * reward_abs).sum()
+        value = value + (terminal * mix_rows[:, 0] * start * value_abs).sum()
+        squares = squares + (terminal * mix_rows[:, 0] * tail * reward_abs.pow(2)).sum()
+    if normalizer is None:
+        normalizer = (valid & ~is_rollin[:, None]).sum().clamp(min=1)
+    if isinstance(normalizer, torch.Tensor):
+        normalizer = normalizer.to(device)
+    data, value = data / normalizer, value / normalizer
+    chi2_term = squares / (4 * alpha) / normalizer if chi2 else torch.zeros((), device=device)
+    return SequenceMatchLoss(data + value + chi2_term, data, value, chi2_term)
+
+
+def step_nll(logits: torch.Tensor, actions: torch.Tensor, normalizer: torch.Tensor | float | None = None):
+    """Token NLL of step-layout logits [B, T + 1, V] for actions [B, T] (-100: no target): BC on a layout."""
+    scores = logits[:, :-1].float()
+    total = torch.nn.functional.cross_entropy(
+        scores.reshape(-1, scores.shape[-1]), actions.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
+    if normalizer is None:
+        normalizer = (actions != IGNORE_INDEX).sum().clamp(min=1)
+    if isinstance(normalizer, torch.Tensor):
+        normalizer = normalizer.to(total.device)
+    return total / normalizer
+
+
+@dataclass
+class _Rollin:
+    source: list[int]
+    actions: list[int]
+    step: int
+
+
+@register_objective
+class SequenceMatchObjective(Objective):
+    """`objective="sequencematch"`: BC, then the SequenceMatch loss on data and backspace roll-ins.
+
+    The model gets `<bksp>` when it has none (:func:`hf_seqobj.backspace.add_backspace_token`, at trainer
+    construction, before the optimizer exists). The trainer's collator is the ordinary one; the objective turns each
+    batch into the backspace layout, adds the noise and the roll-ins, and runs one forward pass. Its random draws
+    (noise, buffer sampling, sampled roll-ins) come from :meth:`Objective.step_generator`, so they are the same after
+    a resume; the replay buffer is saved in each checkpoint. Evaluation loss is plain teacher forcing; evaluation
+    generation uses the backspace decoding.
+
+    Logged (train): `sm_bc_weight`, `bc_loss`, `sm_data_term`, `sm_value_term`, `sm_chi2_term`, `sm_noise_rate`,
+    `rollin_backspace_rate`, `rollin_length`, `buffer_age` (optimizer steps since the sampled roll-ins were made),
+    and the time shares of roll-ins and the forward pass.
+    """
+
+    name = "sequencematch"
+
+    def __init__(self, trainer):
+        super().__init__(trainer)
+        self.buffer: list[_Rollin] = []
+        tokenizer = trainer.processing_class
+        self.prepare_model(trainer.model, tokenizer)
+        self.bksp = backspace_token_id(trainer.model)
+        self.candidates = noise_candidates(tokenizer, self.bksp)
+
+    @classmethod
+    def prepare_model(cls, model, tokenizer) -> None:
+        """Adds `<bksp>` to the model and tokenizer when the model has none (before PEFT wraps it)."""
+        if backspace_token_id(model) is not None:
+            return
+        if tokenizer is None or not hasattr(tokenizer, "add_tokens"):
+            raise ValueError("objective='sequencematch' needs a tokenizer (processing_class) to add <bksp> to.")
+        if hasattr(model, "get_base_model"):
+            raise ValueError(
+                "The model is a PeftModel without <bksp>: add it before wrapping (hf_seqobj.add_backspace_token), or "
+                "pass the base model with peft_config, so that the new embedding row is trainable."
+            )
+        bksp = add_backspace_token(model, tokenizer)
+        logger.info("Added <bksp> (id %d) to the model and tokenizer for SequenceMatch.", bksp)
+
+    @classmethod
+    def validate_args(cls, args) -> None:
+        args._validate_sequencematch()
+        args._validate_rollin()
+
+    # ----------------------------------------------------------------------------------------------------------
+    def bc_weight(self, step: int | None = None) -> float:
+        """The BC weight w at an optimizer step: 1 during BC, then linear to `sm_bc_final_weight`."""
+        args = self.trainer.args
+        step = self.trainer.state.global_step if step is None else step
+        if step < args.sm_bc_steps:
+            return 1.0
+        if args.sm_bc_anneal_steps == 0:
+            return args.sm_bc_final_weight
+        progress = min(1.0, (step - args.sm_bc_steps) / args.sm_bc_anneal_steps)
+        return 1.0 + progress * (args.sm_bc_final_weight - 1.0)
+
+    def save_state(self, folder: str) -> None:
+        os.makedirs(folder, exist_ok=True)
+        rank = self.trainer.args.process_index
+        torch.save([vars(item) for item in self.buffer], os.path.join(folder, BUFFER_FILE.format(rank=rank)))
+
+    def load_state(self, folder: str) -> None:
+        path = os.path.join(folder, BUFFER_FILE.format(rank=self.trainer.args.process_index))
+        if os.path.exists(path):
+            self.buffer = [_Rollin(**item) for item in torch.load(path)]
+        else:
+            logger.warning("No SequenceMatch replay buffer in %s: the resumed run starts with an empty one.", folder)
+
+    # ----------------------------------------------------------------------------------------------------------
+    def _rollins(self, model, inputs, encoder_decoder, max_new, generator) -> list[_Rollin]:
+        trainer, args = self.trainer, self.trainer.args
+        tokenizer = trainer.processing_class
+        unwrapped = trainer.accelerator.unwrap_model(model)
+        pad = tokenizer.pad_token_id
+        if encoder_decoder:
+            prompt_ids, prompt_mask = inputs["input_ids"], inputs.get("attention_mask")
+        else:
+            prompt_ids, prompt_mask = split_prompts(inputs["input_ids"], inputs["labels"], pad)
+        config = GenerationConfig(
+            max_new_tokens=max_new,
+            do_sample=args.rollin == "sample",
+            temperature=args.rollin_temperature if args.rollin == "sample" else None,
+            top_k=0 if args.rollin == "sample" else None,
+            num_beams=1,
+            pad_token_id=pad,
+            eos_token_id=tokenizer.eos_token_id,
+            decoder_start_token_id=getattr(unwrapped.config, "decoder_start_token_id", None),
+        )
+        with self.timed("rollin"), unwrap_for_generation(model, trainer.accelerator) as (generating, _):
+            with generation_mode(generating, args.rollin_dropout, args.gradient_checkpointing_kwargs):
+                result = generate_with_backspace(
+                    generating, prompt_ids, prompt_mask, config, self.bksp, return_actions=True, generator=generator
+                )
+        step = self.trainer.state.global_step
+        rollins = []
+        for row in range(prompt_ids.shape[0]):
+            mask = prompt_mask[row].bool() if prompt_mask is not None else torch.ones_like(prompt_ids[row]).bool()
+            source = prompt_ids[row][mask].tolist()
+            actions = result.actions[row, : int(result.num_actions[row])].tolist()
+            rollins.append(_Rollin(source, actions, step))
+        total = max(1, int(result.num_actions.sum()))
+        self.record_metric("rollin_backspace_rate", float(result.num_backspaces.sum()) / total)
+        self.record_metric("rollin_length", result.num_actions.float().mean())
+        return rollins
+
+    def _draw_rollins(self, model, inputs, encoder_decoder, max_new, generator) -> list[_Rollin]:
+        args, step = self.trainer.args, self.trainer.state.global_step
+        batch = math.ceil(inputs["input_ids"].shape[0] * args.sm_rollin_fraction)
+        if args.sm_rollout_every == 1:  # fresh roll-ins from the first examples of the micro-batch
+            first = {key: value[:batch] for key, value in inputs.items() if isinstance(value, torch.Tensor)}
+            return self._rollins(model, first, encoder_decoder, max_new, generator)
+        if step % args.sm_rollout_every == 0 or not self.buffer:
+            self.buffer.extend(self._rollins(model, inputs, encoder_decoder, max_new, generator))
+            self.buffer = self.buffer[-args.sm_buffer_size :]
+        order = torch.randperm(len(self.buffer), generator=generator)
+        picks = [order[i % len(order)] for i in range(batch)]
+        drawn = [self.buffer[int(i)] for i in picks]
+        self.record_metric("buffer_age", sum(step - item.step for item in drawn) / len(drawn))
+        return drawn
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        trainer, args = self.trainer, self.trainer.args
+        if not model.training:
+            return trainer.stock_compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        unwrapped = trainer.accelerator.unwrap_model(model)
+        encoder_decoder = bool(unwrapped.config.is_encoder_decoder)
+        tokenizer = trainer.processing_class
+        pad = tokenizer.pad_token_id
+        device = inputs["input_ids"].device
+        generator = self.step_generator(torch.device("cpu"))
+        start = getattr(unwrapped.config, "decoder_start_token_id", None)
+
+        features = [
+            {key: inputs[key][row].tolist() for key in ("input_ids", "attention_mask", "labels") if key in inputs}
+            for row in range(inputs["input_ids"].shape[0])
+        ]
+        prefixes, targets = split_examples(features, encoder_decoder, start)
+        noised = [
+            insert_backspace_noise(t, args.sm_noise_prob, self.bksp, self.candidates, row_generator)
+            for t, row_generator in zip(targets, row_generators(self, len(targets)), strict=True)
+        ]
+        actions = [a for a, _ in noised]
+        labels = [lab for _, lab in noised]
+        sources = None
+        if encoder_decoder:  # the encoder inputs without padding
+            sources = [[x for x, m in zip(f["input_ids"], f["attention_mask"], strict=True) if m] for f in features]
+
+        bc_weight = self.bc_weight()
+        rollins: list[_Rollin] = []
+        if bc_weight < 1.0:
+            longest = max(len(t) for t in targets)
+            max_new = args.sm_max_new_tokens or 2 * longest
+            rollins = self._draw_rollins(model, inputs, encoder_decoder, max_new, generator)
+            for item in rollins:
+                if encoder_decoder:
+                    prefixes.append([start])
+                    sources.append(item.source)
+                else:
+                    prefixes.append(item.source)
+                actions.append(item.actions)
+                labels.append(item.actions)
+        layout = build_backspace_batch(prefixes, actions, self.bksp, pad, labels=labels)
+        width = int(layout["prefix_width"])
+        batch = {key: layout[key].to(device) for key in ("input_ids", "position_ids", "attend")}
+        encoder_inputs = None
+        if encoder_decoder:
+            longest_source = max(len(s) for s in sources)
+            encoder_inputs = {
+                "input_ids": torch.tensor([s + [pad] * (longest_source - len(s)) for s in sources], device=device),
+                "attention_mask": torch.tensor(
+                    [[1] * len(s) + [0] * (longest_source - len(s)) for s in sources], device=device
+                ),
+            }
+        with self.timed("forward"):
+            outputs = backspace_forward(model, batch, encoder_inputs, use_cache=False)
+        logits = outputs.logits[:, width - 1 :]
+        step_labels = layout["step_labels"].to(device)
+        data_rows = len(features)
+        if num_items_in_batch is None:
+            num_items_in_batch = (inputs["labels"] != IGNORE_INDEX).sum()
+        bc = step_nll(logits[:data_rows], step_labels[:data_rows], num_items_in_batch)
+        loss = bc
+        self.record_metric("sm_bc_weight", bc_weight)
+        self.record_metric("bc_loss", bc)
+        noise_pairs = sum(lab.count(self.bksp) for lab in labels[:data_rows])
+        self.record_metric("sm_noise_rate", noise_pairs / max(1, sum(len(t) for t in targets)))
+        if bc_weight < 1.0:
+            is_rollin = torch.arange(logits.shape[0], device=device) >= data_rows
+            terms = sequencematch_loss(
+                logits,
+                step_labels,
+                is_rollin,
+                alpha=args.sm_alpha,
+                gamma=args.sm_gamma,
+                chi2=args.sm_chi2,
+                eos_token_id=tokenizer.eos_token_id if args.sm_absorbing else None,
+                normalizer=num_items_in_batch,
+                rollin_scale=data_rows / max(1, len(rollins)),
+            )
+            loss = bc_weight * bc + (1 - bc_weight) * terms.loss
+            self.record_metric("sm_data_term", terms.data)
+            self.record_metric("sm_value_term", terms.value)
+            self.record_metric("sm_chi2_term", terms.chi2)
+        loss = self.scale_for_processes(loss, num_items_in_batch)
+        return (loss, outputs) if return_outputs else loss
