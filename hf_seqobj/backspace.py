@@ -651,6 +651,10 @@ class BackspaceDecoder:
         self.cache = out.past_key_values
         return out.logits[:, -1].float()
 
+    def can_delete(self) -> torch.Tensor:
+        """[B] bool: which rows have a generated token that a backspace would delete."""
+        return torch.tensor([len(stack) > self.prefix_lengths[b] for b, stack in enumerate(self.stacks)])
+
     def final_ids(self, row: int) -> list[int]:
         """The effective sequence of `row` (prefix included)."""
         return [self.tokens[row][index] for index in self.stacks[row]]
@@ -697,7 +701,9 @@ def generate_with_backspace(
 
     Batched greedy decoding or sampling (`do_sample`, `temperature`, `top_k`, `top_p` of the GenerationConfig) with
     a KV cache (:class:`BackspaceDecoder`). A row stops at its first EOS; decoding stops when every row has or after
-    `max_new_tokens` actions (backspaces count). A backspace when nothing has been generated leaves the row as it is.
+    `max_new_tokens` actions (backspaces count). `<bksp>` is not an action while nothing has been generated (its logit
+    is masked there): a backspace on an empty output would be a self-loop, which the chi^2 term of SequenceMatch
+    (pushing l(a|s) towards gamma V(s') = gamma V(s)) would make near-certain.
 
     Args:
         model: A model whose vocabulary has `<bksp>` (see :func:`add_backspace_token`).
@@ -749,6 +755,8 @@ def generate_with_backspace(
             taken: list[torch.Tensor] = []
             logits = decoder.logits
             for _ in range(max_new):
+                # a backspace needs a generated token to delete: on an empty output it is not an action
+                logits[~decoder.can_delete().to(logits.device), bksp] = float("-inf")
                 scores = processors(None, logits)
                 if config.do_sample:
                     probs = torch.softmax(scores, dim=-1)

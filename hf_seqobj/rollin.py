@@ -239,8 +239,9 @@ def first_eos_lengths(tokens: torch.Tensor, eos_token_id: int | Sequence[int]) -
     eos = torch.as_tensor(eos_token_id, device=tokens.device).reshape(-1)
     is_eos = torch.isin(tokens, eos)
     width = tokens.shape[1]
-    first = torch.where(is_eos.any(1), is_eos.int().argmax(1) + 1, width)
-    return first
+    if width == 0:  # nothing generated (e.g. a backspace decoding that deleted everything)
+        return torch.zeros(tokens.shape[0], dtype=torch.long, device=tokens.device)
+    return torch.where(is_eos.any(1), is_eos.int().argmax(1) + 1, width)
 
 
 def reference_targets(inputs: dict[str, torch.Tensor], encoder_decoder: bool) -> torch.Tensor:

@@ -95,7 +95,7 @@ TASKS = {
             "raml": {"objective": "raml", "raml_reward": "bleu"},
             "data_noising": {"objective": "data_noising", "noising_prob": 0.1},
             "spg": {"objective": "spg", "spg_reward": "bleu"},
-            "interpolation": {"objective": "interpolation"},
+            "interpolation": {"objective": "interpolation", "interp_reward": "bleu", "interp_anneal_metric": "bleu"},
             "dagger bleu": {
                 "objective": "dagger",
                 "oracle": "bleu",
@@ -355,6 +355,9 @@ def write_report(task_name, rows, spec, out_dir: Path, quick, budget_minutes, st
     header = ["family", "method", f"val {metric}", f"test {metric}"]
     if sampled:
         header.append(f"test {metric} (sampled, T=1)")
+    backspace = any("test_backspace_rate" in row["test"] for row in rows)
+    if backspace:
+        header.append("backspace rate (test, greedy" + (" / sampled)" if sampled else ")"))
     header += ["s/step", "vs mle (test, mean)"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for family in sorted({row["family"] for row in rows}):
@@ -367,6 +370,13 @@ def write_report(task_name, rows, spec, out_dir: Path, quick, budget_minutes, st
             cells = [family, method, _mean_std(val), _mean_std(test)]
             if sampled:
                 cells.append(_mean_std([r.get("test_sampled", {}).get(f"test_sampled_{metric}") for r in group]))
+            if backspace:
+                rates = [_mean_std([r["test"].get("test_backspace_rate") for r in group])]
+                if sampled:
+                    rates.append(
+                        _mean_std([r.get("test_sampled", {}).get("test_sampled_backspace_rate") for r in group])
+                    )
+                cells.append(" / ".join(rates))
             cells.append(f"{statistics.mean(r['seconds_per_step'] for r in group):.3f}")
             delta = statistics.mean(test) - base_mean if base_mean is not None and test else None
             cells.append("" if delta is None or method == "mle" else f"{delta:+.4f}")

@@ -290,3 +290,43 @@ def test_collator_batches_give_mle_with_noise(bksp_models, ner_task, arch):
     )(features)
     assert int((noisy["step_labels"] == bksp).sum()) > 0
     assert int((noisy["labels"] == -100).sum()) > int((batch["labels"] == -100).sum())
+
+
+def test_no_backspace_on_an_empty_output(bksp_models):
+    """<bksp> is masked while nothing is generated, even for a model that prefers it everywhere."""
+    model, tokenizer, bksp = bksp_models["bart"]
+    output = model.get_output_embeddings()
+    with torch.no_grad():
+        saved = output.weight[bksp].clone()
+        output.weight[bksp] = output.weight.mean(0) * 0 + 1.0
+        model.final_logits_bias[0, bksp] += 1e4  # <bksp> wins whenever it is allowed
+    try:
+        input_ids = torch.tensor([[5, 6, 7], [8, 9, 1]])
+        result = generate_with_backspace(
+            model,
+            input_ids,
+            (input_ids != 1).long(),
+            max_new_tokens=9,
+            return_actions=True,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=len(tokenizer) + 5,  # no EOS: 9 actions
+            decoder_start_token_id=model.config.decoder_start_token_id,
+        )
+    finally:
+        with torch.no_grad():
+            output.weight[bksp] = saved
+            model.final_logits_bias[0, bksp] -= 1e4
+    for row in result.actions.tolist():
+        depth = 0
+        for action in row:
+            assert action != bksp or depth > 0, row
+            depth = depth - 1 if action == bksp else depth + 1
+        assert row[1::2] == [bksp] * len(row[1::2])  # token, <bksp>, token, <bksp>, ...
+    assert bool((result.num_backspaces == 4).all())
+
+
+def test_first_eos_lengths_of_an_empty_generation():
+    from hf_seqobj.rollin import first_eos_lengths
+
+    assert first_eos_lengths(torch.zeros((3, 0), dtype=torch.long), 2).tolist() == [0, 0, 0]

@@ -298,8 +298,10 @@ def test_eval_generation_uses_backspace_decoding(make_trainer, arch):
     trainer._generate_with_backspace = spy
     metrics = trainer.evaluate()
     assert calls and "eval_f1" in metrics
-    logged = trainer.state.log_history[-1]
-    assert 0.0 <= logged["eval_backspace_rate"] <= 1.0
+    assert 0.0 <= metrics["eval_backspace_rate"] <= 1.0 and "eval_perplexity" in metrics
+    assert trainer.state.log_history[-1]["eval_backspace_rate"] == metrics["eval_backspace_rate"]
+    test = trainer.evaluate(trainer.eval_dataset, metric_key_prefix="test")  # another split keeps its prefix
+    assert "test_backspace_rate" in test and "eval_backspace_rate" not in test
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "bart"])

@@ -157,19 +157,29 @@ class _SeqObjMixin:
         return result.sequences
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        is_eval = any(key.startswith("eval_") for key in logs)
-        extra = self.objective.pop_metrics("eval" if is_eval else "train")
+        # An evaluation's logs carry `{prefix}_runtime` (prefix `eval`, or `test` and the like for other splits).
+        prefix = next(
+            (key[: -len("_runtime")] for key in logs if key.endswith("_runtime") and key != "train_runtime"), None
+        )
+        extra = self.objective.pop_metrics("train" if prefix is None else "eval")
         if self.accelerator.num_processes > 1:  # every rank calls log: the mean of the ranks' means
             from accelerate.utils import gather_object
 
             per_rank = gather_object([extra])
             keys = sorted({key for metrics in per_rank for key in metrics})
             extra = {key: sum(m[key] for m in per_rank if key in m) / sum(key in m for m in per_rank) for key in keys}
-        if is_eval:
-            extra = {f"eval_{key}": value for key, value in extra.items()}
-            if "eval_loss" in logs:  # the model's perplexity on the evaluation targets (teacher forced)
-                extra["eval_perplexity"] = math.exp(min(float(logs["eval_loss"]), 100.0))
+        if prefix is not None:
+            extra = {f"{prefix}_{key}": value for key, value in extra.items()}
+            if f"{prefix}_loss" in logs:  # the model's perplexity on the evaluation targets (teacher forced)
+                extra[f"{prefix}_perplexity"] = math.exp(min(float(logs[f"{prefix}_loss"]), 100.0))
+            self._last_eval_extra = extra
         super().log({**logs, **extra}, start_time)  # type: ignore[misc]
+
+    def evaluate(self, *args, **kwargs) -> dict[str, float]:
+        """The stock evaluation, with the objective's evaluation metrics (and the perplexity) in the result too."""
+        self._last_eval_extra = {}
+        metrics = super().evaluate(*args, **kwargs)  # type: ignore[misc]
+        return {**metrics, **self._last_eval_extra}
 
 
 class SeqObjTrainer(_SeqObjMixin, Trainer):
