@@ -83,6 +83,8 @@ OBJECTIVE_SETTINGS: dict[str, tuple[str, ...]] = {
     "dagger": ("DAggerArguments", "RollinArguments"),
     "scheduled_sampling": ("ScheduledSamplingArguments", "RollinArguments"),
     "sequencematch": ("SequenceMatchArguments", "RollinArguments"),
+    "spg": ("SPGArguments", "RollinArguments"),  # roll-ins honour rollin_dropout
+    "interpolation": ("InterpolationArguments", "RollinArguments"),
 }
 """Names of the argument dataclasses whose fields are an objective's settings. Objectives not listed (and without a
 `settings_classes` attribute) show the fields of the argument dataclasses defined in their own module."""

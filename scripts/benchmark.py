@@ -249,6 +249,11 @@ def speed(quick: bool, device: str, repeats: int, batch_size: int, size: str, ta
                     "mle": {"objective": "mle"},
                     "mle+backspace noise": {**sequencematch, "sm_bc_steps": 10**9},
                     "sequencematch (no refresh)": {**sequencematch, "sm_rollout_every": 10**9},
+                    "sequencematch (no refresh, 1/4 roll-ins)": {
+                        **sequencematch,
+                        "sm_rollout_every": 10**9,
+                        "sm_rollin_fraction": 0.25,
+                    },
                     "sequencematch (refresh every 4)": {**sequencematch, "sm_rollout_every": 4},
                     "sequencematch (fresh every step)": {**sequencematch, "sm_rollout_every": 1},
                 },

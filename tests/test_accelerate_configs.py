@@ -205,6 +205,9 @@ def test_launch_scripts_build_the_train_command(tmp_path):
     assert argv == ["train", "configs/ner_conll2003_t5.yaml", "--accelerate_config", "single_gpu"]
     _, *argv = _run_launch_script(tmp_path, "launch_ner.sh", "cpu_2proc", "--max_steps", "5")
     assert argv[3:] == ["cpu_2proc", "--use_cpu", "true", "--max_steps", "5"]
+    _, *argv = _run_launch_script(tmp_path, "launch_arithmetic.sh", "cpu_2proc", "--max_steps", "5")
+    assert argv[:2] == ["train", "configs/arithmetic_gpt2.yaml"]
+    assert argv[3:] == ["cpu_2proc", "--use_cpu", "true", "--max_steps", "5"]
     # NUM_PROCESSES wins over the GPU count; a config file path (relative to the caller) is made absolute.
     (tmp_path / "mine.yaml").write_text("distributed_type: MULTI_GPU\n")
     _, *argv = _run_launch_script(tmp_path, "launch_ner.sh", "mine.yaml", env={"NUM_PROCESSES": "3"}, gpus=8)
