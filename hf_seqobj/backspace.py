@@ -317,7 +317,7 @@ def decoder_positions(
             inputs); default `query_positions` (no cache).
 
     Raises:
-        NotImplementedError: the decoder is neither BART-like (learned `embed_positions`) nor T5-like.
+        ValueError: the decoder is neither BART-like (learned `embed_positions`) nor T5-like: an unsupported model.
     """
     base = _base_model(model)
     decoder = base.get_decoder()
@@ -347,7 +347,7 @@ def decoder_positions(
 
         handles.append(attention.register_forward_pre_hook(inject_bias, with_kwargs=True))
     else:
-        raise NotImplementedError(
+        raise ValueError(
             f"Backspace layouts need the decoder positions of {type(base).__name__}; supported encoder-decoders: "
             "BART-like (learned embed_positions) and T5-like (relative position bias)."
         )
