@@ -269,3 +269,25 @@ def test_beta_one_with_the_bleu_oracle_follows_the_reference(make_trainer):
     relabelled, _ = DAggerRelabeler(oracle)(trainer.model, batch, beta=1.0)
     width = relabelled["labels"].shape[1]
     assert torch.equal(relabelled["labels"], batch["labels"][:, :width])
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "bart"])
+def test_model_rollin_is_not_changed_by_the_checkpoint_generation_config(make_trainer, arch):
+    """Without oracle forcing (beta = 0): a checkpoint's no_repeat_ngram_size / forced EOS do not alter roll-ins."""
+    from transformers import GenerationConfig
+
+    from hf_seqobj.rollin import generate_rollin, rollin_generation_config
+
+    trainer = make_trainer(arch, dropout=False, objective="dagger")
+    model = trainer.model.eval()
+    batch = next(iter(trainer.get_train_dataloader()))
+    config = rollin_generation_config(model, max_new_tokens=12)
+    model.generation_config = GenerationConfig()
+    clean = generate_rollin(model, batch, config)
+    model.generation_config = GenerationConfig(no_repeat_ngram_size=1, forced_eos_token_id=model.config.eos_token_id)
+    planted = generate_rollin(model, batch, config)
+    assert torch.equal(planted.tokens, clean.tokens)
+    if arch == "gpt2":  # the planted settings would change this roll-in: repeated tokens occur in it
+        assert any(
+            len(set(row[: int(n)].tolist())) < int(n) for row, n in zip(clean.tokens, clean.lengths, strict=True)
+        )
