@@ -60,6 +60,19 @@ NO_DROPOUT = {
 }
 """Config overrides that switch dropout off, for tests that compare two runs parameter by parameter."""
 
+TRAINER_DEFAULTS = dict(
+    per_device_train_batch_size=8,
+    per_device_eval_batch_size=24,
+    learning_rate=1e-3,
+    seed=3,
+    report_to="none",
+    use_cpu=True,
+    logging_steps=1,
+    save_strategy="no",
+    disable_tqdm=True,
+)
+"""The training arguments of the tests' small trainers (plus an `output_dir`)."""
+
 
 @pytest.fixture
 def make_trainer(tiny_checkpoints, ner_task, tmp_path):
@@ -81,19 +94,7 @@ def make_trainer(tiny_checkpoints, ner_task, tmp_path):
         )
         tokenized = task.tokenize(splits, tokenizer, decoder_only=not model.config.is_encoder_decoder)
         args_class = SeqObjSeq2SeqTrainingArguments if model.config.is_encoder_decoder else SeqObjTrainingArguments
-        settings = dict(
-            output_dir=str(tmp_path / name),
-            per_device_train_batch_size=8,
-            per_device_eval_batch_size=24,
-            learning_rate=1e-3,
-            seed=3,
-            report_to="none",
-            use_cpu=True,
-            logging_steps=1,
-            save_strategy="no",
-            disable_tqdm=True,
-        )
-        settings.update(kwargs)
+        settings = {**TRAINER_DEFAULTS, "output_dir": str(tmp_path / name), **kwargs}
         return build_trainer(model, tokenizer, task, tokenized, args_class(**settings))
 
     return make

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import NO_DROPOUT
+from conftest import NO_DROPOUT, TRAINER_DEFAULTS
 from peft import PeftModel, TaskType
 
 from hf_seqobj.arguments import ModelArguments
@@ -40,20 +40,13 @@ def _peft_trainer(tiny_checkpoints, ner_task, tmp_path, arch, name="run", **kwar
     model, tokenizer = _model_with_new_tokens(tiny_checkpoints, ner_task, arch)
     tokenized = task.tokenize(splits, tokenizer, decoder_only=not model.config.is_encoder_decoder)
     args_class = SeqObjSeq2SeqTrainingArguments if model.config.is_encoder_decoder else SeqObjTrainingArguments
-    settings = dict(
-        output_dir=str(tmp_path / name),
-        per_device_train_batch_size=8,
-        per_device_eval_batch_size=24,
-        learning_rate=5e-2,
-        seed=3,
-        report_to="none",
-        use_cpu=True,
-        logging_steps=1,
-        save_strategy="no",
-        disable_tqdm=True,
-        max_steps=3,
-        predict_with_generate=True,
-    )
+    settings = {
+        **TRAINER_DEFAULTS,
+        "output_dir": str(tmp_path / name),
+        "learning_rate": 5e-2,
+        "max_steps": 3,
+        "predict_with_generate": True,
+    }
     if args_class is SeqObjSeq2SeqTrainingArguments:
         settings["generation_max_length"] = 24
     else:
