@@ -8,9 +8,12 @@
 measures optimizer steps (forward, backward, roll-in and relabelling where the objective has them, optimizer
 update) of every objective side by side in one process: the same initial model and the same batch, objectives
 interleaved in each repeat so that machine noise hits all alike; it reports the median seconds per step and the
-ratio to teacher forcing (mle) of the same task. It also runs `oracles` (positions labelled per second). Data: the
-real CoNLL-2003 and Multi30k files in ../shared/data when present (else the embedded synthetic NER data, and no
-translation rows). Writes a JSON list of {"name", "seconds_per_step", "ratio_to_mle", ...} to --out.
+ratio to teacher forcing (mle) of the same task, and the peak tensor memory of one step (`peak_step_memory`). The
+`gkd` case times our DAgger step on a tiny GPT-2 tagger against TRL's GKDTrainer on-policy step (lmbda = 1, the same
+model as student and teacher, the same batch and generation length; `pip install trl`). It also runs `oracles`
+(positions labelled per second). Data: the real CoNLL-2003 and Multi30k files in ../shared/data when present (else
+the embedded synthetic NER data, and no translation rows). Writes a JSON list of {"name", "seconds_per_step",
+"ratio_to_mle", "peak_step_bytes", ...} to --out.
 
 These are benchmarks, not tests: run them on a quiet machine; the figures in benchmarks/ say where they were taken.
 """
@@ -154,39 +157,172 @@ def one_step(trainer, batch) -> None:
     trainer.state.global_step += 1  # schedules and roll-in refreshes follow the step, as in training
 
 
+def peak_step_memory(step, device: str) -> int:
+    """Peak bytes allocated by one call of `step` above what was allocated before it.
+
+    On CUDA this is the allocator's peak statistic; on CPU the allocations and frees that torch's profiler records
+    (`profile_memory=True`) are replayed in order and their running total's maximum is taken. Both count tensor
+    memory only (not the Python heap), and both include the step's gradients and temporaries.
+    """
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        step()
+        torch.cuda.synchronize()
+        return int(torch.cuda.max_memory_allocated() - before)
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:
+        step()
+    with tempfile.TemporaryDirectory() as folder:
+        trace = Path(folder) / "trace.json"
+        profiler.export_chrome_trace(str(trace))
+        events = json.loads(trace.read_text(encoding="utf-8"))["traceEvents"]
+    running = peak = 0
+    for event in sorted((e for e in events if e.get("name") == "[memory]"), key=lambda e: e["ts"]):
+        if event["args"].get("Device Type", 0) != 0:  # CPU memory only
+            continue
+        running += int(event["args"]["Bytes"])
+        peak = max(peak, running)
+    return peak
+
+
+class _Stepper:
+    """One timed variant: an optimizer step on the shared batch, and what the variant logged."""
+
+    def __init__(self, trainer, batch, step=None, metrics=None):
+        self.trainer, self.batch = trainer, batch
+        self._step = step or (lambda: one_step(trainer, batch))
+        self._metrics = metrics or (lambda: trainer.objective.pop_metrics("train"))
+
+    def step(self):
+        self._step()
+
+    def metrics(self) -> dict:
+        return self._metrics()
+
+
 def time_objectives(case, variants: dict[str, dict], device: str, batch_size: int, repeats: int, steps: int):
-    """Median seconds per optimizer step of each variant, measured interleaved on one fixed batch."""
+    """Median seconds per optimizer step and peak step memory of each variant, measured interleaved on one batch.
+
+    A variant is the objective settings of one of our trainers, or a callable `(case, batch, workdir, device,
+    batch_size) -> _Stepper` for a reference implementation timed on the same batch (TRL's GKDTrainer).
+    """
     task, splits, path = case
     workdir = Path(tempfile.mkdtemp(prefix="hf_seqobj_bench_"))
-    trainers = {
-        name: make_trainer(task, splits, path, workdir, device, batch_size, **kw) for name, kw in variants.items()
-    }
+    ours = {name: kw for name, kw in variants.items() if isinstance(kw, dict)}
+    trainers = {name: make_trainer(task, splits, path, workdir, device, batch_size, **kw) for name, kw in ours.items()}
     first = next(iter(trainers.values()))
     batch = next(iter(first.get_train_dataloader()))
     batch = {key: value.to(first.args.device) for key, value in batch.items()}
     sync = torch.cuda.synchronize if first.args.device.type == "cuda" else (lambda: None)
-    for trainer in trainers.values():  # warm-up (allocations, first-call overheads)
-        one_step(trainer, batch)
-        trainer.objective.pop_metrics("train")
-    times = {name: [] for name in trainers}
+    steppers = {}
+    for name, variant in variants.items():
+        if isinstance(variant, dict):
+            steppers[name] = _Stepper(trainers[name], batch)
+        else:
+            steppers[name] = variant(case, batch, workdir, device, batch_size)
+    for stepper in steppers.values():  # warm-up (allocations, first-call overheads)
+        stepper.step()
+        stepper.metrics()
+    times = {name: [] for name in steppers}
     for _ in range(repeats):
-        for name, trainer in trainers.items():
+        for name, stepper in steppers.items():
             sync()
             start = time.perf_counter()
             for _ in range(steps):
-                one_step(trainer, batch)
+                stepper.step()
             sync()
             times[name].append((time.perf_counter() - start) / steps)
     results = {}
-    for name, trainer in trainers.items():
-        metrics = trainer.objective.pop_metrics("train")
+    for name, stepper in steppers.items():
+        metrics = stepper.metrics()
         results[name] = {
             "seconds_per_step": statistics.median(times[name]),
             "seconds_per_step_all": times[name],
             "rollin_length": metrics.get("rollin_length"),
         }
+    for name, stepper in steppers.items():  # untimed: the profiler slows the step down
+        results[name]["peak_step_bytes"] = peak_step_memory(stepper.step, first.args.device.type)
+        stepper.metrics()
     mean_target = float((batch["labels"] != -100).sum(1).float().mean())
     return results, int(batch["labels"].shape[0]), int(batch["labels"].shape[1]), mean_target
+
+
+def gkd_stepper(case, batch, workdir: Path, device: str, batch_size: int) -> _Stepper:
+    """TRL's GKDTrainer on-policy step (lmbda = 1) with the same tiny GPT-2 as student and teacher, on our batch.
+
+    The prompts are our decoder-only batch's prompts (left-padded), and GKD generates as many new tokens as our
+    roll-in does (the longest target of the batch), sampling at temperature 1 as our `rollin="sample"` variant does.
+    trl is an optional benchmark dependency: `pip install trl`.
+    """
+    from datasets import Dataset
+    from trl.experimental.gkd import GKDConfig, GKDTrainer
+
+    from hf_seqobj.generation import split_prompts
+
+    task, splits, path = case
+    student, tokenizer = load_model_and_tokenizer(path, extra_tokens=task.extra_tokens(splits))
+    teacher, _ = load_model_and_tokenizer(path, extra_tokens=task.extra_tokens(splits))
+    prompts, prompt_mask = split_prompts(batch["input_ids"], batch["labels"], tokenizer.pad_token_id)
+    max_new_tokens = int((batch["labels"] != -100).sum(1).max())
+    lengths = []
+
+    class _GKDTrainer(GKDTrainer):
+        @staticmethod
+        def generate_on_policy_outputs(model, inputs, generation_config):
+            out = GKDTrainer.generate_on_policy_outputs(model, inputs, generation_config)
+            lengths.append(float((out[2] != -100).sum(1).float().mean()))
+            return out
+
+    args = GKDConfig(
+        output_dir=str(workdir / "gkd"),
+        per_device_train_batch_size=batch_size,
+        learning_rate=1e-4,
+        lmbda=1.0,
+        temperature=1.0,
+        max_new_tokens=max_new_tokens,
+        report_to="none",
+        use_cpu=device == "cpu",
+        bf16=False,
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=0,
+        max_steps=1000,
+    )
+    trainer = _GKDTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=args,
+        data_collator=lambda features: features,
+        train_dataset=Dataset.from_dict({"prompt": ["unused"]}),
+        processing_class=tokenizer,
+    )
+    trainer.generation_config.pad_token_id = tokenizer.pad_token_id
+    trainer.generation_config.eos_token_id = tokenizer.eos_token_id
+    trainer.create_optimizer_and_scheduler(num_training_steps=args.max_steps)
+    inputs = {
+        "input_ids": batch["input_ids"],
+        "attention_mask": batch["attention_mask"],
+        "labels": batch["labels"],
+        "prompts": prompts.to(batch["input_ids"].device),
+        "prompt_attention_mask": prompt_mask.to(batch["input_ids"].device),
+    }
+
+    def step():
+        model = trainer.model
+        model.train()
+        trainer.training_step(model, dict(inputs), int((batch["labels"] != -100).sum()))
+        trainer.optimizer.step()
+        trainer.optimizer.zero_grad(set_to_none=True)
+
+    def metrics():
+        mean = statistics.mean(lengths) if lengths else None
+        lengths.clear()
+        return {"rollin_length": mean}
+
+    return _Stepper(trainer, batch, step, metrics)
 
 
 def speed(quick: bool, device: str, repeats: int, batch_size: int, size: str, tasks: list[str]) -> list[dict]:
@@ -212,11 +348,32 @@ def speed(quick: bool, device: str, repeats: int, batch_size: int, size: str, ta
                     "dagger_beta": 0.5,
                     "dagger_beta_schedule": "constant",
                 },
+                "dagger+span_f1_partial (beta=0)": {
+                    "objective": "dagger",
+                    "oracle": "span_f1_partial",
+                    "dagger_beta": 0.0,
+                },
             },
         )
     ]
     if "ner" not in tasks:
         cases = []
+    if "gkd" in tasks:  # decoder-only: our DAgger step against TRL's GKDTrainer on-policy step, same GPT-2 and batch
+        sampled = {"objective": "dagger", "oracle": "span_f1", "dagger_beta": 0.0, "rollin": "sample"}
+        cases.append(
+            (
+                "ner-gpt2",
+                ner_name,
+                ner_args,
+                "wordlevel",
+                {
+                    "mle": {"objective": "mle"},
+                    "dagger+span_f1 (beta=0, sampled roll-in)": sampled,
+                    "trl GKDTrainer (lmbda=1)": gkd_stepper,
+                },
+                "gpt2",
+            )
+        )
     translation = translation_data(quick) if "translation" in tasks else None
     if translation is not None:
         variants = {
@@ -230,6 +387,14 @@ def speed(quick: bool, device: str, repeats: int, batch_size: int, size: str, ta
                 "oracle_beam_size": k,
                 "dagger_beta": 0.0,
             }
+        variants.update(
+            {
+                "raml": {"objective": "raml", "raml_reward": "bleu"},
+                "data_noising": {"objective": "data_noising", "noising_prob": 0.1},
+                "spg": {"objective": "spg", "spg_reward": "bleu"},
+                "interpolation": {"objective": "interpolation", "interp_reward": "bleu"},
+            }
+        )
         cases.append(("translation", translation[1], translation[0], "bpe", variants))
     if "arithmetic" in tasks:
         sequencematch = {
@@ -283,12 +448,14 @@ def speed(quick: bool, device: str, repeats: int, batch_size: int, size: str, ta
                     "repeats": repeats,
                     "steps_per_repeat": steps,
                     "seconds_per_step_all": values["seconds_per_step_all"],
+                    "peak_step_bytes": values["peak_step_bytes"],
+                    "peak_step_memory_ratio_to_mle": values["peak_step_bytes"] / timed["mle"]["peak_step_bytes"],
                 }
             )
             print(
                 f"{rows[-1]['name']:<40} {values['seconds_per_step'] * 1000:8.1f} ms/step  "
                 f"x{rows[-1]['ratio_to_mle']:.2f}  roll-in {values['rollin_length'] or 0:.1f} / target "
-                f"{mean_target:.1f} tokens",
+                f"{mean_target:.1f} tokens  peak {values['peak_step_bytes'] / 2**20:.1f} MiB",
                 flush=True,
             )
     return rows
@@ -386,6 +553,12 @@ def main(argv: list[str] | None = None) -> int:
         "--budget-minutes", type=float, help="quality: training minutes per run instead of a fixed number of steps."
     )
     parser.add_argument("--families", help="quality: comma-separated model families (default: the task's).")
+    parser.add_argument(
+        "--warm-start-steps",
+        type=int,
+        default=0,
+        help="quality: first train each family by teacher forcing for this many steps; every method starts there.",
+    )
     parser.add_argument("--methods", help="quality: comma-separated method names (default: all of the task's).")
     parser.add_argument("--reports", default=str(ROOT / "benchmarks"), help="quality: where reports and JSON go.")
     parser.add_argument("--quick", action="store_true", help="A reduced run (under 3 minutes on 2 CPU cores).")
@@ -395,7 +568,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--model-size", default="tiny", choices=sorted(MODEL_SIZES), help="Size of the BART model.")
     parser.add_argument(
-        "--tasks", default="ner,translation,arithmetic", help="speed: comma-separated ner, translation, arithmetic."
+        "--tasks",
+        default="ner,translation,arithmetic,gkd",
+        help="speed: comma-separated ner, translation, arithmetic, gkd (our DAgger step against TRL's GKDTrainer; "
+        "needs `pip install trl`).",
     )
     options = parser.parse_args(argv)
     torch.manual_seed(0)
@@ -418,15 +594,16 @@ def main(argv: list[str] | None = None) -> int:
             split(options.families),
             split(options.methods),
             environment(),
+            options.warm_start_steps,
         )
         print(f"done in {time.time() - started:.0f} s", file=sys.stderr)
         return 0
     rows = oracles(options.quick, options.device)
     if options.command == "speed":
         tasks = [name.strip() for name in options.tasks.split(",") if name.strip()]
-        unknown = sorted(set(tasks) - {"ner", "translation", "arithmetic"})
+        unknown = sorted(set(tasks) - {"ner", "translation", "arithmetic", "gkd"})
         if unknown:
-            parser.error(f"--tasks {unknown} unknown; accepted: ner, translation, arithmetic")
+            parser.error(f"--tasks {unknown} unknown; accepted: ner, translation, arithmetic, gkd")
         rows = (
             speed(options.quick, options.device, options.repeats, options.batch_size, options.model_size, tasks) + rows
         )

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs hf_seqobj (editable) into the active Python environment, with an optional extra: test or dev.
-#   bash scripts/install.sh [test|dev]
+# Installs hf_seqobj (editable) into the active Python environment, with an optional extra: test, dev or bench.
+#   bash scripts/install.sh [test|dev|bench]
 # torch: an already installed torch (CUDA or CPU) is kept. Without one, a machine with an NVIDIA driver gets the
 # default build from the package index; a machine without gets the CPU build: torch==$HF_SEQOBJ_CPU_TORCH (2.13.0,
 # whose CPU wheel this project's machines carry), from $HF_SEQOBJ_TORCH_INDEX_URL when set (elsewhere, set it to

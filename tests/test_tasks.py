@@ -14,6 +14,7 @@ from transformers import EvalPrediction
 
 from hf_seqobj.arguments import DataArguments
 from hf_seqobj.modeling import train_tokenizer
+from hf_seqobj.oracles import corpus_partial_f1, span_f1_score
 from hf_seqobj.tasks import get_task, read_conll, read_parallel, synthetic_ner, tag_metrics
 
 
@@ -106,6 +107,28 @@ def test_ner_metrics_count_length_mismatch_and_invalid_tags():
     assert metrics["f1"] == pytest.approx(
         f1_score([["B-PER", "I-PER"], ["O", "B-LOC", "O"]], [["B-PER", "O"], ["O"] * 3])
     )
+
+
+def test_ner_partial_f1_sums_counts_over_sentences():
+    # Sentence 1: pred PER(0-0) overlaps gold PER(0-1): a = 1, b = 1; pred ORG(3) misses gold LOC(3): P = 2, G = 2.
+    # Sentence 2: pred ORG(0) hits gold ORG(0) (a = b = 1); pred MISC(2) hits gold MISC(2) (a = b = 1).
+    # Sentence 3: no predicted span; gold LOC(1-2) uncovered: G = 1.
+    gold = [["B-PER", "I-PER", "O", "B-LOC"], ["B-ORG", "O", "B-MISC"], ["O", "B-LOC", "I-LOC"]]
+    pred = [["B-PER", "O", "O", "B-ORG"], ["I-ORG", "O", "B-MISC"], ["O", "O", "O"]]
+    metrics = tag_metrics(pred, gold)
+    assert metrics["partial_precision"] == pytest.approx(3 / 4)  # a = 3 hits of P = 4 predicted spans
+    assert metrics["partial_recall"] == pytest.approx(3 / 5)  # b = 3 covered of G = 5 gold spans
+    assert metrics["partial_f1"] == pytest.approx(2 * (3 / 4) * (3 / 5) / (3 / 4 + 3 / 5))
+    assert metrics["partial_f1"] > metrics["f1"]  # the truncated PER span counts only here
+    # One sentence: the corpus form equals the sentence-level definition the partial oracle optimises.
+    assert corpus_partial_f1(pred[:1], gold[:1])["partial_f1"] == pytest.approx(
+        span_f1_score(pred[0], gold[0], mode="partial")
+    )
+    assert corpus_partial_f1([["O"]], [["O"]]) == {"partial_precision": 0.0, "partial_recall": 0.0, "partial_f1": 0.0}
+    with pytest.raises(ValueError, match=r"predictions\[0\] has 1 tags but references\[0\] has 2"):
+        corpus_partial_f1([["O"]], [["O", "O"]])
+    with pytest.raises(ValueError, match="1 predictions for 2 references"):
+        corpus_partial_f1([["O"]], [["O"], ["O"]])
 
 
 def test_ner_compute_metrics_decodes_generated_ids(ner_task):

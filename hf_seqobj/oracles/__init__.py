@@ -5,7 +5,14 @@ import nothing from hf_seqobj), so it can be used (and tested) on its own.
 """
 
 from hf_seqobj.oracles.beam import BeamOracle, BeamSearchResult
-from hf_seqobj.oracles.span_f1 import BIOTagSet, SpanF1Oracle, span_f1_oracle, span_f1_oracle_batch, span_f1_score
+from hf_seqobj.oracles.span_f1 import (
+    BIOTagSet,
+    SpanF1Oracle,
+    corpus_partial_f1,
+    span_f1_oracle,
+    span_f1_oracle_batch,
+    span_f1_score,
+)
 
 
 __all__ = [
@@ -13,6 +20,7 @@ __all__ = [
     "BeamOracle",
     "BeamSearchResult",
     "SpanF1Oracle",
+    "corpus_partial_f1",
     "span_f1_oracle",
     "span_f1_oracle_batch",
     "span_f1_score",

@@ -161,6 +161,40 @@ def span_f1_score(pred: Sequence[str], gold: Sequence[str], mode: str = "exact")
     return float(_partial_f1(a, b, len(pred_spans), len(gold_spans)))
 
 
+def corpus_partial_f1(predictions: Sequence[Sequence[str]], references: Sequence[Sequence[str]]) -> dict[str, float]:
+    """Corpus-level (micro) partial-match span precision, recall and F1, as defined in the module docstring.
+
+    The counts a, b, P and G are summed over the sentences before precision = a / P and recall = b / G are taken,
+    as seqeval micro-averages the exact-match counts.
+
+    Args:
+        predictions: Predicted BIO tag sequences.
+        references: Gold BIO tag sequences, one per prediction, each as long as its prediction.
+
+    Returns:
+        `{"partial_precision", "partial_recall", "partial_f1"}`; precision (recall) is 0 when there are no
+        predicted (gold) spans, and F1 is 0 when precision + recall = 0.
+
+    Raises:
+        ValueError: On a tag that is not a BIO tag, or sequences of different counts or lengths.
+    """
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} references; they must be as many.")
+    a = b = p = g = 0
+    for row, (pred, gold) in enumerate(zip(predictions, references)):
+        pred_p = [_parse(tag, f"predictions[{row}][{i}]") for i, tag in enumerate(pred)]
+        gold_p = [_parse(tag, f"references[{row}][{i}]") for i, tag in enumerate(gold)]
+        if len(pred_p) != len(gold_p):
+            raise ValueError(f"predictions[{row}] has {len(pred_p)} tags but references[{row}] has {len(gold_p)}.")
+        pred_spans, gold_spans = _read_spans(pred_p), _read_spans(gold_p)
+        hits, covered = _partial_counts(pred_spans, gold_spans, [typ for _, typ in gold_p])
+        a, b, p, g = a + hits, b + covered, p + len(pred_spans), g + len(gold_spans)
+    precision = a / p if p else 0.0
+    recall = b / g if g else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"partial_precision": precision, "partial_recall": recall, "partial_f1": f1}
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Scalar oracle
 # ----------------------------------------------------------------------------------------------------------------

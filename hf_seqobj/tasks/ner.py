@@ -15,7 +15,7 @@ from datasets import ClassLabel, Dataset, DatasetDict
 from datasets import Sequence as SequenceFeature
 from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
 
-from hf_seqobj.oracles.span_f1 import BIO_TAG_PATTERN
+from hf_seqobj.oracles.span_f1 import BIO_TAG_PATTERN, corpus_partial_f1
 from hf_seqobj.tasks.base import Task
 
 
@@ -184,6 +184,7 @@ def tag_metrics(predictions: Sequence[Sequence[str]], references: Sequence[Seque
         "length_mismatch_rate": mismatched / max(len(references), 1),
         "invalid_tag_rate": invalid / max(total, 1),
     }
+    metrics.update(corpus_partial_f1(aligned, references))
     report = classification_report(references, aligned, output_dict=True, zero_division=0)
     for entity_type, values in report.items():
         if entity_type not in ("micro avg", "macro avg", "weighted avg"):
