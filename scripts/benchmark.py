@@ -561,6 +561,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--methods", help="quality: comma-separated method names (default: all of the task's).")
     parser.add_argument("--reports", default=str(ROOT / "benchmarks"), help="quality: where reports and JSON go.")
+    parser.add_argument(
+        "--resume", action="store_true", help="quality: keep the runs already in the task's JSON; run the rest."
+    )
+    parser.add_argument("--workdir", help="quality: keep initial models and warm starts here (default: a temp dir).")
     parser.add_argument("--quick", action="store_true", help="A reduced run (under 3 minutes on 2 CPU cores).")
     parser.add_argument("--out", help="Write the rows as a JSON list to this file.")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
@@ -595,6 +599,9 @@ def main(argv: list[str] | None = None) -> int:
             split(options.methods),
             environment(),
             options.warm_start_steps,
+            options.device,
+            options.resume,
+            Path(options.workdir) if options.workdir else None,
         )
         print(f"done in {time.time() - started:.0f} s", file=sys.stderr)
         return 0

@@ -101,6 +101,8 @@ TASKS = {
             "raml": {"objective": "raml", "raml_reward": "bleu"},
             "data_noising": {"objective": "data_noising", "noising_prob": 0.1},
             "spg": {"objective": "spg", "spg_reward": "bleu"},
+            # ablation: the reward increments of reference tokens are ~0.05 BLEU, so W = 10 barely moves the sampler
+            "spg (W=300)": {"objective": "spg", "spg_reward": "bleu", "spg_reward_scale": 300.0},
             "interpolation": {"objective": "interpolation", "interp_reward": "bleu", "interp_anneal_metric": "bleu"},
             "dagger bleu": {
                 "objective": "dagger",
@@ -231,6 +233,7 @@ def run_one(
     schedule_steps,
     start_from: Path | None = None,
     save_to: Path | None = None,
+    device: str = "cpu",
 ):
     """Trains one method from the seed's initial model; returns its row (metrics, times, curve).
 
@@ -270,7 +273,7 @@ def run_one(
         save_strategy="no",
         report_to="none",
         disable_tqdm=True,
-        use_cpu=True,
+        use_cpu=device == "cpu",
         predict_with_generate=True,
         **generation,
         **resolve(settings, schedule_steps),
@@ -323,8 +326,15 @@ def quality(
     methods: list[str] | None,
     environment: dict,
     warm_start_steps: int = 0,
+    device: str = "cpu",
+    resume: bool = False,
+    workdir: Path | None = None,
 ) -> list[dict]:
     """Runs the benchmark of a task and writes its JSON and report (see the module docstring).
+
+    With `resume`, the runs already in the task's JSON (same family, method and seed) are kept and not run again,
+    so a long benchmark can be spread over several sessions; `workdir` keeps the initial models and warm starts
+    between them (they are otherwise rebuilt, identically, from the seeds).
 
     With `warm_start_steps`, each family is first trained by teacher forcing for that many steps (linear decay)
     from seed 0's fresh model; every method and seed then starts from that checkpoint, and DAgger's warm-up is 0
@@ -334,14 +344,18 @@ def quality(
     data_args, data_name = data_arguments(task_name, shared, quick)
     steps = spec["quick_steps"] if quick else spec["steps"]
     budget = budget_minutes * 60 if budget_minutes else None
-    workdir = Path(tempfile.mkdtemp(prefix=f"hf_seqobj_quality_{task_name}_"))
+    if workdir is None:
+        workdir = Path(tempfile.mkdtemp(prefix=f"hf_seqobj_quality_{task_name}_"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    partial = out_dir / "results" / f"quality_{task_name}{'_quick' if quick else ''}.json"
+    done = json.loads(partial.read_text(encoding="utf-8")) if resume and partial.exists() else []
     chosen = {name: s for name, s in spec["methods"].items() if methods is None or name in methods}
     if budget is not None and "mle" not in chosen:
         raise ValueError(
             f"--budget-minutes needs the method 'mle' (its step count in the budget scales the other methods' "
             f"schedules); --methods gave {sorted(chosen)}."
         )
-    rows = []
+    rows = list(done)
     layers = MODEL_SIZES[size][1]
     for family in families or spec["families"]:
         described = f"{layers} layers" if family == "gpt2" else f"{layers} encoder + {layers} decoder layers"
@@ -349,6 +363,7 @@ def quality(
         start_from = None
         if warm_start_steps:
             start_from = workdir / f"{family}_warm_start"
+        if warm_start_steps and not (start_from / "config.json").exists():
             row = run_one(
                 task_name,
                 family,
@@ -364,13 +379,24 @@ def quality(
                 size,
                 warm_start_steps,
                 save_to=start_from,
+                device=device,
             )
             row.update(role="warm_start", data=data_name, model=described, environment=environment)
-            rows.append(row)
+            rows = [r for r in rows if (r.get("role"), r["family"]) != ("warm_start", family)] + [row]
             print(f"{task_name} {family} warm start: val {row['validation']}", flush=True)
         for seed in range(seeds):
             schedule_steps = steps
             for method, settings in sorted(chosen.items(), key=lambda item: item[0] != "mle"):
+                previous = [
+                    r
+                    for r in done
+                    if (r["family"], r["method"], r["seed"], r.get("role")) == (family, method, seed, None)
+                ]
+                if previous:
+                    print(f"{task_name} {family} {method} seed {seed}: kept from {partial}", flush=True)
+                    if budget is not None and method == "mle":
+                        schedule_steps = previous[0]["steps"]
+                    continue
                 if warm_start_steps and "dagger_warmup_steps" in settings:
                     settings = {**settings, "dagger_warmup_steps": 0}
                 row = run_one(
@@ -388,6 +414,7 @@ def quality(
                     size,
                     schedule_steps,
                     start_from=start_from,
+                    device=device,
                 )
                 if budget is not None and method == "mle":
                     schedule_steps = row["steps"]
@@ -405,7 +432,6 @@ def quality(
                     "ms/step",
                     flush=True,
                 )
-                partial = out_dir / "results" / f"quality_{task_name}{'_quick' if quick else ''}.json"
                 partial.parent.mkdir(parents=True, exist_ok=True)
                 partial.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
     write_report(task_name, rows, spec, out_dir, quick, budget_minutes, steps, batch_size)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -97,3 +98,48 @@ def test_a_method_is_compared_with_teacher_forcing_at_its_own_step_count():
     assert quality._at_equal_steps(early, rows) == pytest.approx(1.5 - 1.0)  # from (0, 0) to (100, 2)
     assert quality._at_equal_steps(past, rows) is None  # teacher forcing never got that far
     assert quality._at_equal_steps(other_seed, rows) is None  # no teacher forcing run of that seed
+
+
+def _fake_row(family, method, seed, steps, schedule_steps=None):
+    return {
+        "task": "translation",
+        "family": family,
+        "method": method,
+        "seed": seed,
+        "settings": {"objective": method},
+        "steps": steps,
+        "train_seconds": 60.0,
+        "wall_seconds": 70.0,
+        "seconds_per_step": 60.0 / steps,
+        "curve": [{"step": steps, "seconds": 60.0, "value": 1.0}],
+        "validation": {"eval_bleu": 1.0},
+        "test": {"test_bleu": 1.0, "test_chrf": 10.0},
+        "examples": {"train": 2000},
+        "train_sampling_strategy": "random",
+        "schedule_steps": schedule_steps,
+    }
+
+
+def test_resume_keeps_the_finished_runs_and_takes_the_schedule_from_the_kept_teacher_forcing_run(
+    tmp_path, monkeypatch
+):
+    (tmp_path / "multi30k").mkdir()
+    (tmp_path / "multi30k" / "train.en").write_text("a\n")
+    results = tmp_path / "results" / "quality_translation_quick.json"
+    results.parent.mkdir()
+    kept = {**_fake_row("bart", "mle", 0, 77), "data": "d", "model": "m", "environment": {}}
+    results.write_text(json.dumps([kept]))
+    calls = []
+
+    def fake_run_one(task_name, family, method, settings, seed, *args, start_from=None, save_to=None, device="cpu"):
+        calls.append((family, method, seed, args[-1]))
+        return _fake_row(family, method, seed, 50, args[-1])
+
+    monkeypatch.setattr(quality, "run_one", fake_run_one)
+    rows = quality.quality(
+        "translation", 1, 1.0, True, tmp_path, tmp_path, 32, "tiny", ["bart"], ["mle", "spg"], {}, resume=True
+    )
+    assert calls == [("bart", "spg", 0, 77)]  # mle seed 0 was kept; spg's schedule refers to its 77 steps
+    assert [(r["method"], r["steps"]) for r in rows] == [("mle", 77), ("spg", 50)]
+    assert [r["method"] for r in json.loads(results.read_text())] == ["mle", "spg"]
+    assert (tmp_path / "quality_translation_quick.md").exists()
