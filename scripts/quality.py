@@ -218,28 +218,30 @@ def resolve(settings: dict, steps: int) -> dict:
 
 
 def run_one(
-    task_name,
-    family,
-    method,
-    settings,
-    seed,
-    data_args,
-    spec,
-    steps,
-    budget,
-    workdir,
-    batch_size,
-    size,
-    schedule_steps,
+    *,
+    family: str,
+    method: str,
+    settings: dict,
+    seed: int,
+    steps: int,
+    budget: float | None,
+    schedule_steps: int,
+    task_name: str,
+    data_args: DataArguments,
+    spec: dict,
+    workdir: Path,
+    batch_size: int,
+    size: str,
+    device: str = "cpu",
     start_from: Path | None = None,
     save_to: Path | None = None,
-    device: str = "cpu",
 ):
     """Trains one method from the seed's initial model; returns its row (metrics, times, curve).
 
-    `schedule_steps` is the run length that step-valued settings given as fractions refer to: `steps`, or with a
-    budget the number of steps teacher forcing took in it. `start_from`: a warm-start checkpoint to train from
-    instead of the seed's fresh model; `save_to`: where to save the trained model (a warm start).
+    `task_name` to `device` are the same for every run of a benchmark. `schedule_steps` is the run length that
+    step-valued settings given as fractions refer to: `steps`, or with a budget the number of steps teacher forcing
+    took in it. `start_from`: a warm-start checkpoint to train from instead of the seed's fresh model; `save_to`:
+    where to save the trained model (a warm start).
     """
     set_seed(seed)
     task = get_task(data_args)
@@ -356,6 +358,15 @@ def quality(
             f"schedules); --methods gave {sorted(chosen)}."
         )
     rows = list(done)
+    bench = dict(
+        task_name=task_name,
+        data_args=data_args,
+        spec=spec,
+        workdir=workdir,
+        batch_size=batch_size,
+        size=size,
+        device=device,
+    )
     layers = MODEL_SIZES[size][1]
     for family in families or spec["families"]:
         described = f"{layers} layers" if family == "gpt2" else f"{layers} encoder + {layers} decoder layers"
@@ -365,21 +376,15 @@ def quality(
             start_from = workdir / f"{family}_warm_start"
         if warm_start_steps and not (start_from / "config.json").exists():
             row = run_one(
-                task_name,
-                family,
-                "warm start (mle)",
-                {"objective": "mle"},
-                0,
-                data_args,
-                spec,
-                warm_start_steps,
-                None,
-                workdir,
-                batch_size,
-                size,
-                warm_start_steps,
+                family=family,
+                method="warm start (mle)",
+                settings={"objective": "mle"},
+                seed=0,
+                steps=warm_start_steps,
+                budget=None,
+                schedule_steps=warm_start_steps,
                 save_to=start_from,
-                device=device,
+                **bench,
             )
             row.update(role="warm_start", data=data_name, model=described, environment=environment)
             rows = [r for r in rows if (r.get("role"), r["family"]) != ("warm_start", family)] + [row]
@@ -400,21 +405,15 @@ def quality(
                 if warm_start_steps and "dagger_warmup_steps" in settings:
                     settings = {**settings, "dagger_warmup_steps": 0}
                 row = run_one(
-                    task_name,
-                    family,
-                    method,
-                    settings,
-                    seed,
-                    data_args,
-                    spec,
-                    steps,
-                    budget,
-                    workdir,
-                    batch_size,
-                    size,
-                    schedule_steps,
+                    family=family,
+                    method=method,
+                    settings=settings,
+                    seed=seed,
+                    steps=steps,
+                    budget=budget,
+                    schedule_steps=schedule_steps,
                     start_from=start_from,
-                    device=device,
+                    **bench,
                 )
                 if budget is not None and method == "mle":
                     schedule_steps = row["steps"]

@@ -131,9 +131,9 @@ def test_resume_keeps_the_finished_runs_and_takes_the_schedule_from_the_kept_tea
     results.write_text(json.dumps([kept]))
     calls = []
 
-    def fake_run_one(task_name, family, method, settings, seed, *args, start_from=None, save_to=None, device="cpu"):
-        calls.append((family, method, seed, args[-1]))
-        return _fake_row(family, method, seed, 50, args[-1])
+    def fake_run_one(*, family, method, seed, schedule_steps, **kwargs):
+        calls.append((family, method, seed, schedule_steps))
+        return _fake_row(family, method, seed, 50, schedule_steps)
 
     monkeypatch.setattr(quality, "run_one", fake_run_one)
     rows = quality.quality(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import TRAINER_DEFAULTS
 from transformers import (
     DataCollatorForSeq2Seq,
     Seq2SeqTrainer,
@@ -16,17 +17,7 @@ from hf_seqobj import SeqObjSeq2SeqTrainer, SeqObjSeq2SeqTrainingArguments, SeqO
 from hf_seqobj.modeling import load_model_and_tokenizer
 
 
-COMMON = dict(
-    max_steps=3,
-    per_device_train_batch_size=4,
-    learning_rate=1e-3,
-    seed=7,
-    report_to="none",
-    use_cpu=True,
-    logging_steps=1,
-    save_strategy="no",
-    disable_tqdm=True,
-)
+COMMON = {**TRAINER_DEFAULTS, "max_steps": 3, "per_device_train_batch_size": 4, "seed": 7}
 
 
 def _train(trainer_class, args_class, path, task, splits, tmp_path, name, **extra):
