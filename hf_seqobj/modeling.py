@@ -45,6 +45,16 @@ MODEL_SIZES: dict[str, tuple[int, int, int, int]] = {
 _SPECIAL = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
 
 
+def describe_model(architecture: str, size: str) -> str:
+    """A one-line description of a model that :func:`build_model` builds, for reports: "bart tiny (d_model 64, 2
+    encoder + 2 decoder layers)"."""
+    if size not in MODEL_SIZES:
+        raise ValueError(f"size must be one of {tuple(MODEL_SIZES)}, got {size!r}.")
+    d_model, layers = MODEL_SIZES[size][:2]
+    stack = f"{layers} layers" if architecture == "gpt2" else f"{layers} encoder + {layers} decoder layers"
+    return f"{architecture} {size} (d_model {d_model}, {stack})"
+
+
 def train_tokenizer(
     texts: Iterable[str],
     tokenizer_type: str = "wordlevel",

@@ -37,7 +37,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 from hf_seqobj.arguments import DataArguments  # noqa: E402
-from hf_seqobj.modeling import MODEL_SIZES, create_offline_model, load_model_and_tokenizer  # noqa: E402
+from hf_seqobj.modeling import MODEL_SIZES, create_offline_model, describe_model, load_model_and_tokenizer  # noqa: E402
 from hf_seqobj.run import build_trainer  # noqa: E402
 from hf_seqobj.tasks import get_task  # noqa: E402
 from hf_seqobj.trainers import SeqObjSeq2SeqTrainingArguments, SeqObjTrainingArguments  # noqa: E402
@@ -438,8 +438,7 @@ def speed(quick: bool, device: str, repeats: int, batch_size: int, size: str, ta
                     "seconds_per_step": values["seconds_per_step"],
                     "ratio_to_mle": values["seconds_per_step"] / base,
                     "data": data_name,
-                    "model": f"{arch} {size} (d_model {MODEL_SIZES[size][0]}, {MODEL_SIZES[size][1]}"
-                    f"{'+' + str(MODEL_SIZES[size][1]) if arch != 'gpt2' else ''} layers)",
+                    "model": describe_model(arch, size),
                     "batch_size": batch,
                     "target_width": width,
                     "mean_rollin_length": values["rollin_length"],

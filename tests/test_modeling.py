@@ -10,6 +10,7 @@ from hf_seqobj.modeling import (
     MODEL_SIZES,
     build_model,
     create_offline_model,
+    describe_model,
     is_encoder_decoder,
     load_model_and_tokenizer,
     train_tokenizer,
@@ -58,6 +59,20 @@ def test_load_completes_a_tokenizer_without_pad_and_sep(tmp_path):
     assert tokenizer.pad_token == tokenizer.eos_token, "GPT-2 convention: pad with EOS when there is no pad token"
     assert tokenizer.sep_token == "<sep>"
     assert model.get_input_embeddings().num_embeddings == len(tokenizer)
+
+
+def test_describe_model_matches_the_built_model():
+    tokenizer = train_tokenizer(TEXTS, "wordlevel", vocab_size=400, extra_tokens=TAGS)
+    bart = build_model("bart", tokenizer, "tiny")
+    assert describe_model("bart", "tiny") == (
+        f"bart tiny (d_model {bart.config.d_model}, {bart.config.encoder_layers} encoder + "
+        f"{bart.config.decoder_layers} decoder layers)"
+    )
+    gpt2 = build_model("gpt2", tokenizer, "small")
+    expected = f"gpt2 small (d_model {gpt2.config.n_embd}, {gpt2.config.n_layer} layers)"
+    assert describe_model("gpt2", "small") == expected
+    with pytest.raises(ValueError, match="'huge'"):
+        describe_model("gpt2", "huge")
 
 
 def test_bad_architecture_size_and_model_arguments():

@@ -250,6 +250,14 @@ def test_tokenize_layout(ner_task, decoder_only):
     assert len(target) == len(example["source"].split()), "each tag must be a single token"
 
 
+def test_ner_target_tags_must_be_tokens(ner_task):
+    task, splits = ner_task
+    tokenizer = train_tokenizer(splits["train"]["source"], extra_tokens=["O", "B-PER"])
+    assert task.encode_target("O B-PER O", tokenizer) == tokenizer.convert_tokens_to_ids(["O", "B-PER", "O"])
+    with pytest.raises(ValueError, match="'I-PER' is not a token of the tokenizer"):
+        task.encode_target("B-PER I-PER", tokenizer)
+
+
 def test_long_examples_error_or_truncate_explicitly(ner_task, caplog):
     task, splits = ner_task
     tokenizer = train_tokenizer(task.training_text(splits), extra_tokens=task.extra_tokens(splits))
