@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 
 from transformers import TrainerCallback, set_seed
+from transformers.trainer_callback import ExportableState
+from transformers.trainer_utils import get_last_checkpoint
 
 from hf_seqobj.arguments import DataArguments, ModelArguments
 from hf_seqobj.modeling import describe_model
@@ -51,7 +53,7 @@ TASKS = {
     "ner": {
         "families": ["bart", "gpt2"],
         "metric": "f1",
-        "extra_metrics": ["partial_f1", "precision", "recall"],
+        "extra_metrics": ["partial_f1", "precision", "recall", "length_mismatch_rate"],
         "tokenizer": "wordlevel",
         # CoNLL sentences run from 1 to 124 words: batches of similar lengths halve the padding
         "train_sampling_strategy": "group_by_length",
@@ -179,17 +181,28 @@ def data_arguments(task: str, shared: Path, quick: bool) -> tuple[DataArguments,
     return args, f"Multi30k en-de ({folder}: train, val, test_2016_flickr)"
 
 
-class _Clock(TrainerCallback):
-    """Training time (evaluation excluded), the curve of the validation metric, and the wall-clock budget."""
+class _Clock(TrainerCallback, ExportableState):
+    """Training time (evaluation excluded), the curve of the validation metric, and the wall-clock budget.
+
+    Its state goes into the Trainer's checkpoints (`ExportableState`), so that a resumed run keeps its time and curve.
+    """
 
     def __init__(self, metric: str, budget_seconds: float | None, eval_points: int = 5):
+        self.metric_name = metric
         self.metric = f"eval_{metric}"
         self.budget = budget_seconds
+        self.eval_points = eval_points
         self.eval_every = None if budget_seconds is None else budget_seconds / eval_points
         self.next_eval = self.eval_every
         self.seconds = 0.0
         self.start = None
         self.curve: list[dict] = []
+
+    def state(self) -> dict:
+        return {
+            "args": {"metric": self.metric_name, "budget_seconds": self.budget, "eval_points": self.eval_points},
+            "attributes": {"seconds": self.seconds, "next_eval": self.next_eval, "curve": self.curve},
+        }
 
     def on_step_begin(self, args, state, control, **kwargs):
         self.start = time.perf_counter()
@@ -245,7 +258,8 @@ def run_one(
     `task_name` to `device` are the same for every run of a benchmark. `schedule_steps` is the run length that
     step-valued settings given as fractions refer to: `steps`, or with a budget the number of steps teacher forcing
     took in it. `start_from`: a warm-start checkpoint to train from instead of the seed's fresh model; `save_to`:
-    where to save the trained model (a warm start).
+    where to save the trained model (a warm start). A warm start saves a checkpoint every tenth of its steps under
+    `workdir/runs` and, run again, resumes from the last one (its `train_seconds` and curve included).
     """
     set_seed(seed)
     task = get_task(data_args)
@@ -276,7 +290,11 @@ def run_one(
         eval_strategy="steps",
         eval_steps=max(1, steps // 5) if budget is None else 10**7,  # with a budget, `_Clock` evaluates
         logging_steps=max(1, schedule_steps // 20),
-        save_strategy="no",
+        # a warm start (long) saves checkpoints in the workdir and resumes from the last one
+        save_strategy="no" if save_to is None else "steps",
+        save_steps=max(1, steps // 10),
+        save_total_limit=1,
+        restore_callback_states_from_checkpoint=True,
         report_to="none",
         disable_tqdm=True,
         use_cpu=device == "cpu",
@@ -288,8 +306,12 @@ def run_one(
     trainer = build_trainer(model, tokenizer, task, tokenized, args)
     trainer.eval_dataset = tokenized["validation"].select(range(min(CURVE_EVAL_SIZE, len(tokenized["validation"]))))
     trainer.add_callback(clock)
+    checkpoint = None
+    if save_to is not None and Path(args.output_dir).is_dir():
+        checkpoint = get_last_checkpoint(args.output_dir)
     started = time.perf_counter()
-    result = trainer.train()
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    clock = next(c for c in trainer.callback_handler.callbacks if isinstance(c, _Clock))  # restored: a new one
     wall = time.perf_counter() - started
     row = {
         "task": task_name,
@@ -304,6 +326,8 @@ def run_one(
         "seconds_per_step": clock.seconds / max(1, result.global_step),
         "curve": clock.curve,
     }
+    if checkpoint is not None:  # wall_seconds covers this session's part; train_seconds the whole run
+        row["resumed_from"] = Path(checkpoint).name
     trainer.remove_callback(clock)  # the curve holds the evaluations during training only
     if save_to is not None:
         trainer.save_model(str(save_to))
@@ -340,7 +364,8 @@ def quality(
 
     With `resume`, the runs already in the task's JSON (same family, method and seed) are kept and not run again,
     so a long benchmark can be spread over several sessions; `workdir` keeps the initial models and warm starts
-    between them (they are otherwise rebuilt, identically, from the seeds).
+    between them (they are otherwise rebuilt, identically, from the seeds), and an interrupted warm start resumes
+    there from its last checkpoint.
 
     With `warm_start_steps`, each family is first trained by teacher forcing for that many steps (linear decay)
     from seed 0's fresh model; every method and seed then starts from that checkpoint, and DAgger's warm-up is 0
@@ -391,6 +416,8 @@ def quality(
             row.update(role="warm_start", data=data_name, model=described, environment=environment)
             rows = [r for r in rows if (r.get("role"), r["family"]) != ("warm_start", family)] + [row]
             print(f"{task_name} {family} warm start: val {row['validation']}", flush=True)
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            partial.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
         for seed in range(seeds):
             schedule_steps = steps
             for method, settings in sorted(chosen.items(), key=lambda item: item[0] != "mle"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -143,3 +144,44 @@ def test_resume_keeps_the_finished_runs_and_takes_the_schedule_from_the_kept_tea
     assert [(r["method"], r["steps"]) for r in rows] == [("mle", 77), ("spg", 50)]
     assert [r["method"] for r in json.loads(results.read_text())] == ["mle", "spg"]
     assert (tmp_path / "quality_translation_quick.md").exists()
+
+
+def test_an_interrupted_warm_start_resumes_from_its_last_checkpoint(tmp_path, monkeypatch):
+    data_args, _ = quality.data_arguments("arithmetic", tmp_path, quick=True)
+    data_args = dataclasses.replace(data_args, synthetic_train_size=64, synthetic_eval_size=8)
+    ticks = iter(range(10**6))  # every reading of the clock is one second later: a step lasts one second
+    monkeypatch.setattr(quality, "time", SimpleNamespace(perf_counter=lambda: float(next(ticks))))
+    interrupted = []
+    on_step_end = quality._Clock.on_step_end
+
+    def interrupt_at_step_7(self, args, state, control, **kwargs):
+        if state.global_step == 7 and not interrupted:
+            interrupted.append(True)
+            raise KeyboardInterrupt
+        return on_step_end(self, args, state, control, **kwargs)
+
+    monkeypatch.setattr(quality._Clock, "on_step_end", interrupt_at_step_7)
+    run = dict(
+        family="gpt2",
+        method="warm start (mle)",
+        settings={"objective": "mle"},
+        seed=0,
+        steps=10,
+        budget=None,
+        schedule_steps=10,
+        task_name="arithmetic",
+        data_args=data_args,
+        spec={**quality.TASKS["arithmetic"], "sampled_eval": False},
+        workdir=tmp_path,
+        batch_size=4,
+        size="tiny",
+        save_to=tmp_path / "warm_start",
+    )
+    with pytest.raises(KeyboardInterrupt):
+        quality.run_one(**run)
+    assert not (tmp_path / "warm_start").exists()
+    row = quality.run_one(**run)
+    assert row["resumed_from"] == "checkpoint-6" and row["steps"] == 10
+    assert row["train_seconds"] == 10.0  # 6 steps restored with the checkpoint, 4 after it
+    assert [point["step"] for point in row["curve"]] == [2, 4, 6, 8, 10]
+    assert (tmp_path / "warm_start" / "config.json").exists()
