@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel
 
-from hf_seqobj.oracles import BIOTagSet, SpanF1Oracle
+from hf_seqobj.oracles import Oracle
 from hf_seqobj.rollin import (
     IGNORE_INDEX,
     OracleMixingProcessor,
@@ -31,43 +31,6 @@ from hf_seqobj.rollin import (
     rollin_generation_config,
     rollin_training_batch,
 )
-
-
-ORACLES = ("span_f1", "span_f1_partial", "bleu", "rouge1", "rouge2", "rougeL")
-"""The accepted values of `oracle`: the exact span-F1 oracles (NER) and the beam-search BLEU / ROUGE oracles."""
-
-
-def make_oracle(
-    name: str, tokenizer: PreTrainedTokenizerBase, beam_size: int = 5, lookahead: int = 4
-) -> Callable[..., torch.Tensor]:
-    """The oracle called `name` for outputs tokenized by `tokenizer`.
-
-    Args:
-        name: One of `ORACLES`. `span_f1` / `span_f1_partial`: the exact oracle for BIO tag outputs (the tags are
-            the BIO tokens of the tokenizer's vocabulary). `bleu`, `rouge1`, `rouge2`, `rougeL`: the beam-search
-            oracle on token ids.
-        tokenizer: Gives the EOS and pad ids (and, for span F1, the tag tokens).
-        beam_size: Beam size k of the BLEU / ROUGE oracle.
-        lookahead: Lookahead h of the BLEU / ROUGE oracle.
-
-    Returns:
-        An oracle: `oracle(prefix_ids [B, T], reference_ids [B, M]) -> labels [B, T]` and
-        `oracle.next_token(prefix_ids, prefix_lengths, reference_ids) -> [B]`.
-    """
-    if name not in ORACLES:
-        raise ValueError(f"oracle must be one of {ORACLES}, got {name!r}.")
-    eos = tokenizer.eos_token_id
-    if eos is None:
-        raise ValueError("The oracles need the tokenizer's EOS token; this tokenizer has none.")
-    if name.startswith("span_f1"):
-        tag_set = BIOTagSet.infer_from_vocab(tokenizer.get_vocab())
-        mode = "partial" if name == "span_f1_partial" else "exact"
-        return SpanF1Oracle(tag_set, eos, mode=mode, pad_token_id=tokenizer.pad_token_id)
-    from hf_seqobj.oracles.beam import BeamOracle
-
-    return BeamOracle(
-        metric=name, beam_size=beam_size, lookahead=lookahead, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id
-    )
 
 
 @dataclass
@@ -103,7 +66,7 @@ class DAggerRelabeler:
     """Roll-in with the current model, then oracle labels at every position (METHODS.md section 3, steps 1-2).
 
     Args:
-        oracle: See :func:`make_oracle`.
+        oracle: An :class:`~hf_seqobj.oracles.Oracle`, e.g. from :func:`~hf_seqobj.oracles.make_oracle`.
         rollin: "greedy" or "sample".
         temperature: Sampling temperature of the roll-in.
         dropout: Roll in with dropout on (the model's training mode) instead of eval mode.
@@ -116,7 +79,7 @@ class DAggerRelabeler:
 
     def __init__(
         self,
-        oracle,
+        oracle: Oracle,
         rollin: str = "greedy",
         temperature: float = 1.0,
         dropout: bool = False,

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import torch
 
+from hf_seqobj.constants import IGNORE_INDEX
+
 
 def split_prompts(
-    input_ids: torch.Tensor, labels: torch.Tensor, pad_token_id: int, ignore_index: int = -100
+    input_ids: torch.Tensor, labels: torch.Tensor, pad_token_id: int, ignore_index: int = IGNORE_INDEX
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Cuts the prompt off each decoder-only example and left-pads the prompts for `generate`.
 
@@ -41,7 +43,7 @@ def split_prompts(
     return prompt_ids, attention_mask
 
 
-def gather_targets(labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+def gather_targets(labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """Moves the labelled positions of each row to the left, padded with `ignore_index` (decoder-only targets)."""
     keep = labels != ignore_index
     width = max(int(keep.sum(dim=1).max()), 1)

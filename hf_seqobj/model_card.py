@@ -6,9 +6,8 @@ base model, data set, library, tags `hf_seqobj` / objective / task) and a text w
 and its settings (the fields of that objective only), the final metrics, the framework versions and the papers to
 cite.
 
-An objective class may name its papers in a `papers` class attribute (keys of :data:`PAPERS`, or whole BibTeX
-entries) and its settings in a `settings_classes` class attribute (the dataclasses whose fields are its settings);
-:data:`OBJECTIVE_PAPERS` and :data:`OBJECTIVE_SETTINGS` cover the built-in objectives.
+An objective's settings, papers and description come from its registration
+(:func:`hf_seqobj.objectives.register_objective`).
 """
 
 from __future__ import annotations
@@ -21,84 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from hf_seqobj.objectives.base import get_objective
+
 
 if TYPE_CHECKING:
     from transformers import Trainer
 
-
-PAPERS: dict[str, str] = {
-    "yang2024dynamic": """@article{yang2024dynamic,
-  title         = {Improving Autoregressive Training with Dynamic Oracles},
-  author        = {Yang, Jianing and Visvanathan, Harshine and Wang, Yilin and Hu, Xinyi and Gormley, Matthew R.},
-  journal       = {arXiv preprint arXiv:2406.09393},
-  year          = {2024},
-  eprint        = {2406.09393},
-  archivePrefix = {arXiv}
-}""",
-    "ross2011reduction": """@inproceedings{ross2011reduction,
-  title     = {A Reduction of Imitation Learning and Structured Prediction to No-Regret Online Learning},
-  author    = {Ross, St{\\'e}phane and Gordon, Geoffrey J. and Bagnell, J. Andrew},
-  booktitle = {Proceedings of the Fourteenth International Conference on Artificial Intelligence and Statistics},
-  year      = {2011}
-}""",
-    "bengio2015scheduled": """@inproceedings{bengio2015scheduled,
-  title     = {Scheduled Sampling for Sequence Prediction with Recurrent Neural Networks},
-  author    = {Bengio, Samy and Vinyals, Oriol and Jaitly, Navdeep and Shazeer, Noam},
-  booktitle = {Advances in Neural Information Processing Systems},
-  year      = {2015},
-  eprint    = {1506.03099}
-}""",
-    "cundy2024sequencematch": """@inproceedings{cundy2024sequencematch,
-  title         = {SequenceMatch: Imitation Learning for Autoregressive Sequence Modelling with Backtracking},
-  author        = {Cundy, Chris and Ermon, Stefano},
-  booktitle     = {International Conference on Learning Representations},
-  year          = {2024},
-  eprint        = {2306.05426},
-  archivePrefix = {arXiv}
-}""",
-    "tan2018connecting": """@article{tan2018connecting,
-  title         = {Connecting the Dots Between MLE and RL for Sequence Generation},
-  author        = {Tan, Bowen and Hu, Zhiting and Yang, Zichao and Salakhutdinov, Ruslan and Xing, Eric P.},
-  journal       = {arXiv preprint arXiv:1811.09740},
-  year          = {2018},
-  eprint        = {1811.09740},
-  archivePrefix = {arXiv}
-}""",
-}
-"""BibTeX entries of the papers behind the objectives, by key."""
-
-OBJECTIVE_PAPERS: dict[str, tuple[str, ...]] = {
-    "dagger": ("yang2024dynamic", "ross2011reduction"),
-    "scheduled_sampling": ("bengio2015scheduled",),
-    "sequencematch": ("cundy2024sequencematch",),
-    "raml": ("tan2018connecting",),
-    "spg": ("tan2018connecting",),
-    "data_noising": ("tan2018connecting",),
-    "interpolation": ("tan2018connecting",),
-}
-"""The papers (keys of :data:`PAPERS`) of the built-in objectives without a `papers` attribute."""
-
-OBJECTIVE_SETTINGS: dict[str, tuple[str, ...]] = {
-    "mle": (),
-    "dagger": ("DAggerArguments", "RollinArguments"),
-    "scheduled_sampling": ("ScheduledSamplingArguments", "RollinArguments"),
-    "sequencematch": ("SequenceMatchArguments", "RollinArguments"),
-    "spg": ("SPGArguments", "RollinArguments"),  # roll-ins honour rollin_dropout
-    "interpolation": ("InterpolationArguments", "RollinArguments"),
-}
-"""Names of the argument dataclasses whose fields are an objective's settings. Objectives not listed (and without a
-`settings_classes` attribute) show the fields of the argument dataclasses defined in their own module."""
-
-OBJECTIVE_DESCRIPTIONS: dict[str, str] = {
-    "mle": "teacher forcing (maximum likelihood on gold prefixes)",
-    "dagger": "DAgger with dynamic oracles: roll-ins by the model, relabelled by the metric's oracle",
-    "scheduled_sampling": "scheduled sampling (two-pass form for transformers)",
-    "sequencematch": "SequenceMatch: imitation learning with backtracking (<bksp>)",
-    "raml": "reward-augmented maximum likelihood (ERPO family)",
-    "spg": "softmax policy gradient (ERPO family)",
-    "data_noising": "data noising (ERPO family)",
-    "interpolation": "the interpolation algorithm of the ERPO family",
-}
 
 LIBRARIES = ("hf_seqobj", "transformers", "torch", "accelerate", "peft", "datasets", "tokenizers", "huggingface_hub")
 
@@ -162,34 +89,13 @@ Teacher forcing needs no citation beyond the libraries'.
 
 
 def objective_papers(objective: str) -> list[str]:
-    """BibTeX entries of the papers behind `objective` (its class's `papers`, else :data:`OBJECTIVE_PAPERS`)."""
-    from hf_seqobj.objectives import get_objective
-
-    keys = getattr(get_objective(objective), "papers", None) or OBJECTIVE_PAPERS.get(objective, ())
-    return [PAPERS.get(key, key) for key in keys]
+    """BibTeX entries of the papers behind `objective`, as registered."""
+    return list(get_objective(objective).papers)
 
 
 def objective_settings(args: Any) -> dict[str, Any]:
     """The values in `args` of the settings of `args.objective` only (e.g. dagger's oracle and beta, not ss_k)."""
-    import hf_seqobj.objectives as objectives
-    from hf_seqobj.objectives import get_objective
-    from hf_seqobj.rollin import RollinArguments
-
-    cls = get_objective(args.objective)
-    classes = getattr(cls, "settings_classes", None)
-    if classes is None and args.objective in OBJECTIVE_SETTINGS:
-        named = {"RollinArguments": RollinArguments}
-        classes = [named.get(name) or getattr(objectives, name) for name in OBJECTIVE_SETTINGS[args.objective]]
-    if classes is None:
-        module = sys.modules[cls.__module__]
-        classes = [
-            value
-            for value in vars(module).values()
-            if isinstance(value, type)
-            and dataclasses.is_dataclass(value)
-            and value.__module__ == module.__name__
-            and isinstance(args, value)
-        ]
+    classes = get_objective(args.objective).settings
     return {f.name: getattr(args, f.name) for klass in classes for f in dataclasses.fields(klass)}
 
 
@@ -318,7 +224,7 @@ def trainer_model_card(
     if args.gradient_accumulation_steps > 1:
         training += f" x {args.gradient_accumulation_steps} accumulation steps"
     training += f", seed {args.seed}"
-    description = OBJECTIVE_DESCRIPTIONS.get(args.objective)
+    description = get_objective(args.objective).description or None
     encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
     return ModelCard.from_template(
         card_data,

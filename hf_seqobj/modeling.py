@@ -28,6 +28,8 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
+from hf_seqobj.peft_utils import adapter_base_model, is_adapter_dir
+
 
 logger = logging.getLogger(__name__)
 
@@ -196,8 +198,6 @@ def create_offline_model(
 
 def is_encoder_decoder(name_or_path: str | Path) -> bool:
     """Whether the checkpoint (Hub name or local path; for a PEFT adapter, its base model) is an encoder-decoder."""
-    from hf_seqobj.peft_utils import adapter_base_model, is_adapter_dir
-
     if is_adapter_dir(name_or_path):
         name_or_path = adapter_base_model(name_or_path)
     return bool(getattr(AutoConfig.from_pretrained(str(name_or_path)), "is_encoder_decoder", False))
@@ -212,7 +212,7 @@ def load_model_and_tokenizer(
     for GPT-2), a separator token for decoder-only models, and `extra_tokens` (for instance BIO tags) as single
     tokens. Where tokens are added, the model's embeddings are resized. A local directory that holds a PEFT adapter
     (adapter_config.json, as a trainer with `peft_config` writes) loads as its base model with the adapter on top
-    (:func:`hf_seqobj.peft_utils.load_adapter_model_and_tokenizer`).
+    (:func:`load_adapter_model_and_tokenizer`).
 
     Args:
         name_or_path: Hub name or local directory.
@@ -223,8 +223,6 @@ def load_model_and_tokenizer(
     Returns:
         `(model, tokenizer)`.
     """
-    from hf_seqobj.peft_utils import is_adapter_dir, load_adapter_model_and_tokenizer
-
     if is_adapter_dir(name_or_path):
         return load_adapter_model_and_tokenizer(name_or_path, extra_tokens, config_overrides)
     name_or_path = str(name_or_path)
@@ -254,4 +252,44 @@ def load_model_and_tokenizer(
         model.config.pad_token_id = tokenizer.pad_token_id
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def load_adapter_model_and_tokenizer(
+    path: str | Path,
+    extra_tokens: Sequence[str] = (),
+    config_overrides: dict | None = None,
+    merge: bool = False,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Loads an adapter directory written by a trainer: its base model, the saved tokenizer, and the adapter.
+
+    The base model is loaded as :func:`load_model_and_tokenizer` loads any checkpoint, its
+    embeddings are resized to the saved tokenizer (which holds the tokens added for training), and the adapter is
+    loaded on top with `PeftModel.from_pretrained`.
+
+    Args:
+        path: The adapter directory (adapter_config.json, adapter_model.safetensors, the tokenizer files).
+        extra_tokens: Tokens that must be single tokens (added to the tokenizer where missing).
+        config_overrides: Base config attributes to change (see `load_model_and_tokenizer`).
+        merge: Merge the adapter into the base weights (`merge_and_unload`) and return a plain model.
+
+    Returns:
+        `(model, tokenizer)`: a `PeftModel` in eval mode, or the merged model.
+    """
+    from peft import PeftModel
+
+    path = Path(path)
+    base, _ = load_model_and_tokenizer(adapter_base_model(path), config_overrides=config_overrides)
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    missing = [token for token in extra_tokens if token not in tokenizer.get_vocab()]
+    if missing:
+        tokenizer.add_tokens(missing)
+    if len(tokenizer) != base.get_input_embeddings().num_embeddings:
+        base.resize_token_embeddings(len(tokenizer))
+    model = PeftModel.from_pretrained(base, str(path))
+    model.eval()
+    if merge:
+        model = model.merge_and_unload()
     return model, tokenizer

@@ -7,10 +7,8 @@
   of a `SEQ_2_SEQ_LM` model. Tokens added to the tokenizer beyond its base vocabulary (BIO tags, `<sep>`, later
   `<bksp>`) would otherwise keep their freshly initialised, frozen embeddings: they are made trainable with LoRA's
   `trainable_token_indices` (the embedding rows of those tokens only; tied output embeddings follow).
-- :func:`get_peft_config` builds that config from the command line's `ModelArguments` (`use_peft`, `lora_r`, ...:
-  TRL's `ModelConfig` names).
-- :func:`load_adapter_model_and_tokenizer` loads an adapter directory written by a trainer (base model, resized to
-  the saved tokenizer, plus the adapter), for `hf-seqobj evaluate`.
+- :func:`is_adapter_dir` and :func:`adapter_base_model` read an adapter directory written by a trainer
+  (:func:`hf_seqobj.modeling.load_adapter_model_and_tokenizer` loads one).
 """
 
 from __future__ import annotations
@@ -26,8 +24,6 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 if TYPE_CHECKING:
     from peft import LoraConfig, PeftConfig
-
-    from hf_seqobj.arguments import ModelArguments
 
 
 logger = logging.getLogger(__name__)
@@ -120,23 +116,6 @@ def lora_config_for(
     )
 
 
-def get_peft_config(
-    model_args: ModelArguments, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None = None
-) -> LoraConfig | None:
-    """The LoRA config that `model_args` asks for (`use_peft` and the `lora_*` fields), or None without `use_peft`."""
-    if not model_args.use_peft:
-        return None
-    return lora_config_for(
-        model,
-        tokenizer,
-        r=model_args.lora_r,
-        lora_alpha=model_args.lora_alpha,
-        lora_dropout=model_args.lora_dropout,
-        target_modules=model_args.lora_target_modules,
-        modules_to_save=model_args.lora_modules_to_save,
-    )
-
-
 def wrap_model_in_args(
     args: tuple, kwargs: dict[str, Any], peft_config: PeftConfig, parameter_names: Sequence[str]
 ) -> tuple[tuple, dict[str, Any]]:
@@ -202,46 +181,3 @@ def adapter_base_model(path: str | Path) -> str:
     if not base:
         raise ValueError(f"{Path(path) / ADAPTER_CONFIG_NAME} names no base_model_name_or_path.")
     return base
-
-
-def load_adapter_model_and_tokenizer(
-    path: str | Path,
-    extra_tokens: Sequence[str] = (),
-    config_overrides: dict | None = None,
-    merge: bool = False,
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Loads an adapter directory written by a trainer: its base model, the saved tokenizer, and the adapter.
-
-    The base model is loaded as :func:`hf_seqobj.modeling.load_model_and_tokenizer` loads any checkpoint, its
-    embeddings are resized to the saved tokenizer (which holds the tokens added for training), and the adapter is
-    loaded on top with `PeftModel.from_pretrained`.
-
-    Args:
-        path: The adapter directory (adapter_config.json, adapter_model.safetensors, the tokenizer files).
-        extra_tokens: Tokens that must be single tokens (added to the tokenizer where missing).
-        config_overrides: Base config attributes to change (see `load_model_and_tokenizer`).
-        merge: Merge the adapter into the base weights (`merge_and_unload`) and return a plain model.
-
-    Returns:
-        `(model, tokenizer)`: a `PeftModel` in eval mode, or the merged model.
-    """
-    from peft import PeftModel
-    from transformers import AutoTokenizer
-
-    from hf_seqobj.modeling import load_model_and_tokenizer
-
-    path = Path(path)
-    base, _ = load_model_and_tokenizer(adapter_base_model(path), config_overrides=config_overrides)
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    missing = [token for token in extra_tokens if token not in tokenizer.get_vocab()]
-    if missing:
-        tokenizer.add_tokens(missing)
-    if len(tokenizer) != base.get_input_embeddings().num_embeddings:
-        base.resize_token_embeddings(len(tokenizer))
-    model = PeftModel.from_pretrained(base, str(path))
-    model.eval()
-    if merge:
-        model = model.merge_and_unload()
-    return model, tokenizer

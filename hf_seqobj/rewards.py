@@ -53,9 +53,10 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from hf_seqobj.constants import IGNORE_INDEX
+
 
 __all__ = [
-    "IGNORE_INDEX",
     "METRICS",
     "MetricState",
     "SentenceMetric",
@@ -70,8 +71,6 @@ __all__ = [
 METRICS = ("bleu", "rouge1", "rouge2", "rougeL")
 """The accepted metric names."""
 
-IGNORE_INDEX = -100
-"""Padding id of label tensors: never a token."""
 
 _ORDERS = {"bleu": (1, 2, 3, 4), "rouge1": (1,), "rouge2": (2,), "rougeL": ()}
 """The n-gram orders whose clipped matches a metric needs (none for ROUGE-L, which uses the LCS row)."""

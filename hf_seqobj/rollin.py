@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, PreTrainedModel
 
+from hf_seqobj.constants import IGNORE_INDEX
 from hf_seqobj.generation import gather_targets, split_prompts
 
 
-IGNORE_INDEX = -100
 ROLLIN_MODES = ("greedy", "sample")
 
 
@@ -378,5 +378,6 @@ class RollinArguments:
         },
     )
 
-    def _validate_rollin(self) -> None:
+    def validate(self) -> None:
+        """Raises `ValueError` naming the first setting whose value is not accepted."""
         check_rollin(self.rollin, self.rollin_temperature)

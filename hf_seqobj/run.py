@@ -10,7 +10,7 @@ import dataclasses
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from datasets import DatasetDict
@@ -19,7 +19,7 @@ from transformers import DataCollatorForSeq2Seq, PreTrainedModel, PreTrainedToke
 from hf_seqobj.arguments import DataArguments, ModelArguments
 from hf_seqobj.modeling import create_offline_model, is_encoder_decoder, load_model_and_tokenizer
 from hf_seqobj.objectives import get_objective
-from hf_seqobj.peft_utils import get_peft_config
+from hf_seqobj.peft_utils import lora_config_for
 from hf_seqobj.tasks import Task, get_task
 from hf_seqobj.trainers import (
     SeqObjSeq2SeqTrainer,
@@ -28,6 +28,9 @@ from hf_seqobj.trainers import (
     SeqObjTrainingArguments,
 )
 
+
+if TYPE_CHECKING:
+    from peft import LoraConfig
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +78,23 @@ def prepare_model(
     return load_model_and_tokenizer(path, extra_tokens=extra_tokens)
 
 
+def get_peft_config(
+    model_args: ModelArguments, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None = None
+) -> LoraConfig | None:
+    """The LoRA config that `model_args` asks for (`use_peft` and the `lora_*` fields), or None without `use_peft`."""
+    if not model_args.use_peft:
+        return None
+    return lora_config_for(
+        model,
+        tokenizer,
+        r=model_args.lora_r,
+        lora_alpha=model_args.lora_alpha,
+        lora_dropout=model_args.lora_dropout,
+        target_modules=model_args.lora_target_modules,
+        modules_to_save=model_args.lora_modules_to_save,
+    )
+
+
 def build_trainer(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -85,7 +105,7 @@ def build_trainer(
 ) -> SeqObjTrainer | SeqObjSeq2SeqTrainer:
     """The trainer for the model family, with the padding collator and the task's generation metrics.
 
-    `peft_config` (a `peft.PeftConfig`, see :func:`hf_seqobj.peft_utils.get_peft_config`) trains an adapter. The
+    `peft_config` (a `peft.PeftConfig`, see :func:`get_peft_config`) trains an adapter. The
     trainer's `task_name` and `dataset_name` (shown in model cards) are the task's.
     """
     encoder_decoder = bool(model.config.is_encoder_decoder)

@@ -9,9 +9,9 @@ import torch
 from conftest import ARCHITECTURES, parameters
 from transformers import DataCollatorForSeq2Seq
 
-from hf_seqobj.collators import DAggerDataCollator, DAggerRelabeler, make_oracle
+from hf_seqobj.collators import DAggerDataCollator, DAggerRelabeler
 from hf_seqobj.objectives.schedules import dagger_beta
-from hf_seqobj.oracles import BIOTagSet, SpanF1Oracle, span_f1_oracle
+from hf_seqobj.oracles import BIOTagSet, SpanF1Oracle, make_oracle, span_f1_oracle
 from hf_seqobj.rollin import predicted_tokens
 
 

@@ -12,10 +12,10 @@ from hf_seqobj.objectives import (
     RAMLObjective,
     SPGObjective,
 )
-from hf_seqobj.objectives.data_noising import unigram_distribution, unigram_noise
-from hf_seqobj.objectives.erpo import RewardGains, row_generators, row_seed, sample_from_logits, sampled_rollin
+from hf_seqobj.objectives.erpo.common import RewardGains, row_generators, row_seed, sample_from_logits, sampled_rollin
+from hf_seqobj.objectives.erpo.data_noising import unigram_distribution, unigram_noise
+from hf_seqobj.objectives.erpo.raml import hamming_distance_probs, perturb_target
 from hf_seqobj.objectives.mle import MLEObjective
-from hf_seqobj.objectives.raml import hamming_distance_probs, perturb_target
 from hf_seqobj.rewards import score
 
 

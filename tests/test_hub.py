@@ -24,7 +24,10 @@ import yaml
 from huggingface_hub import ModelCard
 from transformers import TrainerCallback
 
-from hf_seqobj.model_card import PAPERS, final_metrics, objective_papers, objective_settings, trainer_model_card
+from hf_seqobj.model_card import final_metrics, objective_papers, objective_settings, trainer_model_card
+from hf_seqobj.objectives.erpo.common import TAN2018
+from hf_seqobj.objectives.scheduled_sampling import BENGIO2015
+from hf_seqobj.objectives.sequencematch import CUNDY2024
 from hf_seqobj.trainers import SeqObjSeq2SeqTrainingArguments
 
 
@@ -223,9 +226,11 @@ def test_settings_and_papers_per_objective(tmp_path):
     settings = objective_settings(args("scheduled_sampling", ss_k=5.0))
     assert settings["ss_k"] == 5.0 and "rollin" in settings and "dagger_beta" not in settings
     assert objective_papers("mle") == []
-    assert objective_papers("scheduled_sampling") == [PAPERS["bengio2015scheduled"]]
-    assert "2306.05426" in PAPERS["cundy2024sequencematch"] and "Cundy" in PAPERS["cundy2024sequencematch"]
-    assert "Connecting the Dots Between MLE and RL" in PAPERS["tan2018connecting"]
+    assert objective_papers("scheduled_sampling") == [BENGIO2015]
+    assert objective_papers("sequencematch") == [CUNDY2024]
+    assert "2306.05426" in CUNDY2024 and "Cundy" in CUNDY2024
+    assert objective_papers("raml") == [TAN2018]
+    assert "Connecting the Dots Between MLE and RL" in TAN2018
     assert final_metrics([{"eval_f1": 0.1}, {"eval_f1": 0.2, "eval_runtime": 3.0}, {"train_loss": 1.0}]) == {
         "eval_f1": 0.2,
         "train_loss": 1.0,

@@ -14,18 +14,37 @@ from hf_seqobj.objectives import MLEObjective, Objective
 def test_registry_lookup_and_errors():
     assert get_objective("mle") is MLEObjective
     assert {"mle", "dagger", "scheduled_sampling"} <= set(OBJECTIVES)
-    with pytest.raises(ValueError, match=r"Unknown objective 'daggr'; registered objectives: dagger, .*mle"):
+    with pytest.raises(ValueError, match=r"Unknown objective 'daggr' \(did you mean 'dagger'\?\); registered .*mle"):
         get_objective("daggr")
 
     class Unnamed(Objective):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             return 0
 
-    with pytest.raises(ValueError, match="non-empty string `name`"):
-        register_objective(Unnamed)
-    Unnamed.name = "mle"
+    with pytest.raises(ValueError, match="non-empty identifier string, got ''"):
+        register_objective("")
     with pytest.raises(ValueError, match="'mle' is already registered by MLEObjective"):
-        register_objective(Unnamed)
+        register_objective("mle")(Unnamed)
+    with pytest.raises(ValueError, match="decorates Objective subclasses"):
+        register_objective("not_an_objective")(int)
+    with pytest.raises(ValueError, match="must be dataclasses with a validate"):
+        register_objective("no_validate", settings=(int,))
+    assert "not_an_objective" not in OBJECTIVES
+
+
+def test_registration_is_the_one_source_of_settings_papers_and_validation():
+    """The argument classes inherit every registered settings dataclass, and validate through each one's validate()."""
+    from hf_seqobj.objectives.base import registered_settings
+    from hf_seqobj.trainers import ObjectiveArguments
+
+    for name, cls in OBJECTIVES.items():
+        assert cls.name == name
+        for setting in cls.settings:
+            assert issubclass(ObjectiveArguments, setting), (name, setting)
+    assert set(registered_settings()) == {s for cls in OBJECTIVES.values() for s in cls.settings}
+    assert get_objective("dagger").papers and all("@" in paper for paper in get_objective("dagger").papers)
+    with pytest.raises(ValueError, match="dagger_beta must be in"):
+        SeqObjTrainingArguments(output_dir="unused", objective="mle", dagger_beta=2.0)
 
 
 @pytest.mark.parametrize("shift", [True, False])
@@ -64,10 +83,8 @@ def test_token_nll_equals_the_models_loss(arch, tiny_checkpoints, ner_task):
 def test_a_registered_objective_is_selectable_and_logs_its_metrics(tiny_checkpoints, ner_task, tmp_path):
     """Adding an objective is registering a class: the trainer routes compute_loss and logs its metrics."""
 
-    @register_objective
+    @register_objective("test_half_mle")
     class HalfMLE(Objective):
-        name = "test_half_mle"
-
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             loss = self.trainer.stock_compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
             self.record_metric("full_loss", loss)

@@ -5,14 +5,18 @@ Importing this package registers the built-in objectives.
 
 from hf_seqobj.objectives.base import OBJECTIVES, Objective, get_objective, register_objective
 from hf_seqobj.objectives.dagger import DAggerArguments, DAggerObjective
-from hf_seqobj.objectives.data_noising import DataNoisingArguments, DataNoisingObjective
-from hf_seqobj.objectives.interpolation import (
+from hf_seqobj.objectives.erpo import (
+    DataNoisingArguments,
+    DataNoisingObjective,
     InterpolationAnnealingCallback,
     InterpolationArguments,
     InterpolationObjective,
+    RAMLArguments,
+    RAMLObjective,
+    SPGArguments,
+    SPGObjective,
 )
 from hf_seqobj.objectives.mle import MLEObjective
-from hf_seqobj.objectives.raml import RAMLArguments, RAMLObjective
 from hf_seqobj.objectives.scheduled_sampling import ScheduledSamplingArguments, ScheduledSamplingObjective
 from hf_seqobj.objectives.sequencematch import (
     SequenceMatchArguments,
@@ -20,7 +24,6 @@ from hf_seqobj.objectives.sequencematch import (
     SequenceMatchObjective,
     sequencematch_loss,
 )
-from hf_seqobj.objectives.spg import SPGArguments, SPGObjective
 
 
 __all__ = [

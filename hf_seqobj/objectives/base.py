@@ -1,22 +1,26 @@
 """The objective registry: how a trainer finds the loss that `objective=...` names.
 
-An objective is a class with a `name`, registered with :func:`register_objective`. The trainers build one instance
-per run and route `compute_loss` through it. Adding an objective is adding a module to `hf_seqobj/objectives/` that
-defines and registers its class (and, if it has knobs, a dataclass of fields that the argument classes inherit:
-see `hf_seqobj/trainers/seqobj_config.py`).
+An objective is an :class:`Objective` subclass registered with :func:`register_objective`, which names it and gives
+its settings dataclasses and papers. The trainers build one instance per run and route `compute_loss` through it.
+Adding an objective is adding a module to `hf_seqobj/objectives/` that defines and registers its class: the argument
+classes, their validation, the command line and the model card read everything else from the registry.
 """
 
 from __future__ import annotations
 
 import abc
 import contextlib
+import dataclasses
+import difflib
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from transformers import TrainerCallback
+
+from hf_seqobj.objectives.losses import token_nll
 
 
 if TYPE_CHECKING:
@@ -31,7 +35,13 @@ class Objective(abc.ABC):
     """
 
     name: ClassVar[str]
-    """The value of `objective=` that selects this class."""
+    """The value of `objective=` that selects this class (set by :func:`register_objective`)."""
+    settings: ClassVar[tuple[type, ...]] = ()
+    """The dataclasses whose fields are this objective's settings (set by :func:`register_objective`)."""
+    papers: ClassVar[tuple[str, ...]] = ()
+    """BibTeX entries of the papers behind the objective (set by :func:`register_objective`)."""
+    description: ClassVar[str] = ""
+    """A short phrase for model cards and docs (set by :func:`register_objective`)."""
 
     def __init__(self, trainer: Trainer):
         self.trainer = trainer
@@ -94,8 +104,13 @@ class Objective(abc.ABC):
 
     @classmethod
     def validate_args(cls, args: TrainingArguments) -> None:
-        """Checks the objective's settings in `args`; raises `ValueError` naming a bad value. Default: no checks."""
-        return None
+        """Checks the objective's settings in `args`; raises `ValueError` naming a bad value.
+
+        Default: the `validate()` of each of the objective's settings dataclasses. Override (calling this) for checks
+        that involve other training arguments.
+        """
+        for setting in cls.settings:
+            setting.validate(args)
 
     @abc.abstractmethod
     def compute_loss(
@@ -122,8 +137,6 @@ class Objective(abc.ABC):
         Returns:
             `(loss, model outputs)`.
         """
-        from hf_seqobj.objectives.mle import MLEObjective
-
         trainer = self.trainer
         labels = batch["labels"]
         outputs = model(**{key: value for key, value in batch.items() if key != "labels"})
@@ -131,7 +144,7 @@ class Objective(abc.ABC):
         if trainer.label_smoother is not None:
             loss = trainer.label_smoother(outputs, labels, shift_labels=shift, num_items_in_batch=num_items_in_batch)
         else:
-            loss = MLEObjective.token_nll(outputs.logits, labels, shift=shift, num_items_in_batch=num_items_in_batch)
+            loss = token_nll(outputs.logits, labels, shift=shift, num_items_in_batch=num_items_in_batch)
         return self.scale_for_processes(loss, num_items_in_batch), outputs
 
     def scale_for_processes(self, loss: torch.Tensor, num_items_in_batch: torch.Tensor | int | None) -> torch.Tensor:
@@ -229,25 +242,69 @@ def row_generators(objective: Objective, rows: int) -> list[torch.Generator]:
 
 
 OBJECTIVES: dict[str, type[Objective]] = {}
+"""The registered objectives by name (what `objective=` accepts)."""
 
 
-def register_objective(cls: type[Objective]) -> type[Objective]:
-    """Class decorator that makes an objective selectable by `objective=cls.name`."""
-    name = getattr(cls, "name", None)
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"An objective class needs a non-empty string `name`; {cls.__qualname__} has {name!r}.")
-    if name in OBJECTIVES and OBJECTIVES[name] is not cls:
-        raise ValueError(f"Objective {name!r} is already registered by {OBJECTIVES[name].__qualname__}.")
-    OBJECTIVES[name] = cls
-    return cls
+def register_objective(
+    name: str,
+    *,
+    settings: Sequence[type] = (),
+    papers: Sequence[str] = (),
+    description: str = "",
+) -> Callable[[type[Objective]], type[Objective]]:
+    """Class decorator that registers an objective: the one place that says what an objective is.
+
+    The training-argument classes inherit the fields of every registered settings dataclass (so the command line,
+    `--help` and YAML configs know them), validation calls each dataclass's `validate()`, and the model card shows
+    the objective's settings and cites its papers: all read from here.
+
+        @register_objective("dagger", settings=(DAggerArguments, RollinArguments), papers=(YANG2024,))
+        class DAggerObjective(Objective): ...
+
+    An objective registered after `hf_seqobj.trainers` was imported is selectable, but its settings are not fields
+    of the built-in argument classes: mix its settings dataclass into a subclass of them.
+
+    Args:
+        name: The value of `objective=` that selects the class (set as its `name`).
+        settings: Dataclasses whose fields are the objective's settings; each has a `validate(self)` method that
+            raises `ValueError` on a value it does not accept. A dataclass may be shared by several objectives.
+        papers: BibTeX entries of the papers to cite.
+        description: A short phrase for model cards and docs.
+    """
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"An objective's name must be a non-empty identifier string, got {name!r}.")
+    for setting in settings:
+        if not (dataclasses.is_dataclass(setting) and callable(getattr(setting, "validate", None))):
+            raise ValueError(f"settings of {name!r} must be dataclasses with a validate() method, got {setting!r}.")
+
+    def decorator(cls: type[Objective]) -> type[Objective]:
+        if not (isinstance(cls, type) and issubclass(cls, Objective)):
+            raise ValueError(f"register_objective({name!r}) decorates Objective subclasses, not {cls!r}.")
+        if name in OBJECTIVES and OBJECTIVES[name] is not cls:
+            raise ValueError(f"Objective {name!r} is already registered by {OBJECTIVES[name].__qualname__}.")
+        cls.name = name
+        cls.settings = tuple(settings)
+        cls.papers = tuple(papers)
+        cls.description = description
+        OBJECTIVES[name] = cls
+        return cls
+
+    return decorator
+
+
+def registered_settings() -> tuple[type, ...]:
+    """The settings dataclasses of every registered objective, each once, in registration order."""
+    return tuple(dict.fromkeys(setting for cls in OBJECTIVES.values() for setting in cls.settings))
 
 
 def get_objective(name: str) -> type[Objective]:
     """Returns the registered objective class called `name`.
 
     Raises:
-        ValueError: `name` is not registered; the message lists the registered names.
+        ValueError: `name` is not registered; the message lists the registered names (and close matches).
     """
     if name not in OBJECTIVES:
-        raise ValueError(f"Unknown objective {name!r}; registered objectives: {', '.join(sorted(OBJECTIVES))}.")
+        close = difflib.get_close_matches(str(name), OBJECTIVES, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"Unknown objective {name!r}{hint}; registered objectives: {', '.join(sorted(OBJECTIVES))}.")
     return OBJECTIVES[name]

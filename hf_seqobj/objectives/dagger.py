@@ -9,10 +9,31 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from hf_seqobj.collators import ORACLES, DAggerRelabeler, make_oracle
+from hf_seqobj.collators import DAggerRelabeler
+from hf_seqobj.constants import IGNORE_INDEX
 from hf_seqobj.objectives.base import Objective, register_objective
 from hf_seqobj.objectives.schedules import BETA_SCHEDULES, dagger_beta
-from hf_seqobj.rollin import IGNORE_INDEX, predicted_tokens
+from hf_seqobj.oracles import ORACLES, make_oracle
+from hf_seqobj.rollin import RollinArguments, predicted_tokens
+
+
+YANG2024 = """@article{yang2024dynamic,
+  title         = {Improving Autoregressive Training with Dynamic Oracles},
+  author        = {Yang, Jianing and Visvanathan, Harshine and Wang, Yilin and Hu, Xinyi and Gormley, Matthew R.},
+  journal       = {arXiv preprint arXiv:2406.09393},
+  year          = {2024},
+  eprint        = {2406.09393},
+  archivePrefix = {arXiv}
+}"""
+"""BibTeX of the paper (cited in model cards)."""
+
+ROSS2011 = """@inproceedings{ross2011reduction,
+  title     = {A Reduction of Imitation Learning and Structured Prediction to No-Regret Online Learning},
+  author    = {Ross, St{\\'e}phane and Gordon, Geoffrey J. and Bagnell, J. Andrew},
+  booktitle = {Proceedings of the Fourteenth International Conference on Artificial Intelligence and Statistics},
+  year      = {2011}
+}"""
+"""BibTeX of the paper (cited in model cards)."""
 
 
 @dataclass
@@ -53,7 +74,8 @@ class DAggerArguments:
         default=0, metadata={"help": "Steps of plain teacher forcing before the first roll-in."}
     )
 
-    def _validate_dagger(self) -> None:
+    def validate(self) -> None:
+        """Raises `ValueError` naming the first setting whose value is not accepted."""
         if self.oracle not in ORACLES:
             raise ValueError(f"oracle must be one of {ORACLES}, got {self.oracle!r}.")
         if self.oracle_beam_size < 1:
@@ -72,7 +94,12 @@ class DAggerArguments:
             raise ValueError(f"dagger_warmup_steps must be >= 0, got {self.dagger_warmup_steps}.")
 
 
-@register_objective
+@register_objective(
+    "dagger",
+    settings=(DAggerArguments, RollinArguments),
+    papers=(YANG2024, ROSS2011),
+    description="DAgger with dynamic oracles: roll-ins by the model, relabelled by the metric's oracle",
+)
 class DAggerObjective(Objective):
     """`objective="dagger"`: roll in, relabel with the oracle, teacher-force on the roll-in.
 
@@ -86,8 +113,6 @@ class DAggerObjective(Objective):
     `oracle_agreement` (fraction of labelled positions where the model's greedy token equals the oracle's), and the
     shares of step time spent in generation (`rollin_time_share`) and in the oracle (`oracle_time_share`).
     """
-
-    name = "dagger"
 
     def __init__(self, trainer):
         super().__init__(trainer)
@@ -104,11 +129,6 @@ class DAggerObjective(Objective):
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
         )
-
-    @classmethod
-    def validate_args(cls, args) -> None:
-        args._validate_dagger()
-        args._validate_rollin()
 
     def beta(self) -> float:
         """Beta at the current global step (1 during the warm-up)."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from hf_seqobj.constants import IGNORE_INDEX
 from hf_seqobj.objectives.base import Objective, register_objective
 from hf_seqobj.objectives.schedules import (
     SS_DEFAULT_K,
@@ -19,7 +20,17 @@ from hf_seqobj.objectives.schedules import (
     check_scheduled_sampling,
     scheduled_sampling_eps,
 )
-from hf_seqobj.rollin import IGNORE_INDEX, dropout_mode
+from hf_seqobj.rollin import RollinArguments, dropout_mode
+
+
+BENGIO2015 = """@inproceedings{bengio2015scheduled,
+  title     = {Scheduled Sampling for Sequence Prediction with Recurrent Neural Networks},
+  author    = {Bengio, Samy and Vinyals, Oriol and Jaitly, Navdeep and Shazeer, Noam},
+  booktitle = {Advances in Neural Information Processing Systems},
+  year      = {2015},
+  eprint    = {1506.03099}
+}"""
+"""BibTeX of the paper (cited in model cards)."""
 
 
 @dataclass
@@ -45,7 +56,8 @@ class ScheduledSamplingArguments:
         """`ss_k`, or the default k of `ss_schedule`."""
         return self.ss_k if self.ss_k is not None else SS_DEFAULT_K.get(self.ss_schedule, 0.0)
 
-    def _validate_scheduled_sampling(self) -> None:
+    def validate(self) -> None:
+        """Raises `ValueError` naming the first setting whose value is not accepted."""
         check_scheduled_sampling(self.ss_schedule, self.ss_k_value, self.ss_c, self.ss_eps_min)
 
 
@@ -73,7 +85,12 @@ def mix_tokens(
     return torch.where(replaced, predictions, gold_inputs), replaced
 
 
-@register_objective
+@register_objective(
+    "scheduled_sampling",
+    settings=(ScheduledSamplingArguments, RollinArguments),
+    papers=(BENGIO2015,),
+    description="scheduled sampling (two-pass form for transformers)",
+)
 class ScheduledSamplingObjective(Objective):
     """`objective="scheduled_sampling"`: two passes, the second on gold inputs mixed with the model's predictions.
 
@@ -85,13 +102,6 @@ class ScheduledSamplingObjective(Objective):
 
     Logged (train): `ss_eps` and `ss_replaced_fraction` (of replaceable inputs).
     """
-
-    name = "scheduled_sampling"
-
-    @classmethod
-    def validate_args(cls, args) -> None:
-        args._validate_scheduled_sampling()
-        args._validate_rollin()
 
     def eps(self) -> float:
         """The probability of keeping the gold token at the current global step."""

@@ -51,9 +51,21 @@ from hf_seqobj.backspace import (
     noise_candidates,
     split_examples,
 )
+from hf_seqobj.constants import IGNORE_INDEX
 from hf_seqobj.generation import split_prompts
 from hf_seqobj.objectives.base import Objective, register_objective, row_generators
-from hf_seqobj.rollin import IGNORE_INDEX, generation_mode, unwrap_for_generation
+from hf_seqobj.rollin import RollinArguments, generation_mode, unwrap_for_generation
+
+
+CUNDY2024 = """@inproceedings{cundy2024sequencematch,
+  title         = {SequenceMatch: Imitation Learning for Autoregressive Sequence Modelling with Backtracking},
+  author        = {Cundy, Chris and Ermon, Stefano},
+  booktitle     = {International Conference on Learning Representations},
+  year          = {2024},
+  eprint        = {2306.05426},
+  archivePrefix = {arXiv}
+}"""
+"""BibTeX of the paper (cited in model cards)."""
 
 
 logger = logging.getLogger(__name__)
@@ -112,7 +124,8 @@ class SequenceMatchArguments:
         metadata={"help": "Actions per roll-in (backspaces count); None: twice the batch's longest target."},
     )
 
-    def _validate_sequencematch(self) -> None:
+    def validate(self) -> None:
+        """Raises `ValueError` naming the first setting whose value is not accepted."""
         if not self.sm_alpha > 0:
             raise ValueError(f"sm_alpha must be > 0, got {self.sm_alpha}.")
         if not 0 < self.sm_gamma <= 1:
@@ -245,7 +258,12 @@ class _Rollin:
     step: int
 
 
-@register_objective
+@register_objective(
+    "sequencematch",
+    settings=(SequenceMatchArguments, RollinArguments),
+    papers=(CUNDY2024,),
+    description="SequenceMatch: imitation learning with backtracking (<bksp>)",
+)
 class SequenceMatchObjective(Objective):
     """`objective="sequencematch"`: BC, then the SequenceMatch loss on data and backspace roll-ins.
 
@@ -260,8 +278,6 @@ class SequenceMatchObjective(Objective):
     `rollin_backspace_rate`, `rollin_length`, `buffer_age` (optimizer steps since the sampled roll-ins were made),
     and the time shares of roll-ins and the forward pass.
     """
-
-    name = "sequencematch"
 
     def __init__(self, trainer):
         super().__init__(trainer)
@@ -285,11 +301,6 @@ class SequenceMatchObjective(Objective):
             )
         bksp = add_backspace_token(model, tokenizer)
         logger.info("Added <bksp> (id %d) to the model and tokenizer for SequenceMatch.", bksp)
-
-    @classmethod
-    def validate_args(cls, args) -> None:
-        args._validate_sequencematch()
-        args._validate_rollin()
 
     # ----------------------------------------------------------------------------------------------------------
     def bc_weight(self, step: int | None = None) -> float:

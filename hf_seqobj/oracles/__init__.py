@@ -1,9 +1,11 @@
 """Dynamic oracles: the best next token given the gold output and any prefix (METHODS.md, section 3).
 
-This package imports nothing else from hf_seqobj except `hf_seqobj.rewards` (the shared token-id metrics, which
-import nothing from hf_seqobj), so it can be used (and tested) on its own.
+:func:`make_oracle` builds one by name (:data:`ORACLES`); :class:`Oracle` is the interface they share. This package
+imports nothing else from hf_seqobj except `hf_seqobj.rewards` (the shared token-id metrics) and
+`hf_seqobj.constants`, so it can be used (and tested) on its own.
 """
 
+from hf_seqobj.oracles.base import ORACLES, Oracle, make_oracle
 from hf_seqobj.oracles.beam import BeamOracle, BeamSearchResult
 from hf_seqobj.oracles.span_f1 import (
     BIOTagSet,
@@ -16,11 +18,14 @@ from hf_seqobj.oracles.span_f1 import (
 
 
 __all__ = [
+    "ORACLES",
     "BIOTagSet",
     "BeamOracle",
     "BeamSearchResult",
+    "Oracle",
     "SpanF1Oracle",
     "corpus_partial_f1",
+    "make_oracle",
     "span_f1_oracle",
     "span_f1_oracle_batch",
     "span_f1_score",

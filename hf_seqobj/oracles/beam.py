@@ -36,7 +36,8 @@ from typing import NamedTuple
 
 import torch
 
-from hf_seqobj.rewards import IGNORE_INDEX, METRICS, MetricState, SentenceMetric, check_token_ids
+from hf_seqobj.constants import IGNORE_INDEX
+from hf_seqobj.rewards import METRICS, MetricState, SentenceMetric, check_token_ids
 
 
 __all__ = ["BeamOracle", "BeamSearchResult", "TIE_TOLERANCE"]

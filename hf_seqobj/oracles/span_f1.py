@@ -62,10 +62,11 @@ from fractions import Fraction
 
 import torch
 
+from hf_seqobj.constants import IGNORE_INDEX
+
 
 __all__ = [
     "BIOTagSet",
-    "IGNORE_INDEX",
     "MODES",
     "SpanF1Oracle",
     "span_f1_oracle",
@@ -76,8 +77,6 @@ __all__ = [
 MODES = ("exact", "partial")
 """The accepted values of `mode`."""
 
-IGNORE_INDEX = -100
-"""Label id of positions without a target (padding): never an oracle output, always a padding marker in gold."""
 
 BIO_TAG_PATTERN = re.compile(r"^(O|[BI]-\S+)$")
 """A BIO tag: `O`, `B-TYPE` or `I-TYPE` (TYPE without whitespace); shared with the ner task's data checks."""

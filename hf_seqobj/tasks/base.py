@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
+from hf_seqobj.constants import IGNORE_INDEX
+
 
 if TYPE_CHECKING:
     from transformers import EvalPrediction, PreTrainedTokenizerBase
@@ -157,7 +159,7 @@ class Task(abc.ABC):
             target = fit(self.encode_target(example["target"], tokenizer), max_target, "target", index)
             if decoder_only:
                 input_ids = source + [sep] + target + [eos]
-                labels = [-100] * (len(source) + 1) + target + [eos]
+                labels = [IGNORE_INDEX] * (len(source) + 1) + target + [eos]
             else:
                 input_ids = source + [eos]
                 labels = target + [eos]
@@ -200,7 +202,7 @@ def _trim(batch: np.ndarray, tokenizer: PreTrainedTokenizerBase, start_token_id:
     rows = []
     special = set(tokenizer.all_special_ids)
     for row in np.asarray(batch):
-        ids = [int(i) for i in row if i != -100]
+        ids = [int(i) for i in row if i != IGNORE_INDEX]
         if start_token_id is not None and ids and ids[0] == start_token_id:
             ids = ids[1:]
         if tokenizer.eos_token_id in ids:

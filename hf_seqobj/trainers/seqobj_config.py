@@ -1,53 +1,61 @@
 """Argument classes of the hf_seqobj trainers: `TrainingArguments` / `Seq2SeqTrainingArguments` plus the objective.
 
-Every field of the stock classes keeps its meaning. An objective with knobs contributes a dataclass of fields to
-:class:`ObjectiveArguments`'s bases, so that both argument classes (and the YAML / command-line parser, which reads
-the dataclass fields) know them.
+Every field of the stock classes keeps its meaning. :class:`ObjectiveArguments` is built from the objective registry
+(:func:`hf_seqobj.objectives.register_objective`): it inherits the fields of every registered objective's settings
+dataclasses, and its `objective` field accepts the registered names. So both argument classes, and the command-line
+parser that reads their fields, know every built-in objective's settings without a second list.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
+from typing import Literal
 
 from transformers import Seq2SeqTrainingArguments, TrainingArguments
 
+import hf_seqobj.objectives  # noqa: F401 (registers the built-in objectives)
 from hf_seqobj.callbacks import SampleLoggingArguments
-from hf_seqobj.objectives import (
-    OBJECTIVES,
-    DAggerArguments,
-    DataNoisingArguments,
-    InterpolationArguments,
-    RAMLArguments,
-    ScheduledSamplingArguments,
-    SequenceMatchArguments,
-    SPGArguments,
-    get_objective,
-)
-from hf_seqobj.rollin import RollinArguments
+from hf_seqobj.objectives.base import OBJECTIVES, get_objective, registered_settings
 
 
-@dataclass
-class ObjectiveArguments(
-    DAggerArguments,
-    ScheduledSamplingArguments,
-    SequenceMatchArguments,
-    RAMLArguments,
-    DataNoisingArguments,
-    SPGArguments,
-    InterpolationArguments,
-    RollinArguments,
-):
-    """The fields shared by both argument classes: which objective to train with, and its settings."""
-
-    objective: str = field(
+def _objective_arguments() -> type:
+    """The dataclass of `objective` and the settings of every objective registered so far."""
+    names = tuple(OBJECTIVES)
+    objective = field(
         default="mle",
         metadata={
-            "help": f"The training objective, one of the registered objectives: {', '.join(sorted(OBJECTIVES))}."
+            "help": "The training objective: " + "; ".join(f"{n}: {c.description}" for n, c in OBJECTIVES.items())
         },
     )
 
-    def _validate_objective(self) -> None:
+    def validate_objective(self) -> None:
+        """Validates every registered objective's settings (a bad value is an error even where it is unused), then
+        the chosen objective's checks across arguments."""
+        get_objective(self.objective)
+        for setting in registered_settings():
+            setting.validate(self)
         get_objective(self.objective).validate_args(self)
+
+    namespace = {
+        "__annotations__": {"objective": Literal[names]},
+        "objective": objective,
+        "__doc__": "The fields shared by both argument classes: which objective to train with, and its settings.",
+        "__module__": __name__,
+        "_validate_objective": validate_objective,
+    }
+    return dataclass(type("ObjectiveArguments", registered_settings(), namespace))
+
+
+ObjectiveArguments = _objective_arguments()
+
+
+def objective_of_field(name: str) -> str | None:
+    """The settings dataclass that defines a field of the argument classes, by class name (None for stock fields)."""
+    for setting in registered_settings():
+        if name in {f.name for f in dataclasses.fields(setting)}:
+            return setting.__name__
+    return None
 
 
 @dataclass

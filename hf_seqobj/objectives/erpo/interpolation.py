@@ -17,8 +17,16 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
 from hf_seqobj.objectives.base import Objective, register_objective
-from hf_seqobj.objectives.erpo import RewardGains, row_generators, row_uniform, sample_from_logits, sampled_rollin
+from hf_seqobj.objectives.erpo.common import (
+    TAN2018,
+    RewardGains,
+    row_generators,
+    row_uniform,
+    sample_from_logits,
+    sampled_rollin,
+)
 from hf_seqobj.rewards import METRICS, score
+from hf_seqobj.rollin import RollinArguments
 
 
 logger = logging.getLogger(__name__)
@@ -89,7 +97,8 @@ class InterpolationArguments:
         metadata={"help": "Temperature of the softmax over reward gains of the reward-guided token (> 0)."},
     )
 
-    def _validate_interpolation(self) -> None:
+    def validate(self) -> None:
+        """Raises `ValueError` naming the first setting whose value is not accepted."""
         check_lambdas(self.interp_lambda)
         if self.interp_reward not in METRICS:
             raise ValueError(f"interp_reward must be one of {METRICS}, got {self.interp_reward!r}.")
@@ -230,7 +239,12 @@ class InterpolationAnnealingCallback(TrainerCallback, ExportableState):
             )
 
 
-@register_objective
+@register_objective(
+    "interpolation",
+    settings=(InterpolationArguments, RollinArguments),
+    papers=(TAN2018,),
+    description="the interpolation algorithm of the ERPO family",
+)
 class InterpolationObjective(Objective):
     """`objective="interpolation"`: maximum likelihood on sequences whose tokens come from self, gold or reward.
 
@@ -262,8 +276,6 @@ class InterpolationObjective(Objective):
     `interp_reward` (mean R of the roll-ins), `rollin_length`, `rollin_time_share`.
     """
 
-    name = "interpolation"
-
     def __init__(self, trainer):
         super().__init__(trainer)
         tokenizer = trainer.processing_class
@@ -281,11 +293,6 @@ class InterpolationObjective(Objective):
             metric_key=args.interp_anneal_metric_key,
             greater_is_better=args.interp_anneal_greater_is_better,
         )
-
-    @classmethod
-    def validate_args(cls, args) -> None:
-        args._validate_interpolation()
-        args._validate_rollin()
 
     def callbacks(self) -> list[TrainerCallback]:
         return [*super().callbacks(), self._annealer]

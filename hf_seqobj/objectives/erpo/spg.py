@@ -13,8 +13,16 @@ from dataclasses import dataclass, field
 import torch
 
 from hf_seqobj.objectives.base import Objective, register_objective
-from hf_seqobj.objectives.erpo import RewardGains, row_generators, row_uniform, sample_from_logits, sampled_rollin
+from hf_seqobj.objectives.erpo.common import (
+    TAN2018,
+    RewardGains,
+    row_generators,
+    row_uniform,
+    sample_from_logits,
+    sampled_rollin,
+)
 from hf_seqobj.rewards import METRICS, score
+from hf_seqobj.rollin import RollinArguments
 
 
 @dataclass
@@ -40,7 +48,8 @@ class SPGArguments:
         },
     )
 
-    def _validate_spg(self) -> None:
+    def validate(self) -> None:
+        """Raises `ValueError` naming the first setting whose value is not accepted."""
         if self.spg_reward not in METRICS:
             raise ValueError(f"spg_reward must be one of {METRICS}, got {self.spg_reward!r}.")
         if not self.spg_reward_scale >= 0:
@@ -49,7 +58,12 @@ class SPGArguments:
             raise ValueError(f"spg_model_step_prob must be in [0, 1], got {self.spg_model_step_prob}.")
 
 
-@register_objective
+@register_objective(
+    "spg",
+    settings=(SPGArguments, RollinArguments),
+    papers=(TAN2018,),
+    description="softmax policy gradient (ERPO family)",
+)
 class SPGObjective(Objective):
     """`objective="spg"`: maximum likelihood on samples from the reward-reweighted model distribution.
 
@@ -75,8 +89,6 @@ class SPGObjective(Objective):
     Logged (train): `spg_reward` (mean R of the samples), `rollin_length`, `rollin_time_share`.
     """
 
-    name = "spg"
-
     def __init__(self, trainer):
         super().__init__(trainer)
         tokenizer = trainer.processing_class
@@ -84,11 +96,6 @@ class SPGObjective(Objective):
             raise ValueError("objective='spg' needs the trainer's processing_class (a tokenizer with an EOS token).")
         self.eos_token_id = tokenizer.eos_token_id
         self.pad_token_id = tokenizer.pad_token_id
-
-    @classmethod
-    def validate_args(cls, args) -> None:
-        args._validate_spg()
-        args._validate_rollin()
 
     @staticmethod
     def proposal_logits(logits: torch.Tensor, gains: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:

@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING
 import torch
 from transformers import LogitsProcessor
 
+from hf_seqobj.constants import IGNORE_INDEX
 from hf_seqobj.objectives.base import row_generators, row_seed  # noqa: F401 (the ERPO modules import them here)
 from hf_seqobj.rewards import SentenceMetric
 from hf_seqobj.rollin import (
-    IGNORE_INDEX,
     RollIn,
     blank_generation_defaults,
     generate_rollin,
@@ -37,6 +37,17 @@ from hf_seqobj.rollin import (
     rollin_generation_config,
     rollin_training_batch,
 )
+
+
+TAN2018 = """@article{tan2018connecting,
+  title         = {Connecting the Dots Between MLE and RL for Sequence Generation},
+  author        = {Tan, Bowen and Hu, Zhiting and Yang, Zichao and Salakhutdinov, Ruslan and Xing, Eric P.},
+  journal       = {arXiv preprint arXiv:1811.09740},
+  year          = {2018},
+  eprint        = {1811.09740},
+  archivePrefix = {arXiv}
+}"""
+"""BibTeX of the paper (cited in model cards)."""
 
 
 if TYPE_CHECKING:

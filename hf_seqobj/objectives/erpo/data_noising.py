@@ -11,15 +11,16 @@ from dataclasses import dataclass, field
 
 import torch
 
+from hf_seqobj.constants import IGNORE_INDEX
 from hf_seqobj.objectives.base import Objective, register_objective
-from hf_seqobj.objectives.erpo import (
+from hf_seqobj.objectives.erpo.common import (
+    TAN2018,
     model_vocab_size,
     rebuild_decoder_inputs,
     row_generators,
     special_token_ids,
     target_positions,
 )
-from hf_seqobj.rollin import IGNORE_INDEX
 
 
 @dataclass
@@ -41,7 +42,8 @@ class DataNoisingArguments:
         },
     )
 
-    def _validate_data_noising(self) -> None:
+    def validate(self) -> None:
+        """Raises `ValueError` naming the first setting whose value is not accepted."""
         if not 0.0 <= self.noising_prob <= 1.0:
             raise ValueError(f"noising_prob must be in [0, 1], got {self.noising_prob}.")
 
@@ -113,7 +115,12 @@ def unigram_noise(
     return noised, replaced
 
 
-@register_objective
+@register_objective(
+    "data_noising",
+    settings=(DataNoisingArguments,),
+    papers=(TAN2018,),
+    description="data noising (ERPO family)",
+)
 class DataNoisingObjective(Objective):
     """`objective="data_noising"`: teacher forcing on targets (and optionally sources) with unigram noise.
 
@@ -137,8 +144,6 @@ class DataNoisingObjective(Objective):
     Logged (train): `noising_rate` (fraction of noisable target tokens replaced), `noising_source_rate`.
     """
 
-    name = "data_noising"
-
     def __init__(self, trainer):
         super().__init__(trainer)
         tokenizer = trainer.processing_class
@@ -148,10 +153,6 @@ class DataNoisingObjective(Objective):
         self.vocab_size = model_vocab_size(trainer.accelerator.unwrap_model(trainer.model))
         self._target_unigram: torch.Tensor | None = None
         self._source_unigram: torch.Tensor | None = None
-
-    @classmethod
-    def validate_args(cls, args) -> None:
-        args._validate_data_noising()
 
     def unigrams(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`(target unigram [V], source unigram [V] or None)`, counted from the training set on first use."""

@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from hf_seqobj.constants import IGNORE_INDEX
 from hf_seqobj.objectives.base import Objective, register_objective
-from hf_seqobj.objectives.erpo import (
+from hf_seqobj.objectives.erpo.common import (
+    TAN2018,
     allowed_tokens,
     gold_targets,
     model_vocab_size,
@@ -24,7 +26,6 @@ from hf_seqobj.objectives.erpo import (
     target_positions,
 )
 from hf_seqobj.rewards import METRICS, score
-from hf_seqobj.rollin import IGNORE_INDEX
 
 
 RAML_SAMPLINGS = ("ngram", "hamming")
@@ -63,7 +64,8 @@ class RAMLArguments:
         },
     )
 
-    def _validate_raml(self) -> None:
+    def validate(self) -> None:
+        """Raises `ValueError` naming the first setting whose value is not accepted."""
         if isinstance(self.raml_num_samples, bool) or not isinstance(self.raml_num_samples, int):
             raise ValueError(f"raml_num_samples must be an int >= 1, got {self.raml_num_samples!r}.")
         if self.raml_num_samples < 1:
@@ -163,7 +165,12 @@ def perturb_target(
     return samples
 
 
-@register_objective
+@register_objective(
+    "raml",
+    settings=(RAMLArguments,),
+    papers=(TAN2018,),
+    description="reward-augmented maximum likelihood (ERPO family)",
+)
 class RAMLObjective(Objective):
     """`objective="raml"`: the weighted cross-entropy of K perturbed copies of each gold target.
 
@@ -191,8 +198,6 @@ class RAMLObjective(Objective):
     gold target), `raml_weight_entropy` (mean entropy of a target's weights, in nats).
     """
 
-    name = "raml"
-
     def __init__(self, trainer):
         super().__init__(trainer)
         tokenizer = trainer.processing_class
@@ -201,10 +206,6 @@ class RAMLObjective(Objective):
         self.eos_token_id = tokenizer.eos_token_id
         self.pad_token_id = tokenizer.pad_token_id
         self.allowed = allowed_tokens(tokenizer, model_vocab_size(trainer.accelerator.unwrap_model(trainer.model)))
-
-    @classmethod
-    def validate_args(cls, args) -> None:
-        args._validate_raml()
 
     @staticmethod
     def candidate_weights(rewards: torch.Tensor, tau: float) -> torch.Tensor:
