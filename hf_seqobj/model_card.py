@@ -43,14 +43,7 @@ It is a LoRA adapter ([PEFT](https://github.com/huggingface/peft)) for its base 
 ## Quick start
 
 ```python
-{% if adapter %}from peft import {{ peft_auto_class }}
-from transformers import AutoTokenizer
-
-model = {{ peft_auto_class }}.from_pretrained("{{ repo }}")  # or .merge_and_unload() for a plain model
-{% else %}from transformers import {{ auto_class }}, AutoTokenizer
-
-model = {{ auto_class }}.from_pretrained("{{ repo }}")
-{% endif %}tokenizer = AutoTokenizer.from_pretrained("{{ repo }}")
+{{ quick_start }}
 ```
 
 ## Training procedure
@@ -150,6 +143,74 @@ def _base_model(model) -> str | None:
     return getattr(getattr(model, "config", None), "_name_or_path", None) or None
 
 
+AUTO_CLASSES = (
+    ("MODEL_FOR_CAUSAL_LM_MAPPING_NAMES", "AutoModelForCausalLM"),
+    ("MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES", "AutoModelForSeq2SeqLM"),
+    ("MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES", "AutoModelForSequenceClassification"),
+    ("MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES", "AutoModelForTokenClassification"),
+    ("MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES", "AutoModelForQuestionAnswering"),
+    ("MODEL_FOR_MASKED_LM_MAPPING_NAMES", "AutoModelForMaskedLM"),
+)
+"""Transformers' auto classes the model card's quick start may load a model with (by the model's class)."""
+
+PEFT_AUTO_CLASSES = {
+    "AutoModelForCausalLM": "AutoPeftModelForCausalLM",
+    "AutoModelForSeq2SeqLM": "AutoPeftModelForSeq2SeqLM",
+    "AutoModelForSequenceClassification": "AutoPeftModelForSequenceClassification",
+    "AutoModelForTokenClassification": "AutoPeftModelForTokenClassification",
+    "AutoModelForQuestionAnswering": "AutoPeftModelForQuestionAnswering",
+}
+"""The PEFT auto class of an adapter for a model of each Transformers auto class (others: `AutoPeftModel`)."""
+
+
+def auto_class_name(model: Any) -> str | None:
+    """The Transformers auto class whose mapping holds `model`'s class (e.g. "AutoModelForSeq2SeqLM"), else None."""
+    from transformers.models.auto import modeling_auto
+
+    name = type(model).__name__
+    for mapping_name, auto_class in AUTO_CLASSES:
+        for value in getattr(modeling_auto, mapping_name, {}).values():
+            if name in ([value] if isinstance(value, str) else value):
+                return auto_class
+    return None
+
+
+def quick_start(model: Any, repo: str, processing_class: Any = None) -> str:
+    """The Python code that loads a trained model (and its tokenizer or processor) from `repo`.
+
+    An adapter loads with PEFT's auto class, a Transformers model with the auto class of its kind (else its own
+    class's `from_pretrained`), and a plain `torch.nn.Module` by building it and loading the saved weights.
+    """
+    from peft import PeftModel
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    imports: list[str] = []
+    code: list[str] = []
+    if isinstance(model, PeftModel):
+        auto_class = PEFT_AUTO_CLASSES.get(auto_class_name(model.get_base_model()) or "", "AutoPeftModel")
+        imports.append(f"from peft import {auto_class}")
+        code.append(f'model = {auto_class}.from_pretrained("{repo}")  # or .merge_and_unload() for a plain model')
+    elif (auto_class := auto_class_name(model)) is not None:
+        imports.append(f"from transformers import {auto_class}")
+        code.append(f'model = {auto_class}.from_pretrained("{repo}")')
+    elif isinstance(model, PreTrainedModel):
+        imports.append(f"from {type(model).__module__} import {type(model).__name__}")
+        code.append(f'model = {type(model).__name__}.from_pretrained("{repo}")')
+    else:
+        imports += [
+            "from safetensors.torch import load_model",
+            f"from {type(model).__module__} import {type(model).__name__}",
+        ]
+        code += [f"model = {type(model).__name__}()  # with the arguments it was trained with"]
+        code += [f'load_model(model, "{repo}/model.safetensors")']
+    if processing_class is not None:
+        tokenizer = isinstance(processing_class, PreTrainedTokenizerBase)
+        auto, variable = ("AutoTokenizer", "tokenizer") if tokenizer else ("AutoProcessor", "processor")
+        imports.append(f"from transformers import {auto}")
+        code.append(f'{variable} = {auto}.from_pretrained("{repo}")')
+    return "\n".join([*imports, "", *code])
+
+
 def trainer_model_card(
     trainer: Trainer,
     model_name: str | None = None,
@@ -225,7 +286,6 @@ def trainer_model_card(
         training += f" x {args.gradient_accumulation_steps} accumulation steps"
     training += f", seed {args.seed}"
     description = get_objective(args.objective).description or None
-    encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
     return ModelCard.from_template(
         card_data,
         template_str=TEMPLATE,
@@ -234,9 +294,7 @@ def trainer_model_card(
         objective=args.objective,
         objective_description=f" ({description})" if description else "",
         adapter=adapter,
-        repo=hub_model_id or args.output_dir,
-        auto_class="AutoModelForSeq2SeqLM" if encoder_decoder else "AutoModelForCausalLM",
-        peft_auto_class="AutoPeftModelForSeq2SeqLM" if encoder_decoder else "AutoPeftModelForCausalLM",
+        quick_start=quick_start(model, hub_model_id or args.output_dir, getattr(trainer, "processing_class", None)),
         settings=objective_settings(args),
         training=training,
         metrics=final_metrics(trainer.state.log_history, metrics),

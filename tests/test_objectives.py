@@ -18,8 +18,8 @@ def test_registry_lookup_and_errors():
         get_objective("daggr")
 
     class Unnamed(Objective):
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            return 0
+        def training_loss(self, model, inputs, num_items_in_batch):
+            return torch.zeros(()), None
 
     with pytest.raises(ValueError, match="non-empty identifier string, got ''"):
         register_objective("")
@@ -81,14 +81,17 @@ def test_token_nll_equals_the_models_loss(arch, tiny_checkpoints, ner_task):
 
 
 def test_a_registered_objective_is_selectable_and_logs_its_metrics(tiny_checkpoints, ner_task, tmp_path):
-    """Adding an objective is registering a class: the trainer routes compute_loss and logs its metrics."""
+    """Adding an objective is registering a class with a training loss: the trainer routes compute_loss through the
+    template, counts the micro-batches of each step and logs the objective's metrics."""
+    seen_micro_steps = []
 
     @register_objective("test_half_mle")
     class HalfMLE(Objective):
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            loss = self.trainer.stock_compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
+        def training_loss(self, model, inputs, num_items_in_batch):
+            seen_micro_steps.append(self.micro_step)
+            loss, outputs = self.trainer.stock_compute_loss(model, inputs, True, num_items_in_batch)
             self.record_metric("full_loss", loss)
-            return loss / 2
+            return loss / 2, outputs
 
     try:
         task, splits = ner_task
@@ -101,7 +104,8 @@ def test_a_registered_objective_is_selectable_and_logs_its_metrics(tiny_checkpoi
             logging_steps=1,
             report_to="none",
             use_cpu=True,
-            per_device_train_batch_size=4,
+            per_device_train_batch_size=2,
+            gradient_accumulation_steps=2,
             save_strategy="no",
             disable_tqdm=True,
         )
@@ -113,9 +117,37 @@ def test_a_registered_objective_is_selectable_and_logs_its_metrics(tiny_checkpoi
             data_collator=DataCollatorForSeq2Seq(tokenizer),
         )
         trainer.train()
+        assert seen_micro_steps == [0, 1, 0, 1]
         logged = [entry for entry in trainer.state.log_history if "loss" in entry]
         assert len(logged) == 2
         for entry in logged:
-            assert entry["loss"] == pytest.approx(entry["full_loss"] / 2, rel=1e-4)
+            # the step's loss is l1 / 2 + l2 / 2 (each l normalised by the step's token count); the metric's mean
+            # is (l1 + l2) / 2
+            assert entry["loss"] == pytest.approx(entry["full_loss"], rel=1e-4)
+
+        # The template: evaluation is the stock loss (not halved), and return_outputs packs the outputs.
+        batch = trainer._prepare_inputs(DataCollatorForSeq2Seq(tokenizer)(list(tokenized["train"].select(range(4)))))
+        model.eval()
+        with torch.no_grad():
+            stock = trainer.stock_compute_loss(model, dict(batch))
+            evaluated, outputs = trainer.compute_loss(model, dict(batch), return_outputs=True)
+            assert torch.equal(evaluated, stock) and torch.equal(outputs.loss, stock)
+            model.train()
+            trained, outputs = trainer.compute_loss(model, dict(batch), return_outputs=True)
+            torch.testing.assert_close(trained, outputs.loss / 2)
+            assert isinstance(trainer.compute_loss(model, dict(batch)), torch.Tensor)
     finally:
         OBJECTIVES.pop("test_half_mle", None)
+
+
+def test_objectives_add_only_the_callbacks_they_need(make_trainer):
+    """mle adds none (its callback list is the stock one); objectives that time parts of their step get the step
+    clock, and those with checkpointed state (SequenceMatch's replay buffer) the state callback."""
+    from hf_seqobj.objectives.base import ObjectiveStateCallback, StepClockCallback
+
+    def added(trainer):
+        return [type(cb) for cb in trainer.callback_handler.callbacks if type(cb).__module__.startswith("hf_seqobj")]
+
+    assert added(make_trainer("gpt2", objective="mle")) == []
+    assert added(make_trainer("gpt2", objective="dagger")) == [StepClockCallback]
+    assert added(make_trainer("gpt2", objective="sequencematch")) == [StepClockCallback, ObjectiveStateCallback]

@@ -4,6 +4,24 @@ An objective is an :class:`Objective` subclass registered with :func:`register_o
 its settings dataclasses and papers. The trainers build one instance per run and route `compute_loss` through it.
 Adding an objective is adding a module to `hf_seqobj/objectives/` that defines and registers its class: the argument
 classes, their validation, the command line and the model card read everything else from the registry.
+
+:class:`Objective` is a template. Its :meth:`~Objective.compute_loss` (the trainers' `compute_loss`) does what every
+objective shares: in evaluation it returns the stock `Trainer.compute_loss` (so `eval_loss` is comparable across
+objectives), in training it counts the micro-batches of the optimizer step (:attr:`Objective.micro_step`), calls
+the subclass's :meth:`~Objective.training_loss` and packs `(loss, outputs)` when `return_outputs` is asked for. A
+subclass implements only :meth:`~Objective.training_loss`:
+
+    @register_objective("half_mle")
+    class HalfMLE(Objective):
+        def training_loss(self, model, inputs, num_items_in_batch):
+            loss, outputs = self.trainer.stock_compute_loss(model, inputs, True, num_items_in_batch)
+            return loss / 2, outputs
+
+Bookkeeping that needs the Trainer's step events is done by callbacks that only the objectives needing them get
+(:meth:`Objective.callbacks`): :class:`StepClockCallback` times each optimizer step for the `{part}_time_share`
+logs of objectives that time parts of their step (:attr:`Objective.records_time_shares`), and
+:class:`ObjectiveStateCallback` saves :meth:`Objective.save_state` into each checkpoint for objectives that override
+it. The default objective, `mle`, has neither, so its trainer's callback list is the stock one.
 """
 
 from __future__ import annotations
@@ -42,6 +60,12 @@ class Objective(abc.ABC):
     """BibTeX entries of the papers behind the objective (set by :func:`register_objective`)."""
     description: ClassVar[str] = ""
     """A short phrase for model cards and docs (set by :func:`register_objective`)."""
+    requires_language_model: ClassVar[bool] = True
+    """Whether the objective needs a causal LM or a seq2seq LM (:func:`language_model_kind`); a trainer built with
+    another kind of model raises a `ValueError` (:meth:`check_model`)."""
+    records_time_shares: ClassVar[bool] = True
+    """Whether the objective times parts of its step (:meth:`timed`): then the trainer gets a
+    :class:`StepClockCallback` and logs `{part}_time_share` at each optimizer step."""
 
     def __init__(self, trainer: Trainer):
         self.trainer = trainer
@@ -49,11 +73,30 @@ class Objective(abc.ABC):
         self._step_seconds: dict[str, float] = defaultdict(float)
         self.micro_step = 0
         """Index of the current micro-batch within the optimizer step (0 .. gradient_accumulation_steps - 1)."""
+        self._micro_step_of: int | None = None  # the global step that `micro_step` counts the micro-batches of
+
+    @classmethod
+    def check_model(cls, model: torch.nn.Module) -> None:
+        """Raises `ValueError` if the objective needs a language model (:attr:`requires_language_model`) and `model`
+        (unwrapped from DDP / PEFT) is neither a causal LM nor a seq2seq LM."""
+        if cls.requires_language_model and language_model_kind(model) is None:
+            raise ValueError(
+                f"The {cls.name!r} objective needs a causal LM or a seq2seq LM (a model that can generate), got "
+                f"{type(_base_model(model)).__name__}; only objective='mle' trains any model."
+            )
 
     def callbacks(self) -> list[TrainerCallback]:
-        """Callbacks the trainer adds for this objective: the step clock behind the `*_time_share` logs, and the
-        saving of :meth:`save_state` into each checkpoint."""
-        return [_StepClock(self), _StateCheckpoint(self)]
+        """Callbacks the trainer adds for this objective, only those it needs.
+
+        Default: a :class:`StepClockCallback` if :attr:`records_time_shares`, and an :class:`ObjectiveStateCallback`
+        if the class overrides :meth:`save_state`. Override (extending this list) for callbacks of your own.
+        """
+        callbacks: list[TrainerCallback] = []
+        if self.records_time_shares:
+            callbacks.append(StepClockCallback(self))
+        if type(self).save_state is not Objective.save_state:
+            callbacks.append(ObjectiveStateCallback(self))
+        return callbacks
 
     def save_state(self, checkpoint_dir: str) -> None:
         """Saves objective state that a resumed run needs (e.g. a replay buffer) into a checkpoint. Default: none."""
@@ -77,7 +120,8 @@ class Objective(abc.ABC):
             self._step_seconds[part] += time.perf_counter() - start
 
     def begin_step(self) -> None:
-        """Called by the step clock before the first micro-batch of an optimizer step."""
+        """Called by the step clock before the first micro-batch of an optimizer step: resets the step's timings
+        (and :attr:`micro_step`, which :meth:`compute_loss` also resets when the global step changes)."""
         self.micro_step = 0
         self._step_seconds.clear()
 
@@ -112,7 +156,6 @@ class Objective(abc.ABC):
         for setting in cls.settings:
             setting.validate(args)
 
-    @abc.abstractmethod
     def compute_loss(
         self,
         model: torch.nn.Module,
@@ -120,7 +163,45 @@ class Objective(abc.ABC):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
-        """The loss of one (micro-)batch, with the contract of `transformers.Trainer.compute_loss`."""
+        """The loss of one (micro-)batch, with the contract of `transformers.Trainer.compute_loss`: the template
+        method that subclasses do not override.
+
+        In evaluation (`model.training` false) it is the stock `Trainer.compute_loss`. In training it sets
+        :attr:`micro_step` (0 for the first micro-batch of each optimizer step, i.e. when the global step has changed
+        since the last call), returns :meth:`training_loss` (with the outputs if `return_outputs`) and counts the
+        micro-batch.
+        """
+        trainer = self.trainer
+        if not model.training:
+            return trainer.stock_compute_loss(
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )
+        step = int(trainer.state.global_step)
+        if step != self._micro_step_of:
+            self.micro_step, self._micro_step_of = 0, step
+        loss, outputs = self.training_loss(model, inputs, num_items_in_batch)
+        self.micro_step += 1
+        return (loss, outputs) if return_outputs else loss
+
+    @abc.abstractmethod
+    def training_loss(
+        self, model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None
+    ) -> tuple[torch.Tensor, Any]:
+        """The training loss of one micro-batch and the model outputs it came from: what a subclass implements.
+
+        Args:
+            model: The (possibly wrapped) model, in training mode.
+            inputs: The collated micro-batch, on the device.
+            num_items_in_batch: The Trainer's count of target tokens over the whole accumulated (and, with
+                `average_tokens_across_devices`, gathered) batch, or None when the Trainer does not count them.
+                A loss divided by it is already scaled for gradient accumulation (the Trainer then does not divide
+                it again); without it, return this micro-batch's mean (the Trainer divides by the accumulation
+                steps).
+
+        Returns:
+            `(loss, outputs)`: the scalar loss to back-propagate and the model outputs (any object; the Trainer only
+            passes them on when `return_outputs` is asked for).
+        """
 
     def teacher_forced_loss(
         self, model: torch.nn.Module, batch: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
@@ -134,13 +215,20 @@ class Objective(abc.ABC):
         with stock MLE. The Trainer's label smoothing applies. Without `num_items_in_batch` the mean over this
         batch's labels is returned (and the Trainer divides it by the accumulation steps).
 
+        An encoder-decoder batch without `decoder_input_ids` gets them from its labels
+        (`prepare_decoder_input_ids_from_labels`), as the model builds them when it is given labels.
+
         Returns:
             `(loss, model outputs)`.
         """
         trainer = self.trainer
         labels = batch["labels"]
-        outputs = model(**{key: value for key, value in batch.items() if key != "labels"})
-        shift = not bool(trainer.accelerator.unwrap_model(model).config.is_encoder_decoder)
+        unwrapped = _base_model(trainer.accelerator.unwrap_model(model))
+        shift = not bool(unwrapped.config.is_encoder_decoder)
+        inputs = {key: value for key, value in batch.items() if key != "labels"}
+        if not shift and "decoder_input_ids" not in inputs and "decoder_inputs_embeds" not in inputs:
+            inputs["decoder_input_ids"] = unwrapped.prepare_decoder_input_ids_from_labels(labels=labels)
+        outputs = model(**inputs)
         if trainer.label_smoother is not None:
             loss = trainer.label_smoother(outputs, labels, shift_labels=shift, num_items_in_batch=num_items_in_batch)
         else:
@@ -172,8 +260,9 @@ class Objective(abc.ABC):
         return means
 
 
-class _StepClock(TrainerCallback):
-    """Times each optimizer step for the objective's `*_time_share` metrics."""
+class StepClockCallback(TrainerCallback):
+    """Times each optimizer step for the objective's `{part}_time_share` metrics (objectives that time parts of
+    their step get one, :attr:`Objective.records_time_shares`)."""
 
     def __init__(self, objective: Objective):
         self.objective = objective
@@ -187,8 +276,9 @@ class _StepClock(TrainerCallback):
         self.objective.end_step(time.perf_counter() - self.start)
 
 
-class _StateCheckpoint(TrainerCallback):
-    """Calls the objective's `save_state` with the folder of each checkpoint the trainer writes."""
+class ObjectiveStateCallback(TrainerCallback):
+    """Calls the objective's `save_state` with the folder of each checkpoint the trainer writes (objectives that
+    override :meth:`Objective.save_state` get one)."""
 
     def __init__(self, objective: Objective):
         self.objective = objective
@@ -199,6 +289,47 @@ class _StateCheckpoint(TrainerCallback):
         from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
         self.objective.save_state(os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"))
+
+
+def _base_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside distributed / compiled wrappers (`accelerate`'s `extract_model_from_parallel`) and PEFT."""
+    from accelerate.utils import extract_model_from_parallel
+    from peft import PeftModel
+
+    model = extract_model_from_parallel(model)
+    return model.get_base_model() if isinstance(model, PeftModel) else model
+
+
+def language_model_kind(model: torch.nn.Module) -> str | None:
+    """The kind of language model `model` is: "causal", "seq2seq", or None for any other model.
+
+    A model is a causal / seq2seq LM when its class (unwrapped from DDP and PEFT) is one of Transformers' causal LM /
+    seq2seq LM classes (the `AutoModelForCausalLM` / `AutoModelForSeq2SeqLM` mappings), or, for a class of your own,
+    when it is a `PreTrainedModel` with a config that can generate (`can_generate()`), told apart by
+    `config.is_encoder_decoder`.
+    """
+    from transformers import PreTrainedModel
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES,
+    )
+
+    def names(mapping: dict[str, Any]) -> set[str]:
+        found: set[str] = set()
+        for value in mapping.values():
+            found.update([value] if isinstance(value, str) else value)
+        return found
+
+    base = _base_model(model)
+    name = type(base).__name__
+    if name in names(MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES):
+        return "seq2seq"
+    if name in names(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES):
+        return "causal"
+    config = getattr(base, "config", None)
+    if isinstance(base, PreTrainedModel) and config is not None and base.can_generate():
+        return "seq2seq" if getattr(config, "is_encoder_decoder", False) else "causal"
+    return None
 
 
 _MASK64 = (1 << 64) - 1

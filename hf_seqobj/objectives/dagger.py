@@ -142,14 +142,12 @@ class DAggerObjective(Objective):
             args.dagger_beta_decay,
         )
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+    def training_loss(self, model, inputs, num_items_in_batch):
         trainer = self.trainer
-        if not model.training:
-            return trainer.stock_compute_loss(model, inputs, return_outputs, num_items_in_batch)
         if trainer.state.global_step < trainer.args.dagger_warmup_steps:
             self.record_metric("dagger_beta", 1.0)
             loss, outputs = self.teacher_forced_loss(model, inputs, num_items_in_batch)
-            return (loss, outputs) if return_outputs else loss
+            return loss, outputs
         beta = self.beta()
         device = inputs["input_ids"].device
         local_rows = inputs["input_ids"].shape[0]
@@ -176,4 +174,4 @@ class DAggerObjective(Objective):
         self.record_metric("rollin_length", stats.rollin_length)
         self.record_metric("oracle_forced_fraction", stats.forced_fraction)
         self.record_metric("oracle_agreement", agreement)
-        return (loss, outputs) if return_outputs else loss
+        return loss, outputs

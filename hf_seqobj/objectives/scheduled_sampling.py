@@ -119,10 +119,8 @@ class ScheduledSamplingObjective(Objective):
         draws = torch.multinomial(flat.to(generator.device), 1, generator=generator)
         return draws.reshape(probs.shape[:-1]).to(logits.device)
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+    def training_loss(self, model, inputs, num_items_in_batch):
         trainer = self.trainer
-        if not model.training:
-            return trainer.stock_compute_loss(model, inputs, return_outputs, num_items_in_batch)
         eps = self.eps()
         labels = inputs["labels"]
         generator = self.step_generator(labels.device)
@@ -150,4 +148,4 @@ class ScheduledSamplingObjective(Objective):
         self.record_metric("ss_eps", eps)
         self.record_metric("ss_replaced_fraction", replaced.sum() / target.sum().clamp(min=1))
         loss, outputs = self.teacher_forced_loss(model, inputs, num_items_in_batch)
-        return (loss, outputs) if return_outputs else loss
+        return loss, outputs

@@ -378,10 +378,8 @@ class SequenceMatchObjective(Objective):
         self.record_metric("buffer_age", sum(step - item.step for item in drawn) / len(drawn))
         return drawn
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+    def training_loss(self, model, inputs, num_items_in_batch):
         trainer, args = self.trainer, self.trainer.args
-        if not model.training:
-            return trainer.stock_compute_loss(model, inputs, return_outputs, num_items_in_batch)
         unwrapped = trainer.accelerator.unwrap_model(model)
         encoder_decoder = bool(unwrapped.config.is_encoder_decoder)
         tokenizer = trainer.processing_class
@@ -462,4 +460,4 @@ class SequenceMatchObjective(Objective):
             self.record_metric("sm_value_term", terms.value)
             self.record_metric("sm_chi2_term", terms.chi2)
         loss = self.scale_for_processes(loss, num_items_in_batch)
-        return (loss, outputs) if return_outputs else loss
+        return loss, outputs

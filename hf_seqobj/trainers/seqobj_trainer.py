@@ -1,13 +1,27 @@
 """Drop-in replacements for `transformers.Trainer` and `transformers.Seq2SeqTrainer` with a selectable objective.
 
-With `objective="mle"` (the default) they train exactly as the stock classes; other objectives replace
-`compute_loss` through the objective registry (`hf_seqobj.objectives`).
+With `objective="mle"` (the default) they train every model the stock classes train, the same way (see
+:class:`~hf_seqobj.objectives.mle.MLEObjective` for the one correction, BART / T5 under gradient accumulation);
+other objectives replace the training loss through the objective registry (`hf_seqobj.objectives`) and need a
+causal LM or a seq2seq LM.
+
+What differs from the stock classes, and why:
+
+- `args` must be one of our argument classes (they add `objective` and its settings); without `args` the default
+  one is built, as the stock Trainer builds default `TrainingArguments` (the stock `Seq2SeqTrainer` fails there).
+- `evaluate()` / `predict()` return the stock metrics plus, prefixed like them, the objective's evaluation metrics
+  (e.g. `eval_backspace_rate`) and, for a language model, `{prefix}_perplexity` (exp of the teacher-forced loss).
+- `save_model` (and so each checkpoint) also writes a model card, README.md.
+- Objectives other than `mle` add the callbacks they need (:meth:`~hf_seqobj.objectives.base.Objective.callbacks`);
+  `eval_samples_to_log > 0` adds a :class:`~hf_seqobj.callbacks.SampleGenerationsCallback`.
+- `peft_config=` wraps the model with a PEFT adapter, as TRL's trainers do.
 """
 
 from __future__ import annotations
 
 import copy
 import inspect
+import logging
 import math
 import os
 from typing import TYPE_CHECKING, Any
@@ -20,6 +34,7 @@ from hf_seqobj.callbacks import SampleGenerationsCallback
 from hf_seqobj.generation import gather_targets, split_prompts
 from hf_seqobj.model_card import trainer_model_card
 from hf_seqobj.objectives import Objective, get_objective
+from hf_seqobj.objectives.base import language_model_kind
 from hf_seqobj.peft_utils import wrap_model_in_args
 from hf_seqobj.rollin import first_eos_lengths
 from hf_seqobj.trainers.seqobj_config import SeqObjSeq2SeqTrainingArguments, SeqObjTrainingArguments
@@ -27,6 +42,9 @@ from hf_seqobj.trainers.seqobj_config import SeqObjSeq2SeqTrainingArguments, Seq
 
 if TYPE_CHECKING:
     from peft import PeftConfig
+
+
+logger = logging.getLogger(__name__)
 
 
 class _SeqObjMixin:
@@ -40,16 +58,30 @@ class _SeqObjMixin:
     dataset_name: str | None = None
     """The data (a Hub data set name, a local path, or "synthetic") named in model cards; `hf-seqobj train` sets it."""
 
-    @staticmethod
-    def _peft_arguments(args: tuple, kwargs: dict[str, Any], peft_config: PeftConfig | None):
-        """The constructor's arguments, with the model wrapped by `get_peft_model` when `peft_config` is given."""
+    default_arguments_class: type = SeqObjTrainingArguments
+    """The argument class built (with `output_dir="tmp_trainer"`, as the stock Trainer does) when `args` is None."""
+
+    @classmethod
+    def _constructor_arguments(cls, args: tuple, kwargs: dict[str, Any], peft_config: PeftConfig | None):
+        """The constructor's arguments: default `args` when none are given, and the model wrapped by
+        `get_peft_model` when `peft_config` is given."""
+        names = list(inspect.signature(Trainer.__init__).parameters)[1:]
+        args_index = names.index("args")
+        if (args[args_index] if len(args) > args_index else kwargs.get("args")) is None:
+            logger.info("No `TrainingArguments` passed, using `output_dir=tmp_trainer`.")
+            default = cls.default_arguments_class(output_dir="tmp_trainer")
+            if len(args) > args_index:
+                args = (*args[:args_index], default, *args[args_index + 1 :])
+            else:
+                kwargs = {**kwargs, "args": default}
         if peft_config is None:
             return args, kwargs
-        names = list(inspect.signature(Trainer.__init__).parameters)[1:]
         found = {name: args[i] if len(args) > i else kwargs.get(name) for i, name in enumerate(names)}
         model, training_args, tokenizer = found["model"], found["args"], found["processing_class"]
         if model is not None and hasattr(training_args, "objective"):  # e.g. <bksp>, before the adapter is added
-            get_objective(training_args.objective).prepare_model(model, tokenizer)
+            objective = get_objective(training_args.objective)
+            objective.check_model(model)
+            objective.prepare_model(model, tokenizer)
         return wrap_model_in_args(args, kwargs, peft_config, names)
 
     def _init_objective(self) -> None:
@@ -58,7 +90,10 @@ class _SeqObjMixin:
                 f"{type(self).__name__} needs SeqObjTrainingArguments or SeqObjSeq2SeqTrainingArguments (which have "
                 f"an `objective` field), got {type(self.args).__name__}."
             )
-        self.objective = get_objective(self.args.objective)(self)
+        objective = get_objective(self.args.objective)
+        objective.check_model(self.model)
+        self.objective = objective(self)
+        self._is_language_model = language_model_kind(self.model) is not None
         for callback in self.objective.callbacks():
             self.add_callback(callback)
         if getattr(self.args, "eval_samples_to_log", 0) > 0:
@@ -121,12 +156,10 @@ class _SeqObjMixin:
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ):
-        result = self.objective.compute_loss(
+        """The objective's loss (:meth:`hf_seqobj.objectives.base.Objective.compute_loss`)."""
+        return self.objective.compute_loss(
             model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
         )
-        if model.training:
-            self.objective.micro_step += 1
-        return result
 
     def stock_compute_loss(
         self,
@@ -156,11 +189,10 @@ class _SeqObjMixin:
         )
         return result.sequences
 
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        # An evaluation's logs carry `{prefix}_runtime` (prefix `eval`, or `test` and the like for other splits).
-        prefix = next(
-            (key[: -len("_runtime")] for key in logs if key.endswith("_runtime") and key != "train_runtime"), None
-        )
+    def _objective_metrics(self, metrics: dict[str, float], prefix: str | None) -> dict[str, float]:
+        """The objective's metrics recorded since the last call (training ones if `prefix` is None, else evaluation
+        ones named `{prefix}_{key}`, plus a language model's `{prefix}_perplexity` when `metrics` has the loss),
+        averaged over the processes (every rank calls this)."""
         extra = self.objective.pop_metrics("train" if prefix is None else "eval")
         if self.accelerator.num_processes > 1:  # every rank calls log: the mean of the ranks' means
             from accelerate.utils import gather_object
@@ -168,18 +200,32 @@ class _SeqObjMixin:
             per_rank = gather_object([extra])
             keys = sorted({key for metrics in per_rank for key in metrics})
             extra = {key: sum(m[key] for m in per_rank if key in m) / sum(key in m for m in per_rank) for key in keys}
-        if prefix is not None:
-            extra = {f"{prefix}_{key}": value for key, value in extra.items()}
-            if f"{prefix}_loss" in logs:  # the model's perplexity on the evaluation targets (teacher forced)
-                extra[f"{prefix}_perplexity"] = math.exp(min(float(logs[f"{prefix}_loss"]), 100.0))
-            self._last_eval_extra = extra
-        super().log({**logs, **extra}, start_time)  # type: ignore[misc]
+        if prefix is None:
+            return extra
+        extra = {f"{prefix}_{key}": value for key, value in extra.items()}
+        if self._is_language_model and f"{prefix}_loss" in metrics:  # perplexity on the targets (teacher forced)
+            extra[f"{prefix}_perplexity"] = math.exp(min(float(metrics[f"{prefix}_loss"]), 100.0))
+        return extra
 
-    def evaluate(self, *args, **kwargs) -> dict[str, float]:
-        """The stock evaluation, with the objective's evaluation metrics (and the perplexity) in the result too."""
-        self._last_eval_extra = {}
-        metrics = super().evaluate(*args, **kwargs)  # type: ignore[misc]
-        return {**metrics, **self._last_eval_extra}
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """The stock `log`, with the objective's metrics added to `logs` (in place, as the stock `log` adds `epoch`,
+        so that `evaluate()` returns them too)."""
+        # An evaluation's logs carry `{prefix}_runtime` (prefix `eval`, or `test` and the like for other splits).
+        prefix = next(
+            (key[: -len("_runtime")] for key in logs if key.endswith("_runtime") and key != "train_runtime"), None
+        )
+        logs.update(self._objective_metrics(logs, prefix))
+        super().log(logs, start_time)  # type: ignore[misc]
+
+    def predict(self, test_dataset, ignore_keys: list[str] | None = None, metric_key_prefix: str = "test", **kwargs):
+        """The stock `predict` (`kwargs`: the `Seq2SeqTrainer`'s generation arguments), with the objective's
+        evaluation metrics (and a language model's perplexity) in its metrics, named `{metric_key_prefix}_{key}` as
+        in `evaluate()`."""
+        output = super().predict(  # type: ignore[misc]
+            test_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix, **kwargs
+        )
+        output.metrics.update(self._objective_metrics(output.metrics, metric_key_prefix))
+        return output
 
 
 class SeqObjTrainer(_SeqObjMixin, Trainer):
@@ -193,7 +239,7 @@ class SeqObjTrainer(_SeqObjMixin, Trainer):
     """
 
     def __init__(self, *args, peft_config: PeftConfig | None = None, **kwargs):
-        args, kwargs = self._peft_arguments(args, kwargs, peft_config)
+        args, kwargs = self._constructor_arguments(args, kwargs, peft_config)
         super().__init__(*args, **kwargs)
         self._init_objective()
 
@@ -246,8 +292,10 @@ class SeqObjSeq2SeqTrainer(_SeqObjMixin, Seq2SeqTrainer):
     and `peft_config` as :class:`SeqObjTrainer` does.
     """
 
+    default_arguments_class = SeqObjSeq2SeqTrainingArguments
+
     def __init__(self, *args, peft_config: PeftConfig | None = None, **kwargs):
-        args, kwargs = self._peft_arguments(args, kwargs, peft_config)
+        args, kwargs = self._constructor_arguments(args, kwargs, peft_config)
         super().__init__(*args, **kwargs)
         self._init_objective()
 

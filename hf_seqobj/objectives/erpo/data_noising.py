@@ -191,10 +191,8 @@ class DataNoisingObjective(Objective):
             positions &= before_target
         return positions
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+    def training_loss(self, model, inputs, num_items_in_batch):
         trainer = self.trainer
-        if not model.training:
-            return trainer.stock_compute_loss(model, inputs, return_outputs, num_items_in_batch)
         args = trainer.args
         prob = args.noising_prob
         labels = inputs["labels"]
@@ -218,4 +216,4 @@ class DataNoisingObjective(Objective):
             batch = rebuild_decoder_inputs(unwrapped, batch, new_labels)
         self.record_metric("noising_rate", replaced.sum() / changeable.sum().clamp(min=1))
         loss, outputs = self.teacher_forced_loss(model, batch, num_items_in_batch)
-        return (loss, outputs) if return_outputs else loss
+        return loss, outputs

@@ -401,10 +401,8 @@ class InterpolationObjective(Objective):
 
         return make
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+    def training_loss(self, model, inputs, num_items_in_batch):
         trainer = self.trainer
-        if not model.training:
-            return trainer.stock_compute_loss(model, inputs, return_outputs, num_items_in_batch)
         lambdas = self.lambdas
         generators = row_generators(self, inputs["labels"].shape[0])
         counts = torch.zeros(3, dtype=torch.long)
@@ -427,4 +425,4 @@ class InterpolationObjective(Objective):
         self.record_metric("interp_reward", rewards.mean())
         self.record_metric("rollin_length", rollin.lengths.float().mean())
         loss, outputs = self.teacher_forced_loss(model, batch, num_items_in_batch)
-        return (loss, outputs) if return_outputs else loss
+        return loss, outputs

@@ -276,10 +276,8 @@ class RAMLObjective(Objective):
         rewards = score(args.raml_reward, hyps, refs, eos_token_id=self.eos_token_id, pad_token_id=self.pad_token_id)
         return candidates, rewards.view(len(targets), k)
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+    def training_loss(self, model, inputs, num_items_in_batch):
         trainer = self.trainer
-        if not model.training:
-            return trainer.stock_compute_loss(model, inputs, return_outputs, num_items_in_batch)
         args = trainer.args
         k = args.raml_num_samples
         labels = inputs["labels"]
@@ -315,4 +313,4 @@ class RAMLObjective(Objective):
             self.record_metric("raml_reward", rewards[:, 1:].mean())
         self.record_metric("raml_gold_weight", weights[:, 0].mean())
         self.record_metric("raml_weight_entropy", entropy.mean())
-        return (loss, outputs) if return_outputs else loss
+        return loss, outputs

@@ -134,10 +134,8 @@ class SPGObjective(Objective):
 
         return make
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+    def training_loss(self, model, inputs, num_items_in_batch):
         trainer = self.trainer
-        if not model.training:
-            return trainer.stock_compute_loss(model, inputs, return_outputs, num_items_in_batch)
         generators = row_generators(self, inputs["labels"].shape[0])
         with self.timed("rollin"):
             batch, rollin, references = sampled_rollin(self, model, inputs, self.token_chooser(generators))
@@ -151,4 +149,4 @@ class SPGObjective(Objective):
         self.record_metric("spg_reward", rewards.mean())
         self.record_metric("rollin_length", rollin.lengths.float().mean())
         loss, outputs = self.teacher_forced_loss(model, batch, num_items_in_batch)
-        return (loss, outputs) if return_outputs else loss
+        return loss, outputs
