@@ -553,3 +553,11 @@ def test_a_sequence_objective_needs_a_language_model(objective, model_kind, tmp_
     message = str(caught.value)
     assert "\n" not in message
     assert repr(objective) in message and type(model).__name__ in message
+
+
+def test_a_sequence_objective_refuses_a_compute_loss_func(tiny_checkpoints, tmp_path):
+    """A sequence objective computes its own loss: a compute_loss_func is an error, not silently left unused."""
+    model, tokenizer = load_model_and_tokenizer(tiny_checkpoints["gpt2"])
+    args = SeqObjTrainingArguments(output_dir=str(tmp_path), objective="scheduled_sampling", **COMMON)
+    with pytest.raises(ValueError, match="'scheduled_sampling' objective .* compute_loss_func='_doubled_token_loss'"):
+        SeqObjTrainer(model=model, args=args, processing_class=tokenizer, compute_loss_func=_doubled_token_loss)

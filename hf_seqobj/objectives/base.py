@@ -63,6 +63,10 @@ class Objective(abc.ABC):
     requires_language_model: ClassVar[bool] = True
     """Whether the objective needs a causal LM or a seq2seq LM (:func:`language_model_kind`); a trainer built with
     another kind of model raises a `ValueError` (:meth:`check_model`)."""
+    uses_compute_loss_func: ClassVar[bool] = False
+    """Whether the training loss goes through the Trainer's `compute_loss_func` (the stock loss does; a sequence
+    objective computes its own). A trainer given a `compute_loss_func` with an objective that does not use it
+    raises a `ValueError` rather than ignore the function."""
     records_time_shares: ClassVar[bool] = True
     """Whether the objective times parts of its step (:meth:`timed`): then the trainer gets a
     :class:`StepClockCallback` and logs `{part}_time_share` at each optimizer step."""

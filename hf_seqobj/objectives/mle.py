@@ -41,6 +41,7 @@ class MLEObjective(Objective):
     """
 
     requires_language_model = False
+    uses_compute_loss_func = True
     records_time_shares = False
     token_nll = staticmethod(token_nll)
 

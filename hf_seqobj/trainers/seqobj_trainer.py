@@ -92,6 +92,12 @@ class _SeqObjMixin:
             )
         objective = get_objective(self.args.objective)
         objective.check_model(self.model)
+        if self.compute_loss_func is not None and not objective.uses_compute_loss_func:
+            function = getattr(self.compute_loss_func, "__name__", self.compute_loss_func)
+            raise ValueError(
+                f"The {objective.name!r} objective computes its own training loss and would ignore "
+                f"compute_loss_func={function!r}; use objective='mle' with it."
+            )
         self.objective = objective(self)
         self._is_language_model = language_model_kind(self.model) is not None
         for callback in self.objective.callbacks():
