@@ -204,7 +204,7 @@ class _SeqObjMixin:
             from accelerate.utils import gather_object
 
             per_rank = gather_object([extra])
-            keys = sorted({key for metrics in per_rank for key in metrics})
+            keys = sorted({key for rank_metrics in per_rank for key in rank_metrics})
             extra = {key: sum(m[key] for m in per_rank if key in m) / sum(key in m for m in per_rank) for key in keys}
         if prefix is None:
             return extra
