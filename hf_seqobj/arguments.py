@@ -1,10 +1,16 @@
-"""Model and data settings of a run (the non-training part of a YAML config / command line)."""
+"""Model, data and run settings of `hf-seqobj train` (the non-training part of a YAML config / command line)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from hf_seqobj.modeling import ARCHITECTURES, MODEL_SIZES, TOKENIZER_TYPES
+from hf_seqobj.tasks import TASKS
+
+
+MODEL_SIZE_NAMES = tuple(MODEL_SIZES)
+TASK_NAMES = tuple(TASKS)
 
 
 @dataclass
@@ -18,19 +24,23 @@ class ModelArguments:
             "unset to build a model from scratch with `architecture` and `model_size`."
         },
     )
-    architecture: str | None = field(
+    architecture: Literal[ARCHITECTURES] | None = field(
         default=None,
-        metadata={"help": f"Architecture of a model built from scratch: one of {ARCHITECTURES}."},
+        metadata={"help": "Architecture of a model built from scratch (exclusive with model_name_or_path)."},
     )
-    model_size: str = field(
+    model_size: Literal[MODEL_SIZE_NAMES] = field(
         default="tiny",
-        metadata={"help": f"Size of a model built from scratch: one of {tuple(MODEL_SIZES)}."},
+        metadata={
+            "help": "Size of a model built from scratch: "
+            + "; ".join(f"{name}: d_model {d}, {n} layers" for name, (d, n, _, _) in MODEL_SIZES.items())
+            + "."
+        },
     )
-    tokenizer_type: str | None = field(
+    tokenizer_type: Literal[TOKENIZER_TYPES] | None = field(
         default=None,
         metadata={
-            "help": f"Tokenizer trained for a model built from scratch: one of {TOKENIZER_TYPES}; None "
-            "uses the task's default (wordlevel for ner, bpe otherwise)."
+            "help": "Tokenizer trained for a model built from scratch; None uses the task's default (wordlevel for "
+            "ner and arithmetic, bpe otherwise)."
         },
     )
     vocab_size: int = field(default=8000, metadata={"help": "Largest vocabulary of a tokenizer trained from scratch."})
@@ -102,7 +112,7 @@ class ModelArguments:
 class DataArguments:
     """Which task and data to train and evaluate on."""
 
-    task: str = field(default="ner", metadata={"help": "The task: ner, translation, summarization, arithmetic or lm."})
+    task: Literal[TASK_NAMES] = field(default="ner", metadata={"help": "The task (its data format and metrics)."})
     dataset_name: str | None = field(
         default=None,
         metadata={
@@ -137,6 +147,14 @@ class DataArguments:
         metadata={
             "help": "Truncate sources and targets longer than the limits (the count is logged). When False, a "
             "longer example is an error that names it."
+        },
+    )
+    skip_invalid_examples: bool = field(
+        default=False,
+        metadata={
+            "help": "Drop examples that are malformed (an empty or missing text, a tag that is not BIO, tokens and "
+            "tags of different lengths) and log how many and which; when False, the first one is an error that "
+            "names its file and line (or data set, split and row)."
         },
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training examples."})
@@ -187,3 +205,35 @@ class DataArguments:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be None or >= 1, got {value}.")
+
+
+@dataclass
+class RunArguments:
+    """How `hf-seqobj train` treats its output folder and where it runs."""
+
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Train into an output_dir that already holds a run: first delete that run's files (model, "
+            "checkpoints, results, run settings). Without it such an output_dir is an error; continue a run "
+            "instead with resume_from_checkpoint."
+        },
+    )
+    accelerate_config: str | None = field(
+        default=None,
+        metadata={
+            "help": "Run under `accelerate launch` with this config: a file, or a packaged one (cpu_2proc, "
+            "single_gpu, multi_gpu, fsdp, fsdp1, zero2, zero3). Every other `accelerate launch` flag given on the "
+            "command line (--num_processes, --main_process_port, --gpu_ids, --mixed_precision, ...) goes to "
+            "accelerate launch."
+        },
+    )
+
+
+@dataclass
+class EvaluateArguments:
+    """What `hf-seqobj evaluate` scores."""
+
+    split: Literal["train", "validation", "test"] = field(
+        default="test", metadata={"help": "The split to score the model on."}
+    )

@@ -7,10 +7,15 @@ Hub checkpoint would be.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
+import yaml
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import (
     AutoConfig,
@@ -28,10 +33,14 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
-from hf_seqobj.peft_utils import adapter_base_model, is_adapter_dir
+from hf_seqobj.peft_utils import ADAPTER_CONFIG_NAME, adapter_base_model, is_adapter_dir
 
 
 logger = logging.getLogger(__name__)
+
+RUN_CONFIG_NAME = "hf_seqobj_run.yaml"
+"""Written into a run's output_dir by `hf-seqobj train`: the run's settings (read back by `hf-seqobj evaluate`) and,
+for an adapter, the base model it was trained on (:func:`base_model_record`)."""
 
 ARCHITECTURES = ("gpt2", "bart", "t5")
 TOKENIZER_TYPES = ("wordlevel", "bpe")
@@ -196,10 +205,120 @@ def create_offline_model(
     return save_dir
 
 
+_REPO_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
+
+
+def check_model_source(name_or_path: str, setting: str = "model_name_or_path") -> None:
+    """Checks that `name_or_path` is a checkpoint that can be loaded here, before any work is done.
+
+    A local directory must hold `config.json` (a model) or `adapter_config.json` (an adapter). A name that is no
+    local path is a Hub model name: with `HF_HUB_OFFLINE=1` it must be in the local cache.
+
+    Raises:
+        ValueError: naming `setting` and saying whether the value was taken as a local path or a Hub name.
+    """
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ValueError(f"{setting} {name_or_path!r} is a file; a local checkpoint is a directory.")
+        if not ((path / "config.json").is_file() or (path / ADAPTER_CONFIG_NAME).is_file()):
+            raise ValueError(
+                f"{setting} {name_or_path!r} is a local directory without config.json (or {ADAPTER_CONFIG_NAME}): "
+                "not a model checkpoint."
+            )
+        return
+    if not _REPO_ID.match(name_or_path) or ".." in name_or_path or "--" in name_or_path:
+        raise ValueError(f"{setting} {name_or_path!r} is a local path that does not exist.")
+    offline = constants.HF_HUB_OFFLINE or os.environ.get("TRANSFORMERS_OFFLINE", "0").upper() in ("1", "ON", "YES")
+    cached = any(
+        isinstance(try_to_load_from_cache(name_or_path, name), str) for name in ("config.json", ADAPTER_CONFIG_NAME)
+    )
+    if offline and not cached:
+        local = "no local directory of that name exists, and " if "/" in name_or_path else ""
+        raise ValueError(
+            f"{setting} {name_or_path!r} is taken as a Hub model name, but {local}it is not in the local Hugging Face "
+            "cache and HF_HUB_OFFLINE=1 forbids downloading it: download it first, or give a local checkpoint path."
+        )
+
+
+def model_fingerprint(path: str | Path) -> str:
+    """A SHA-256 of a local checkpoint's config and weights (config.json, *.safetensors, *.bin), by name and bytes."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    names = sorted(
+        p.name
+        for p in path.iterdir()
+        if p.is_file() and (p.name == "config.json" or p.suffix in (".safetensors", ".bin"))
+    )
+    for name in names:
+        if name == "training_args.bin":
+            continue
+        digest.update(name.encode() + b"\0")
+        with open(path / name, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return "sha256:" + digest.hexdigest()
+
+
+def base_model_record(base: str | Path, run_dir: str | Path) -> dict[str, Any]:
+    """What a run that trains an adapter records about its base model, so that the adapter finds exactly it again.
+
+    Returns:
+        `name_or_path`: the Hub name, or the absolute path of a local base; `in_run`: for a local base inside
+        `run_dir` (a model built offline, `initial_model`), its path relative to `run_dir`, so that a moved or
+        copied run folder uses its own copy; `fingerprint`: :func:`model_fingerprint` of a local base.
+    """
+    path = Path(base).expanduser()
+    if not path.is_dir():
+        return {"name_or_path": str(base), "in_run": None, "fingerprint": None}
+    path = path.resolve()
+    run_dir = Path(run_dir).resolve()
+    in_run = str(path.relative_to(run_dir)) if path.is_relative_to(run_dir) else None
+    return {"name_or_path": str(path), "in_run": in_run, "fingerprint": model_fingerprint(path)}
+
+
+def resolve_adapter_base(adapter_dir: str | Path) -> str:
+    """The base model of the adapter in `adapter_dir`: exactly the one it was trained on.
+
+    With the record that `hf-seqobj train` writes (:func:`base_model_record`, in `RUN_CONFIG_NAME`): the base inside
+    the run folder (wherever the folder now is), else the recorded Hub name or absolute path; a local base must have
+    the recorded fingerprint. Without a record: the `base_model_name_or_path` of `adapter_config.json` (PEFT's).
+
+    Raises:
+        ValueError: the recorded base is gone, or a local base is not the one the adapter was trained on.
+    """
+    adapter_dir = Path(adapter_dir)
+    record = None
+    if (adapter_dir / RUN_CONFIG_NAME).is_file():
+        with open(adapter_dir / RUN_CONFIG_NAME, encoding="utf-8") as handle:
+            record = (yaml.safe_load(handle) or {}).get("base_model")
+    if not record:
+        return adapter_base_model(adapter_dir)
+    if record.get("in_run") and (adapter_dir / record["in_run"]).is_dir():
+        base = adapter_dir / record["in_run"]
+    elif record.get("fingerprint") is None:
+        return record["name_or_path"]
+    else:
+        base = Path(record["name_or_path"])
+        if not base.is_dir():
+            inside = f" (nor is {adapter_dir / record['in_run']} there)" if record.get("in_run") else ""
+            raise ValueError(
+                f"The adapter in {adapter_dir} was trained on the base model {base}, which no longer exists{inside}."
+            )
+    if model_fingerprint(base) != record["fingerprint"]:
+        raise ValueError(
+            f"The base model at {base} is not the one the adapter in {adapter_dir} was trained on: its config or "
+            f"weights changed since ({RUN_CONFIG_NAME} records fingerprint {record['fingerprint'][:19]}...)."
+        )
+    return str(base)
+
+
 def is_encoder_decoder(name_or_path: str | Path) -> bool:
     """Whether the checkpoint (Hub name or local path; for a PEFT adapter, its base model) is an encoder-decoder."""
     if is_adapter_dir(name_or_path):
-        name_or_path = adapter_base_model(name_or_path)
+        name_or_path = resolve_adapter_base(name_or_path)
     return bool(getattr(AutoConfig.from_pretrained(str(name_or_path)), "is_encoder_decoder", False))
 
 
@@ -263,9 +382,9 @@ def load_adapter_model_and_tokenizer(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Loads an adapter directory written by a trainer: its base model, the saved tokenizer, and the adapter.
 
-    The base model is loaded as :func:`load_model_and_tokenizer` loads any checkpoint, its
-    embeddings are resized to the saved tokenizer (which holds the tokens added for training), and the adapter is
-    loaded on top with `PeftModel.from_pretrained`.
+    The base model (:func:`resolve_adapter_base`) is loaded as :func:`load_model_and_tokenizer` loads any
+    checkpoint, its embeddings are resized to the saved tokenizer (which holds the tokens added for training), and the
+    adapter is loaded on top with `PeftModel.from_pretrained`.
 
     Args:
         path: The adapter directory (adapter_config.json, adapter_model.safetensors, the tokenizer files).
@@ -279,7 +398,7 @@ def load_adapter_model_and_tokenizer(
     from peft import PeftModel
 
     path = Path(path)
-    base, _ = load_model_and_tokenizer(adapter_base_model(path), config_overrides=config_overrides)
+    base, _ = load_model_and_tokenizer(resolve_adapter_base(path), config_overrides=config_overrides)
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

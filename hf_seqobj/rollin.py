@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, PreTrainedModel
@@ -360,7 +361,7 @@ def predicted_tokens(logits: torch.Tensor, encoder_decoder: bool) -> torch.Tenso
 class RollinArguments:
     """How on-policy objectives (dagger, scheduled_sampling) take the model's own tokens."""
 
-    rollin: str = field(
+    rollin: Literal[ROLLIN_MODES] = field(
         default="greedy",
         metadata={
             "help": "How the model's tokens are chosen in roll-ins (dagger) and in scheduled sampling's first pass: "

@@ -7,17 +7,30 @@ write by hand (see the README's drop-in example).
 from __future__ import annotations
 
 import dataclasses
+import enum
+import fnmatch
 import json
 import logging
+import shutil
+import struct
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 from datasets import DatasetDict
 from transformers import DataCollatorForSeq2Seq, PreTrainedModel, PreTrainedTokenizerBase, set_seed
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from hf_seqobj.arguments import DataArguments, ModelArguments
-from hf_seqobj.modeling import create_offline_model, is_encoder_decoder, load_model_and_tokenizer
+from hf_seqobj.modeling import (
+    RUN_CONFIG_NAME,
+    base_model_record,
+    check_model_source,
+    create_offline_model,
+    is_encoder_decoder,
+    load_model_and_tokenizer,
+)
 from hf_seqobj.objectives import get_objective
 from hf_seqobj.peft_utils import lora_config_for
 from hf_seqobj.tasks import Task, get_task
@@ -34,8 +47,48 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-RUN_CONFIG_NAME = "hf_seqobj_run.yaml"
-"""Written into output_dir: the model and data settings of the run, read back by `hf-seqobj evaluate`."""
+INITIAL_MODEL_DIR = "initial_model"
+"""The folder of output_dir where a model built offline (`architecture`) is saved before training."""
+
+RUN_ARTIFACTS = (
+    RUN_CONFIG_NAME,
+    "trainer_state.json",
+    "training_args.bin",
+    "*_results.json",
+    "config.json",
+    "generation_config.json",
+    "*.safetensors",
+    "*.safetensors.index.json",
+    "pytorch_model*.bin",
+    "adapter_config.json",
+    "tokenizer*",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.*",
+    "merges.txt",
+    "spiece.model",
+    "chat_template.*",
+    "README.md",
+    "comparison.md",
+    f"{PREFIX_CHECKPOINT_DIR}-*",
+    INITIAL_MODEL_DIR,
+    "eval_*",
+    "runs",
+)
+"""What a run writes into its output_dir (file and folder name patterns): what `overwrite_output_dir` deletes."""
+
+RUN_MARKERS = (
+    RUN_CONFIG_NAME,
+    "trainer_state.json",
+    "config.json",
+    "adapter_config.json",
+    "*.safetensors",
+    "pytorch_model*.bin",
+    "*_results.json",
+    f"{PREFIX_CHECKPOINT_DIR}-*",
+    INITIAL_MODEL_DIR,
+)
+"""Names whose presence in an output_dir means that it holds a run (a model, its state, checkpoints, results)."""
 
 
 def decoder_only(model_args: ModelArguments) -> bool:
@@ -50,24 +103,224 @@ def training_arguments_class(model_args: ModelArguments) -> type:
     return SeqObjTrainingArguments if decoder_only(model_args) else SeqObjSeq2SeqTrainingArguments
 
 
+# ------------------------------------------------------------------------------------------------- checks
+def _matches(name: str, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+
+
+def earlier_run(output_dir: str | Path) -> list[str]:
+    """The names in `output_dir` that show it holds a run (see `RUN_MARKERS`), sorted; empty when it holds none."""
+    path = Path(output_dir)
+    if not path.is_dir():
+        return []
+    return sorted(entry.name for entry in path.iterdir() if _matches(entry.name, RUN_MARKERS))
+
+
+def prepare_output_dir(output_dir: str, overwrite: bool, resume: bool, delete: bool = True) -> None:
+    """Refuses to train into an output_dir that holds a run, unless resuming it or told to replace it.
+
+    Args:
+        output_dir: The run's folder.
+        overwrite: Replace an earlier run: delete its files (every name of `RUN_ARTIFACTS`; other files stay, and a
+            warning names them).
+        resume: The run resumes from a checkpoint (so the folder holds the run it continues).
+        delete: Do the deleting (False on all but the main process).
+
+    Raises:
+        ValueError: the folder holds a run and neither `overwrite` nor `resume` is set; the message names the folder
+            and both ways on.
+    """
+    found = earlier_run(output_dir)
+    if not found or resume:
+        return
+    if not overwrite:
+        shown = ", ".join(found[:4]) + (", ..." if len(found) > 4 else "")
+        raise ValueError(
+            f"output_dir {output_dir!r} already holds a run ({shown}); nothing was changed. Continue it with "
+            "--resume_from_checkpoint latest, or delete it and train anew with --overwrite_output_dir true (or "
+            "choose another output_dir)."
+        )
+    if not delete:
+        return
+    kept = []
+    for entry in sorted(Path(output_dir).iterdir()):
+        if not _matches(entry.name, RUN_ARTIFACTS):
+            kept.append(entry.name)
+        elif entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    logger.info("overwrite_output_dir: deleted the earlier run in %s.", output_dir)
+    if kept:
+        logger.warning(
+            "overwrite_output_dir: %s also holds %s, which no run writes; they were kept.", output_dir, kept
+        )
+
+
+def resolve_resume(training_args) -> str | None:
+    """The checkpoint folder that `resume_from_checkpoint` names, checked (:func:`check_checkpoint`), or None.
+
+    `latest` or `true`: the newest `checkpoint-*` folder of output_dir; `false` or unset: no resuming.
+
+    Raises:
+        ValueError: no checkpoint to resume from, or a checkpoint with a missing, truncated or corrupt file.
+    """
+    value = training_args.resume_from_checkpoint
+    if value is None or value is False or str(value).lower() in ("false", "none", ""):
+        return None
+    if value is True or str(value).lower() in ("latest", "true", "last"):
+        checkpoint = get_last_checkpoint(training_args.output_dir) if Path(training_args.output_dir).is_dir() else None
+        if checkpoint is None:
+            raise ValueError(
+                f"resume_from_checkpoint {value!r}: output_dir {training_args.output_dir!r} holds no "
+                f"{PREFIX_CHECKPOINT_DIR}-* folder to resume from."
+            )
+    else:
+        checkpoint = str(value)
+        if not Path(checkpoint).is_dir():
+            raise ValueError(f"resume_from_checkpoint {checkpoint!r} is not a checkpoint folder (it does not exist).")
+    check_checkpoint(checkpoint)
+    return checkpoint
+
+
+def check_checkpoint(folder: str | Path) -> None:
+    """Checks that every file of a Trainer checkpoint is whole before resuming from it.
+
+    JSON files must parse; `.safetensors` files must have a valid header and the size it implies; torch files
+    (`.pt`, `.pth`, `.bin`) must be complete zip archives whose members match their CRC-32.
+
+    Raises:
+        ValueError: naming the first file that is missing (trainer_state.json), truncated or corrupt.
+    """
+    folder = Path(folder)
+    if not (folder / "trainer_state.json").is_file():
+        raise ValueError(f"{folder} holds no trainer_state.json: it is not a checkpoint written by the Trainer.")
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        problem = None
+        if path.suffix == ".json":
+            try:
+                json.loads(path.read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as error:
+                problem = f"not valid JSON ({error})"
+        elif path.suffix == ".safetensors":
+            problem = _safetensors_problem(path)
+        elif path.suffix in (".pt", ".pth", ".bin"):
+            try:
+                with zipfile.ZipFile(path) as archive:
+                    bad = archive.testzip()
+                problem = None if bad is None else f"its member {bad} fails its CRC check"
+            except (zipfile.BadZipFile, EOFError, OSError) as error:
+                problem = f"not a complete torch archive ({error})"
+        if problem is not None:
+            raise ValueError(f"Checkpoint file {path} is truncated or corrupt: {problem}; resume from another one.")
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            return f"{size} bytes, shorter than a header"
+        (length,) = struct.unpack("<Q", head)
+        if length > size - 8:
+            return f"its header claims {length} bytes of {size - 8}"
+        try:
+            header = json.loads(handle.read(length))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return "its header is not JSON"
+    ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
+    expected = 8 + length + max(ends, default=0)
+    return None if size == expected else f"{size} bytes where its header implies {expected}"
+
+
+def check_settings(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    training_args: SeqObjTrainingArguments | SeqObjSeq2SeqTrainingArguments,
+) -> None:
+    """Checks what the argument classes cannot check alone, before any data is read or anything is written.
+
+    Stock settings that transformers would only trip over later (a batch size of 0, `max_steps: 0`, ...), settings
+    that have no effect on this machine (`fp16` without a GPU), an oracle that does not fit the task's outputs, and
+    a model that cannot be loaded here.
+
+    Raises:
+        ValueError: naming the setting, its value and what would be accepted.
+    """
+    args = training_args
+    at_least_one = ["per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"]
+    at_least_one += ["generation_max_new_tokens", "generation_max_length", "generation_num_beams"]
+    at_least_one += ["eval_accumulation_steps", "save_total_limit", "torch_empty_cache_steps"]
+    for name in at_least_one:
+        value = getattr(args, name, None)
+        if value is not None and not value >= 1:
+            raise ValueError(f"{name} must be >= 1, got {value}.")
+    if not (args.max_steps == -1 or args.max_steps >= 1):
+        raise ValueError(f"max_steps must be >= 1, or -1 to train num_train_epochs epochs; got {args.max_steps}.")
+    if args.max_steps == -1 and not args.num_train_epochs > 0:
+        raise ValueError(f"num_train_epochs must be > 0 (or set max_steps), got {args.num_train_epochs}.")
+    for name in ("learning_rate", "weight_decay", "warmup_steps", "max_grad_norm", "dataloader_num_workers"):
+        value = getattr(args, name, None)
+        if value is not None and not value >= 0:
+            raise ValueError(f"{name} must be >= 0, got {value}.")
+    if not 0.0 <= args.label_smoothing_factor < 1.0:
+        raise ValueError(f"label_smoothing_factor must be in [0, 1), got {args.label_smoothing_factor}.")
+    for name in ("logging_steps", "save_steps", "eval_steps"):
+        value = getattr(args, name, None)
+        if value is not None and not value > 0:
+            raise ValueError(f"{name} must be > 0 (a step count, or a fraction of the training steps), got {value}.")
+    if args.device.type == "cpu":
+        for name in ("fp16", "fp16_full_eval"):
+            if getattr(args, name, False):
+                why = "use_cpu is set" if args.use_cpu else "no GPU was found"
+                raise ValueError(
+                    f"{name}: true has no effect on this machine, which trains on the CPU ({why}): fp16 needs a CUDA "
+                    f"GPU. Use bf16 on the CPU, or set {name}: false."
+                )
+    check_oracle_fits_task(args, data_args)
+    if model_args.model_name_or_path is not None:
+        check_model_source(model_args.model_name_or_path)
+
+
+def check_oracle_fits_task(training_args, data_args: DataArguments) -> None:
+    """An objective's oracle must score the kind of output the task produces (BIO tags, or text)."""
+    from hf_seqobj.tasks import TASKS
+
+    settings = {f.name for s in get_objective(training_args.objective).settings for f in dataclasses.fields(s)}
+    if "oracle" not in settings:
+        return
+    oracle = training_args.oracle
+    outputs = getattr(TASKS[data_args.task], "output_kind", "text")
+    needs = "bio_tags" if oracle.startswith("span_f1") else "text"
+    if needs != outputs:
+        fitting = "span_f1, span_f1_partial" if outputs == "bio_tags" else "bleu, rouge1, rouge2, rougeL"
+        what = {"bio_tags": "BIO tag sequences", "text": "text"}
+        raise ValueError(
+            f"oracle {oracle!r} scores {what[needs]}, but task {data_args.task!r} outputs {what[outputs]}: the "
+            f"oracle would relabel roll-ins with the wrong outputs. Use an oracle for {what[outputs]}: {fitting}."
+        )
+
+
+# ------------------------------------------------------------------------------------------------- the run
 def prepare_model(
     model_args: ModelArguments, task: Task, splits: DatasetDict, output_dir: str, seed: int, build: bool = True
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Loads the checkpoint, or builds one offline (tokenizer trained on the training text) and loads it back.
 
     With `build=False` an offline model is not built but loaded from `output_dir/initial_model`, where the main
-    process of a multi-process run has built it.
+    process of a multi-process run has built it (or an earlier part of a resumed run). The path is absolute, so that
+    an adapter's record of its base model holds wherever it is read from.
     """
     extra_tokens = task.extra_tokens(splits)
     path = model_args.model_name_or_path
     if path is None and not build:
-        path = str(Path(output_dir) / "initial_model")
+        path = str((Path(output_dir) / INITIAL_MODEL_DIR).resolve())
     elif path is None:
         tokenizer_type = model_args.tokenizer_type or task.default_tokenizer_type
         path = create_offline_model(
             model_args.architecture,
             task.training_text(splits),
-            Path(output_dir) / "initial_model",
+            (Path(output_dir) / INITIAL_MODEL_DIR).resolve(),
             size=model_args.model_size,
             tokenizer_type=tokenizer_type,
             vocab_size=model_args.vocab_size,
@@ -138,43 +391,60 @@ def train(
     data_args: DataArguments,
     training_args: SeqObjTrainingArguments | SeqObjSeq2SeqTrainingArguments,
     config: dict[str, Any] | None = None,
+    overwrite_output_dir: bool = False,
 ) -> dict[str, dict[str, float]]:
     """Trains, saves (model or LoRA adapter, tokenizer, trainer state, run settings) and evaluates on validation and
     test; then writes the model card (README.md) with the final metrics, or with `push_to_hub` pushes it all.
 
+    Before anything is read or written, the settings are checked (:func:`check_settings`), the checkpoint to resume
+    from is resolved and checked (:func:`resolve_resume`), and an output_dir that holds an earlier run is refused
+    (:func:`prepare_output_dir`).
+
     Args:
         model_args: Which model.
         data_args: Which task and data.
-        training_args: The trainer's arguments (objective included).
-        config: The settings as given (YAML plus command line), saved next to the model for `hf-seqobj evaluate`.
+        training_args: The trainer's arguments (objective included). `resume_from_checkpoint` may be a checkpoint
+            folder, or `latest` / `true` for the newest one in output_dir.
+        config: The settings as given (YAML plus command line, as parsed), saved next to the model.
+        overwrite_output_dir: Delete an earlier run in output_dir first (see :func:`prepare_output_dir`).
 
     Returns:
         The metrics per split: `{"train": ..., "eval": ..., "test": ...}` (the splits that exist).
     """
+    check_settings(model_args, data_args, training_args)
+    checkpoint = resolve_resume(training_args)
+    output_dir = training_args.output_dir
+    prepare_output_dir(output_dir, overwrite_output_dir, checkpoint is not None, delete=False)
+    with training_args.main_process_first(local=False, desc="preparing output_dir"):
+        if training_args.process_index == 0:
+            prepare_output_dir(output_dir, overwrite_output_dir, checkpoint is not None)
     set_seed(training_args.seed)
     task = get_task(data_args)
     splits = task.load()
     if "train" not in splits:
         raise ValueError("Training needs a train split: set train_file or a dataset with a 'train' split.")
-    # In a multi-process run the local main process builds an offline model first; the others then load it.
+    # In a multi-process run the local main process builds an offline model first; the others then load it. A
+    # resumed run loads the model it built before.
+    built = checkpoint is not None and (Path(output_dir) / INITIAL_MODEL_DIR).is_dir()
     with training_args.main_process_first(local=True, desc="building or loading the model"):
-        build = training_args.local_process_index == 0
-        model, tokenizer = prepare_model(
-            model_args, task, splits, training_args.output_dir, training_args.seed, build=build
-        )
+        build = training_args.local_process_index == 0 and not built
+        model, tokenizer = prepare_model(model_args, task, splits, output_dir, training_args.seed, build=build)
+    base_model = model_args.model_name_or_path or str(Path(output_dir) / INITIAL_MODEL_DIR)
     tokenized = task.tokenize(splits, tokenizer, decoder_only=not model.config.is_encoder_decoder)
     # the objective's changes to the model (SequenceMatch's <bksp>) come before the adapter is configured
     get_objective(training_args.objective).prepare_model(model, tokenizer)
     peft_config = get_peft_config(model_args, model, tokenizer)
     trainer = build_trainer(model, tokenizer, task, tokenized, training_args, peft_config=peft_config)
     results: dict[str, dict[str, float]] = {}
-    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    train_result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model()
     trainer.save_state()
     results["train"] = {**train_result.metrics, "global_step": train_result.global_step}
     trainer.log_metrics("train", train_result.metrics)
     trainer.save_metrics("train", train_result.metrics)
-    _write_run_config(training_args.output_dir, model_args, data_args, config)
+    if trainer.is_world_process_zero():
+        base = base_model_record(base_model, output_dir) if model_args.use_peft else None
+        write_run_config(output_dir, model_args, data_args, config, base_model=base)
     if "validation" in tokenized:
         results["eval"] = trainer.evaluate()
         trainer.log_metrics("eval", results["eval"])
@@ -198,6 +468,7 @@ def evaluate(
     training_args: SeqObjTrainingArguments | SeqObjSeq2SeqTrainingArguments,
 ) -> dict[str, float]:
     """Scores a saved model on one split with generation; writes `{split}_results.json` to output_dir."""
+    check_settings(ModelArguments(model_name_or_path=model_dir), data_args, training_args)
     task = get_task(data_args)
     splits = task.load()
     if split not in splits:
@@ -211,11 +482,40 @@ def evaluate(
     return metrics
 
 
-def _write_run_config(output_dir: str, model_args: ModelArguments, data_args: DataArguments, config) -> None:
-    saved = {"model": dataclasses.asdict(model_args), "data": dataclasses.asdict(data_args), "given": config or {}}
+def _plain(value: Any) -> Any:
+    """`value` as YAML-safe plain data (enums as their values, tuples as lists, other objects as strings)."""
+    if isinstance(value, enum.Enum):
+        return _plain(value.value)
+    if isinstance(value, dict):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple | set):
+        return [_plain(item) for item in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
+
+
+def write_run_config(
+    output_dir: str,
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    config: dict[str, Any] | None,
+    base_model: dict[str, Any] | None = None,
+) -> None:
+    """Writes `RUN_CONFIG_NAME` into output_dir: the model and data settings (data paths made absolute, so that
+    `hf-seqobj evaluate` finds them from any directory), the settings as given, and an adapter's base model."""
+    data = dataclasses.asdict(data_args)
+    for name in ("train_file", "validation_file", "test_file"):
+        if data[name] is not None:
+            data[name] = str(Path(data[name]).expanduser().resolve())
+    if data["dataset_name"] is not None and Path(data["dataset_name"]).is_dir():
+        data["dataset_name"] = str(Path(data["dataset_name"]).resolve())
+    saved = {"model": dataclasses.asdict(model_args), "data": data, "given": config or {}}
+    if base_model is not None:
+        saved["base_model"] = base_model
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     with open(Path(output_dir) / RUN_CONFIG_NAME, "w", encoding="utf-8") as handle:
-        yaml.safe_dump(json.loads(json.dumps(saved, default=str)), handle, sort_keys=False)
+        yaml.safe_dump(_plain(saved), handle, sort_keys=False, allow_unicode=True)
 
 
 def read_run_config(model_dir: str) -> dict[str, Any]:

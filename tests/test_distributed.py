@@ -32,7 +32,7 @@ def _train(checkpoint: str, out: Path, objective: str, processes: int, global_ba
     else:
         launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE_CONFIG)]
         _run([*launch, "--num_processes", str(processes), str(SCRIPT), *args], out)
-    params = [torch.load(out / f"params_rank{rank}.pt") for rank in range(processes)]
+    params = [torch.load(out / f"params_rank{rank}.pt", weights_only=True) for rank in range(processes)]
     return params, json.loads((out / "log_history.json").read_text())
 
 

@@ -263,7 +263,9 @@ def test_long_examples_error_or_truncate_explicitly(ner_task, caplog):
     tokenizer = train_tokenizer(task.training_text(splits), extra_tokens=task.extra_tokens(splits))
     short = get_task(DataArguments(task="ner", dataset_name="synthetic", max_source_length=4))
     with pytest.raises(
-        ValueError, match=r"Example 0 has a source of \d+ tokens \(EOS included\), over max_source_length=4"
+        ValueError,
+        match=r"dataset 'synthetic', split 'train', example 0: its source has \d+ tokens \(EOS included\), over "
+        r"max_source_length=4",
     ):
         short.tokenize(DatasetDict({"train": splits["train"].select(range(3))}), tokenizer, False)
     cut = get_task(

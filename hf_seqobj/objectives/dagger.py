@@ -8,6 +8,7 @@ with those labels. Cost: one generation and one ordinary training pass.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from hf_seqobj.collators import DAggerRelabeler
 from hf_seqobj.constants import IGNORE_INDEX
@@ -40,7 +41,7 @@ ROSS2011 = """@inproceedings{ross2011reduction,
 class DAggerArguments:
     """Settings of `objective="dagger"`."""
 
-    oracle: str = field(
+    oracle: Literal[ORACLES] = field(
         default="span_f1",
         metadata={
             "help": f"The dynamic oracle that relabels roll-ins, one of {ORACLES}: exact span-F1 oracles (exact or "
@@ -60,7 +61,7 @@ class DAggerArguments:
             "the warm-up ends (then decayed by dagger_beta_schedule). 1: teacher forcing on oracle paths."
         },
     )
-    dagger_beta_schedule: str = field(
+    dagger_beta_schedule: Literal[BETA_SCHEDULES] = field(
         default="linear",
         metadata={
             "help": f"How beta decays after the warm-up, one of {BETA_SCHEDULES}: linear reaches 0 at the last "

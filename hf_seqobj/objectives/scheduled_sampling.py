@@ -9,6 +9,7 @@ keeping the gold token, follows a schedule of the global step.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 
@@ -37,7 +38,7 @@ BENGIO2015 = """@inproceedings{bengio2015scheduled,
 class ScheduledSamplingArguments:
     """Settings of `objective="scheduled_sampling"`."""
 
-    ss_schedule: str = field(
+    ss_schedule: Literal[SS_SCHEDULES] = field(
         default="inverse_sigmoid",
         metadata={
             "help": f"Schedule of eps, the probability of feeding the gold token, over the global step i; one of "

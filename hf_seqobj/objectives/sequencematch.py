@@ -322,7 +322,7 @@ class SequenceMatchObjective(Objective):
     def load_state(self, folder: str) -> None:
         path = os.path.join(folder, BUFFER_FILE.format(rank=self.trainer.args.process_index))
         if os.path.exists(path):
-            self.buffer = [_Rollin(**item) for item in torch.load(path)]
+            self.buffer = [_Rollin(**item) for item in torch.load(path, weights_only=True)]
         else:
             logger.warning("No SequenceMatch replay buffer in %s: the resumed run starts with an empty one.", folder)
 

@@ -12,7 +12,7 @@ import random
 
 from datasets import Dataset, DatasetDict
 
-from hf_seqobj.tasks.base import Task
+from hf_seqobj.tasks.base import Task, read_records, text_pairs
 
 
 DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
@@ -68,7 +68,8 @@ def arithmetic_problems(
 
 class ArithmeticTask(Task):
     """`task="arithmetic"` with `dataset_name="synthetic"` (generated; `arithmetic_base`, `arithmetic_max_digits`,
-    `arithmetic_operations`, and the synthetic sizes and seed), or JSON-lines files with `source` / `target`."""
+    `arithmetic_operations`, and the synthetic sizes and seed), or JSON-lines (also .json, .csv) files with `source` /
+    `target`."""
 
     name = "arithmetic"
     default_tokenizer_type = "wordlevel"
@@ -95,17 +96,15 @@ class ArithmeticTask(Task):
         yield " ".join(DIGITS[: self.args.arithmetic_base]) + " + -"  # every digit has an id
 
     def load_file(self, path: str) -> Dataset:
-        dataset = Dataset.from_json(path)
-        for column in ("source", "target"):
-            if column not in dataset.column_names:
-                raise ValueError(f"{path} has no column {column!r}; its columns are {dataset.column_names}.")
-        return dataset.select_columns(["source", "target"])
+        records = read_records(path, None if path.lower().endswith((".jsonl", ".json", ".csv")) else "jsonl")
+        return text_pairs(records, "source", "target", f"file {path!r}", self.reject)
 
     def from_hub_split(self, dataset: Dataset, where: str) -> Dataset:
         for column in ("source", "target"):
             if column not in dataset.column_names:
                 raise ValueError(f"{where} has no column {column!r}; its columns are {dataset.column_names}.")
-        return dataset.select_columns(["source", "target"])
+        rows = [(f"{where}, row {i}", row) for i, row in enumerate(dataset.select_columns(["source", "target"]))]
+        return text_pairs(rows, "source", "target", where, self.reject)
 
     def score(self, predictions: list[str], references: list[str]) -> dict[str, float]:
         """Exact-match accuracy (whitespace-normalised) and the share of answers that are well formed numbers."""

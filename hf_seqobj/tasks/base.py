@@ -8,10 +8,14 @@ reference texts offline.
 from __future__ import annotations
 
 import abc
+import codecs
+import csv
+import io
+import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
@@ -29,6 +33,156 @@ logger = logging.getLogger(__name__)
 SPLITS = ("train", "validation", "test")
 _SPLIT_ALIASES = {"train": ("train",), "validation": ("validation", "valid", "val", "dev"), "test": ("test",)}
 
+Reject = Callable[[str, str], None]
+"""`reject(where, problem)`: what a reader calls on a malformed example (raise, or drop it and count it)."""
+
+
+def raise_invalid(where: str, problem: str) -> None:
+    """The default `Reject`: a malformed example is an error that names it."""
+    raise ValueError(f"{where}: {problem}.")
+
+
+def read_text(path: str | Path) -> str:
+    """The text of a UTF-8 file, without a byte-order mark at its start.
+
+    Raises:
+        ValueError: a byte sequence that is not UTF-8, naming the file, line and column of the first one.
+    """
+    data = Path(path).read_bytes()
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8) :]
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
+        raise ValueError(
+            f"{path}:{line}: byte 0x{data[error.start]:02x} (column {column}) is not UTF-8 text; save the file as "
+            "UTF-8."
+        ) from None
+
+
+def read_lines(path: str | Path) -> list[str]:
+    """The lines of a UTF-8 text file (see :func:`read_text`), split on `\\n` only, a `\\r` before it dropped.
+
+    Unlike `str.splitlines`, other line boundaries (U+2028, U+0085, form feed, a lone `\\r`) stay inside their line:
+    they never split an example, and so never misalign parallel files. A final line break adds no empty line.
+    """
+    text = read_text(path)
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
+def read_records(path: str | Path, kind: str | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """The records of a `.jsonl`, `.json` or `.csv` file, each with where it is (`FILE:LINE`, or `FILE, record N`).
+
+    The format is `kind` ("jsonl", "json" or "csv") or else the file's suffix. `.jsonl`: one JSON object a line
+    (blank lines skipped). `.json`: a JSON list of objects, an object of equal-length
+    column lists, or JSON lines. `.csv`: a header row, then one record a row (quoted fields may hold line breaks).
+
+    Raises:
+        ValueError: naming the file and line of a line that is not JSON or a row whose field count differs from the
+            header's, or naming a file that holds no records.
+    """
+    path = str(path)
+    suffix = kind or (path.rsplit(".", 1)[-1].lower() if "." in Path(path).name else "")
+    if suffix not in ("jsonl", "json", "csv"):
+        raise ValueError(f"{path}: a records file ends in .jsonl, .json or .csv, not {('.' + suffix) or 'nothing'}.")
+    text = read_text(path)
+    if suffix == "csv":
+        records = _csv_records(path, text)
+    elif suffix == "jsonl":
+        records = _jsonl_records(path, text)
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            if error.msg != "Extra data":
+                raise ValueError(f"{path}:{error.lineno}: not JSON ({error.msg}, column {error.colno}).") from None
+            records = _jsonl_records(path, text)  # JSON lines in a .json file, as `datasets` reads them
+        else:
+            records = _json_records(path, data)
+    if not records:
+        raise ValueError(f"{path} holds no records (the file is empty).")
+    return records
+
+
+def _jsonl_records(path: str, text: str) -> list[tuple[str, dict[str, Any]]]:
+    records = []
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(
+                f"{path}:{number}: not a JSON object ({error.msg}, column {error.colno}); a .jsonl file holds one "
+                "JSON object a line."
+            ) from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}:{number}: a JSON {type(record).__name__}, not an object of fields.")
+        records.append((f"{path}:{number}", record))
+    return records
+
+
+def _json_records(path: str, data: Any) -> list[tuple[str, dict[str, Any]]]:
+    if isinstance(data, dict) and data and all(isinstance(column, list) for column in data.values()):
+        lengths = {name: len(column) for name, column in data.items()}
+        if len(set(lengths.values())) > 1:
+            raise ValueError(f"{path}: the column lists have different lengths {lengths}.")
+        data = [dict(zip(data, values)) for values in zip(*data.values())]
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: a .json file holds a list of objects or an object of column lists.")
+    records = []
+    for index, record in enumerate(data):
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}, record {index}: a JSON {type(record).__name__}, not an object of fields.")
+        records.append((f"{path}, record {index}", record))
+    return records
+
+
+def _csv_records(path: str, text: str) -> list[tuple[str, dict[str, Any]]]:
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = next(reader, None)
+    if header is None:
+        return []
+    records, line = [], reader.line_num
+    for row in reader:
+        start, line = line + 1, reader.line_num
+        if not row:
+            continue
+        if len(row) != len(header):
+            raise ValueError(f"{path}:{start}: {len(row)} fields where the header has {len(header)} ({header}).")
+        records.append((f"{path}:{start}", dict(zip(header, row))))
+    return records
+
+
+def text_pairs(
+    rows: Sequence[tuple[str, dict[str, Any]]], source_column: str, target_column: str, where: str, reject: Reject
+) -> Dataset:
+    """`source` / `target` from two text fields of records (`(where, record)` pairs, see :func:`read_records`).
+
+    A column that no record has is an error naming `where` and the columns there are; a record whose field is
+    missing, not a string or blank is malformed (`reject`).
+    """
+    columns = list(dict.fromkeys(key for _, record in rows for key in record))
+    for column in (source_column, target_column):
+        if column not in columns:
+            raise ValueError(f"{where} has no column {column!r}; its columns are {columns}.")
+    sources, targets = [], []
+    for location, record in rows:
+        values = [record.get(source_column), record.get(target_column)]
+        bad = next((c for c, v in zip((source_column, target_column), values) if not isinstance(v, str)), None)
+        bad = bad or next((c for c, v in zip((source_column, target_column), values) if not v.strip()), None)
+        if bad is not None:
+            reject(location, f"column {bad!r} holds {record.get(bad)!r}, not a non-empty text")
+            continue
+        sources.append(values[0])
+        targets.append(values[1])
+    return Dataset.from_dict({"source": sources, "target": targets})
+
 
 class Task(abc.ABC):
     """A sequence-to-sequence task: data loading, token ids in both directions, and its metric.
@@ -39,12 +193,26 @@ class Task(abc.ABC):
 
     name: ClassVar[str]
     default_tokenizer_type: ClassVar[str] = "bpe"
+    output_kind: ClassVar[str] = "text"
+    """What the model outputs: "text", or "bio_tags" (one BIO tag per input word); oracles must fit it."""
 
     def __init__(self, args: DataArguments):
         self.args = args
+        self.dropped: list[str] = []
+        """The malformed examples dropped by the last :meth:`load` (with `skip_invalid_examples`), where and why."""
+
+    def reject(self, where: str, problem: str) -> None:
+        """Called by the readers on a malformed example: an error naming it, or (`skip_invalid_examples`) a drop."""
+        if not getattr(self.args, "skip_invalid_examples", False):
+            raise ValueError(f"{where}: {problem} (set skip_invalid_examples: true to drop malformed examples).")
+        self.dropped.append(f"{where} ({problem})")
 
     def load(self) -> DatasetDict:
-        """Loads every configured split as `source` / `target` strings, checked and cut to the sample limits."""
+        """Loads every configured split as `source` / `target` strings, checked and cut to the sample limits.
+
+        The checks (:meth:`check_splits`) see the whole of every split: the sample limits apply after them.
+        """
+        self.dropped = []
         if self.args.dataset_name is not None:
             splits = self.load_dataset_splits()
         else:
@@ -52,24 +220,40 @@ class Task(abc.ABC):
             for split in SPLITS:
                 path = getattr(self.args, f"{split}_file")
                 if path is not None:
-                    splits[split] = self.load_file(path)
+                    try:
+                        splits[split] = self.load_file(path)
+                    except (FileNotFoundError, IsADirectoryError) as error:
+                        raise ValueError(
+                            f"{split}_file {path!r}: {error.filename} is not a readable file ({error.strerror})."
+                        ) from None
+        if self.dropped:
+            shown = "; ".join(self.dropped[:50]) + (
+                f"; and {len(self.dropped) - 50} more" if len(self.dropped) > 50 else ""
+            )
+            logger.warning("Dropped %d malformed examples (skip_invalid_examples): %s", len(self.dropped), shown)
         if "train" not in splits and "validation" not in splits and "test" not in splits:
             raise ValueError("No split was loaded: give train_file, validation_file or test_file, or a dataset.")
-        limits = {"train": self.args.max_train_samples, "validation": self.args.max_eval_samples}
-        limits["test"] = self.args.max_eval_samples
         for split, dataset in splits.items():
             if len(dataset) == 0:
                 raise ValueError(f"The {split} split of task {self.name!r} is empty ({self.describe_source(split)}).")
+        self.check_splits(DatasetDict(splits))
+        limits = {"train": self.args.max_train_samples, "validation": self.args.max_eval_samples}
+        limits["test"] = self.args.max_eval_samples
+        for split, dataset in splits.items():
             limit = limits[split]
             if limit is not None and limit < len(dataset):
                 splits[split] = dataset.select(range(limit))
         return DatasetDict(splits)
 
+    def check_splits(self, splits: DatasetDict) -> None:
+        """Checks across splits (e.g. every evaluation label is a training label), on the whole data. Default: none."""
+        return None
+
     def describe_source(self, split: str) -> str:
         """Where a split comes from, for error messages."""
         if self.args.dataset_name is not None:
             return f"dataset {self.args.dataset_name!r}, split {split!r}"
-        return f"file {getattr(self.args, f'{split}_file')!r}"
+        return f"{split}_file {getattr(self.args, f'{split}_file')!r}"
 
     def load_dataset_splits(self) -> dict[str, Dataset]:
         """Loads a Hub dataset or a local dataset directory and converts each split with :meth:`from_hub_split`."""
@@ -142,21 +326,22 @@ class Task(abc.ABC):
         max_source, max_target = self.args.max_source_length, self.args.max_target_length
         truncated = {"count": 0}
 
-        def fit(ids: list[int], limit: int, what: str, index: int) -> list[int]:
+        def fit(ids: list[int], limit: int, what: str, index: int, split: str) -> list[int]:
             # The limit counts the EOS that ends the source and the target.
             if len(ids) + 1 <= limit:
                 return ids
             if not self.args.truncate_long_examples:
                 raise ValueError(
-                    f"Example {index} has a {what} of {len(ids) + 1} tokens (EOS included), over "
-                    f"max_{what}_length={limit}; raise the limit or set truncate_long_examples=True."
+                    f"{self.describe_source(split)}, example {index}: its {what} has "
+                    f"{len(ids) + 1} tokens (EOS included), over max_{what}_length={limit}; raise the limit or set "
+                    "truncate_long_examples: true."
                 )
             truncated["count"] += 1
             return ids[: limit - 1]
 
-        def encode(example: dict, index: int) -> dict:
-            source = fit(self.encode_source(example["source"], tokenizer), max_source, "source", index)
-            target = fit(self.encode_target(example["target"], tokenizer), max_target, "target", index)
+        def encode(example: dict, index: int, split: str) -> dict:
+            source = fit(self.encode_source(example["source"], tokenizer), max_source, "source", index, split)
+            target = fit(self.encode_target(example["target"], tokenizer), max_target, "target", index, split)
             if decoder_only:
                 input_ids = source + [sep] + target + [eos]
                 labels = [IGNORE_INDEX] * (len(source) + 1) + target + [eos]
@@ -168,7 +353,7 @@ class Task(abc.ABC):
         tokenized = {}
         for split, dataset in splits.items():
             truncated["count"] = 0
-            rows = [encode(example, index) for index, example in enumerate(dataset)]
+            rows = [encode(example, index, split) for index, example in enumerate(dataset)]
             if truncated["count"]:
                 logger.warning(
                     "Truncated %d of %d %s examples to the length limits.", truncated["count"], len(rows), split

@@ -10,9 +10,14 @@ length. The model's own perplexity on the held-out text is `eval_perplexity`, ex
 
 from __future__ import annotations
 
+import logging
+
 from datasets import Dataset
 
-from hf_seqobj.tasks.base import Task
+from hf_seqobj.tasks.base import Task, read_lines
+
+
+logger = logging.getLogger(__name__)
 
 
 def distinct_n(samples: list[list[str]], n: int) -> float:
@@ -39,8 +44,7 @@ class LanguageModelingTask(Task):
     name = "lm"
 
     def load_file(self, path: str) -> Dataset:
-        with open(path, encoding="utf-8") as handle:
-            lines = [line.strip() for line in handle if line.strip()]
+        lines = [line.strip() for line in read_lines(path) if line.strip()]
         return self._split_documents(lines, f"file {path!r}")
 
     def from_hub_split(self, dataset: Dataset, where: str) -> Dataset:
@@ -59,6 +63,14 @@ class LanguageModelingTask(Task):
             targets.append(" ".join(tokens[words:]))
         if not sources:
             raise ValueError(f"{where}: no document has more than lm_prompt_words={words} words.")
+        if len(sources) < len(documents):
+            logger.info(
+                "%s: %d of %d documents have at most lm_prompt_words=%d words (no continuation) and are left out.",
+                where,
+                len(documents) - len(sources),
+                len(documents),
+                words,
+            )
         return Dataset.from_dict({"source": sources, "target": targets})
 
     def score(self, predictions: list[str], references: list[str]) -> dict[str, float]:

@@ -9,6 +9,7 @@ Metric: seqeval span F1 / precision / recall (micro, default conlleval mode) and
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from datasets import ClassLabel, Dataset, DatasetDict
@@ -16,23 +17,26 @@ from datasets import Sequence as SequenceFeature
 from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
 
 from hf_seqobj.oracles.span_f1 import BIO_TAG_PATTERN, corpus_partial_f1
-from hf_seqobj.tasks.base import Task
+from hf_seqobj.tasks.base import Reject, Task, raise_invalid, read_lines
 
 
 INVALID_TAG = "<invalid>"
 
 
-def check_tag(tag: str, where: str) -> str:
-    """Returns `tag` if it is a BIO tag (`O`, `B-X`, `I-X`); else raises a ValueError naming it and `where`."""
-    if not BIO_TAG_PATTERN.match(tag):
-        raise ValueError(f"{where}: {tag!r} is not a BIO tag (expected 'O', 'B-TYPE' or 'I-TYPE').")
-    return tag
+_FIELD_SEPARATOR = re.compile(r"[ \t\f\v\r]+")
+"""CoNLL columns are separated by ASCII spaces or tabs; other (Unicode) whitespace belongs to a token."""
 
 
-def read_conll(path: str) -> Dataset:
+def read_conll(path: str, reject: Reject = raise_invalid) -> Dataset:
     """Reads a CoNLL file: one `TOKEN ... TAG` line per word (4 or 2 columns), a blank line between sentences.
 
-    `-DOCSTART-` lines are skipped. Every line of a file must have the same number of columns.
+    The file is UTF-8 (a byte-order mark is dropped), split into lines on `\\n` (`\\r\\n` too) and into columns on
+    spaces and tabs. `-DOCSTART-` lines are skipped. Every line of a file must have the same number of columns.
+
+    Args:
+        path: The file.
+        reject: Called with `(FILE:LINE, problem)` on a malformed line (a column count that is not 2 or 4, or not the
+            file's, or a tag that is not BIO); when it returns, the line's sentence is left out. Default: an error.
 
     Returns:
         A dataset with `source` (words joined by spaces) and `target` (tags joined by spaces).
@@ -40,32 +44,36 @@ def read_conll(path: str) -> Dataset:
     sources, targets = [], []
     words: list[str] = []
     tags: list[str] = []
+    bad = False
     columns = None
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            fields = line.split()
-            if not fields:
-                if words:
-                    sources.append(" ".join(words))
-                    targets.append(" ".join(tags))
-                    words, tags = [], []
-                continue
-            if fields[0] == "-DOCSTART-":
-                continue
-            if len(fields) not in (2, 4):
-                raise ValueError(
-                    f"{path}:{number}: {len(fields)} fields in {line.rstrip()!r}; a CoNLL line has 4 (TOKEN POS CHUNK "
-                    "NER) or 2 (TOKEN TAG)."
-                )
-            if columns is None:
-                columns = len(fields)
-            elif len(fields) != columns:
-                raise ValueError(f"{path}:{number}: {len(fields)} fields where earlier lines have {columns}.")
-            words.append(fields[0])
-            tags.append(check_tag(fields[-1], f"{path}:{number}"))
-    if words:
-        sources.append(" ".join(words))
-        targets.append(" ".join(tags))
+    for number, line in enumerate([*read_lines(path), ""], start=1):
+        text = line.strip(" \t\f\v\r")
+        fields = _FIELD_SEPARATOR.split(text) if text else []
+        if not fields:
+            if words and not bad:
+                sources.append(" ".join(words))
+                targets.append(" ".join(tags))
+            words, tags, bad = [], [], False
+            continue
+        if fields[0] == "-DOCSTART-" or bad:
+            continue
+        problem = None
+        if len(fields) not in (2, 4):
+            problem = (
+                f"{len(fields)} fields in {text!r}; a CoNLL line has 4 (TOKEN POS CHUNK NER) or 2 (TOKEN TAG), "
+                "separated by spaces or tabs"
+            )
+        elif columns is not None and len(fields) != columns:
+            problem = f"{len(fields)} fields where earlier lines have {columns}"
+        elif not BIO_TAG_PATTERN.match(fields[-1]):
+            problem = f"{fields[-1]!r} is not a BIO tag (expected 'O', 'B-TYPE' or 'I-TYPE')"
+        if problem is not None:
+            reject(f"{path}:{number}", problem)
+            bad = True
+            continue
+        columns = columns or len(fields)
+        words.append(fields[0])
+        tags.append(fields[-1])
     return Dataset.from_dict({"source": sources, "target": targets})
 
 
@@ -74,11 +82,7 @@ class NERTask(Task):
 
     name = "ner"
     default_tokenizer_type = "wordlevel"
-
-    def load(self) -> DatasetDict:
-        splits = super().load()
-        self._check_label_set(splits)
-        return splits
+    output_kind = "bio_tags"
 
     def load_dataset_splits(self) -> dict[str, Dataset]:
         if self.args.dataset_name != "synthetic":
@@ -88,8 +92,9 @@ class NERTask(Task):
         args = self.args
         return dict(synthetic_ner_splits(args.synthetic_train_size, args.synthetic_eval_size, args.synthetic_seed))
 
-    def _check_label_set(self, splits: DatasetDict) -> None:
-        """Every tag of the validation and test splits must occur in the training split."""
+    def check_splits(self, splits: DatasetDict) -> None:
+        """Every tag of the validation and test splits must occur in the training split (all of it, before
+        `max_train_samples` cuts it)."""
         if "train" not in splits:
             return
         known = {tag for target in splits["train"]["target"] for tag in target.split()}
@@ -105,7 +110,7 @@ class NERTask(Task):
                     )
 
     def load_file(self, path: str) -> Dataset:
-        return read_conll(path)
+        return read_conll(path, self.reject)
 
     def from_hub_split(self, dataset: Dataset, where: str) -> Dataset:
         for column in (self.args.tokens_column, self.args.tags_column):
@@ -119,12 +124,20 @@ class NERTask(Task):
             names = feature[0].names
         sources, targets = [], []
         for index, (tokens, tags) in enumerate(zip(dataset[self.args.tokens_column], dataset[self.args.tags_column])):
-            if len(tokens) != len(tags):
-                raise ValueError(f"{where}, row {index}: {len(tokens)} tokens but {len(tags)} tags.")
+            if not tokens or len(tokens) != len(tags):
+                self.reject(f"{where}, row {index}", f"{len(tokens)} tokens but {len(tags)} tags")
+                continue
             if names is not None:
                 tags = [names[tag] for tag in tags]
+            tags = [str(tag) for tag in tags]
+            invalid = next((tag for tag in tags if not BIO_TAG_PATTERN.match(tag)), None)
+            if invalid is not None:
+                self.reject(
+                    f"{where}, row {index}", f"{invalid!r} is not a BIO tag (expected 'O', 'B-TYPE' or 'I-TYPE')"
+                )
+                continue
             sources.append(" ".join(tokens))
-            targets.append(" ".join(check_tag(str(tag), f"{where}, row {index}") for tag in tags))
+            targets.append(" ".join(tags))
         return Dataset.from_dict({"source": sources, "target": targets})
 
     def extra_tokens(self, splits: DatasetDict) -> list[str]:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from datasets import Dataset, load_dataset
+from datasets import Dataset
 from rouge_score import rouge_scorer
 
-from hf_seqobj.tasks.base import Task
+from hf_seqobj.tasks.base import Task, read_records, text_pairs
 
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
@@ -18,11 +18,10 @@ class SummarizationTask(Task):
 
     def load_file(self, path: str) -> Dataset:
         suffix = path.rsplit(".", 1)[-1].lower()
-        builders = {"jsonl": "json", "json": "json", "csv": "csv"}
-        if suffix not in builders:
+        if suffix not in ("jsonl", "json", "csv"):
             raise ValueError(f"{path}: summarization files must end in .jsonl, .json or .csv, not .{suffix}.")
-        dataset = load_dataset(builders[suffix], data_files=path, split="train")
-        return self.from_hub_split(dataset, f"file {path!r}")
+        where = f"file {path!r}"
+        return text_pairs(read_records(path), self.args.source_column, self.args.target_column, where, self.reject)
 
     def from_hub_split(self, dataset: Dataset, where: str) -> Dataset:
         columns = (self.args.source_column, self.args.target_column)
@@ -32,11 +31,8 @@ class SummarizationTask(Task):
                     f"{where} has no column {column!r}; its columns are {dataset.column_names} (set source_column / "
                     "target_column)."
                 )
-        for column in columns:
-            for index, value in enumerate(dataset[column]):
-                if not isinstance(value, str) or not value.strip():
-                    raise ValueError(f"{where}, row {index}: column {column!r} holds {value!r}, not a non-empty text.")
-        return Dataset.from_dict({"source": dataset[columns[0]], "target": dataset[columns[1]]})
+        rows = [(f"{where}, row {index}", row) for index, row in enumerate(dataset.select_columns(list(columns)))]
+        return text_pairs(rows, *columns, where, self.reject)
 
     def score(self, predictions: list[str], references: list[str]) -> dict[str, float]:
         """Mean ROUGE-1/2/L/Lsum F-measure (x100) of rouge-score with stemming; Lsum splits sentences on newlines."""

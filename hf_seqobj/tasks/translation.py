@@ -7,28 +7,35 @@ from pathlib import Path
 import sacrebleu
 from datasets import Dataset
 
-from hf_seqobj.tasks.base import Task
+from hf_seqobj.tasks.base import Reject, Task, raise_invalid, read_lines
 
 
-def read_parallel(source_path: str | Path, target_path: str | Path) -> Dataset:
-    """Reads two files aligned line by line (one sentence a line, untokenised).
+def read_parallel(source_path: str | Path, target_path: str | Path, reject: Reject = raise_invalid) -> Dataset:
+    """Reads two UTF-8 files aligned line by line (one sentence a line, untokenised; see :func:`read_lines`).
+
+    Args:
+        source_path: The source side.
+        target_path: The target side.
+        reject: Called with `(FILE:LINE, problem)` for a pair with an empty line on a side (the pair is left out
+            when it returns); default: an error.
 
     Raises:
-        ValueError: the files have different line counts, or a line is empty on one side (naming file and line).
+        ValueError: the files have different line counts, or (default `reject`) a line is empty on one side.
     """
-    with open(source_path, encoding="utf-8") as handle:
-        sources = handle.read().splitlines()
-    with open(target_path, encoding="utf-8") as handle:
-        targets = handle.read().splitlines()
+    sources, targets = read_lines(source_path), read_lines(target_path)
     if len(sources) != len(targets):
         raise ValueError(
             f"Parallel files are misaligned: {source_path} has {len(sources)} lines, {target_path} has {len(targets)}."
         )
-    for path, lines in ((source_path, sources), (target_path, targets)):
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                raise ValueError(f"{path}:{number}: empty line in a parallel file.")
-    return Dataset.from_dict({"source": sources, "target": targets})
+    kept_sources, kept_targets = [], []
+    for number, (source, target) in enumerate(zip(sources, targets), start=1):
+        empty = source_path if not source.strip() else target_path if not target.strip() else None
+        if empty is not None:
+            reject(f"{empty}:{number}", "empty line in a parallel file")
+            continue
+        kept_sources.append(source)
+        kept_targets.append(target)
+    return Dataset.from_dict({"source": kept_sources, "target": kept_targets})
 
 
 class TranslationTask(Task):
@@ -41,16 +48,21 @@ class TranslationTask(Task):
     name = "translation"
 
     def load_file(self, path: str) -> Dataset:
-        return read_parallel(f"{path}.{self.args.source_lang}", f"{path}.{self.args.target_lang}")
+        return read_parallel(f"{path}.{self.args.source_lang}", f"{path}.{self.args.target_lang}", self.reject)
 
     def from_hub_split(self, dataset: Dataset, where: str) -> Dataset:
         if "translation" not in dataset.column_names:
             raise ValueError(f"{where} has no column 'translation'; its columns are {dataset.column_names}.")
         sources, targets = [], []
         for index, pair in enumerate(dataset["translation"]):
-            for lang in (self.args.source_lang, self.args.target_lang):
-                if lang not in pair:
-                    raise ValueError(f"{where}, row {index}: 'translation' has no {lang!r} key (keys: {list(pair)}).")
+            langs = (self.args.source_lang, self.args.target_lang)
+            missing = next((lang for lang in langs if lang not in pair), None)
+            if missing is not None:
+                raise ValueError(f"{where}, row {index}: 'translation' has no {missing!r} key (keys: {list(pair)}).")
+            empty = next((lang for lang in langs if not isinstance(pair[lang], str) or not pair[lang].strip()), None)
+            if empty is not None:
+                self.reject(f"{where}, row {index}", f"the {empty!r} text is {pair[empty]!r}")
+                continue
             sources.append(pair[self.args.source_lang])
             targets.append(pair[self.args.target_lang])
         return Dataset.from_dict({"source": sources, "target": targets})

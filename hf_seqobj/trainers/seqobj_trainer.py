@@ -179,9 +179,18 @@ class _SeqObjMixin:
             model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
         )
 
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
-        super()._load_from_checkpoint(resume_from_checkpoint, model)  # type: ignore[misc]
-        self.objective.load_state(resume_from_checkpoint)
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
+        """The stock `train`; when resuming, the objective's own state (:meth:`Objective.load_state`) is restored
+        first from the checkpoint (`True`: the newest `checkpoint-*` of `output_dir`), under every backend."""
+        if resume_from_checkpoint is True:
+            from transformers.trainer_utils import get_last_checkpoint
+
+            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)  # type: ignore[attr-defined]
+            if resume_from_checkpoint is None:
+                raise ValueError(f"No checkpoint-* folder in output_dir {self.args.output_dir!r} to resume from.")
+        if resume_from_checkpoint:
+            self.objective.load_state(resume_from_checkpoint)
+        return super().train(resume_from_checkpoint or None, *args, **kwargs)  # type: ignore[misc]
 
     def _generate_with_backspace(
         self, model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, config

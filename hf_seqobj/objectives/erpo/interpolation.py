@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from transformers import TrainerCallback
@@ -61,7 +62,7 @@ class InterpolationArguments:
             "the gold token, a reward-guided token. Three numbers >= 0 that sum to 1."
         },
     )
-    interp_reward: str = field(
+    interp_reward: Literal[METRICS] = field(
         default="bleu",
         metadata={"help": f"The reward R that guides the reward-guided token; one of {METRICS}."},
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -43,11 +44,11 @@ class RAMLArguments:
     raml_tau: float = field(
         default=0.4, metadata={"help": "Temperature of the candidate weights softmax(R / tau) (> 0)."}
     )
-    raml_reward: str = field(
+    raml_reward: Literal[METRICS] = field(
         default="bleu",
         metadata={"help": f"The reward R of a candidate against the gold target, on token ids; one of {METRICS}."},
     )
-    raml_sampling: str = field(
+    raml_sampling: Literal[RAML_SAMPLINGS] = field(
         default="ngram",
         metadata={
             "help": f"How candidates are made, one of {RAML_SAMPLINGS}: 'ngram' replaces one random n-gram "

@@ -9,6 +9,7 @@ increment of each candidate next token.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 
@@ -29,7 +30,7 @@ from hf_seqobj.rollin import RollinArguments
 class SPGArguments:
     """Settings of `objective="spg"`."""
 
-    spg_reward: str = field(
+    spg_reward: Literal[METRICS] = field(
         default="bleu",
         metadata={"help": f"The reward R whose increments reweight the model's samples; one of {METRICS}."},
     )
