@@ -289,7 +289,23 @@ class SeqObjArgumentParser(HfArgumentParser):
             self._group(title)
         for original in fields:
             field = _copy_field(original, hints[original.name])
-            self._parse_dataclass_field(self._group(titles[original.name]), field)
+            group = self._group(titles[original.name])
+            self._parse_dataclass_field(group, field)
+            action = group._group_actions[-1]
+            # (only where None is the default: elsewhere "none" may be a value, as in `report_to none`)
+            optional = type(None) in typing.get_args(hints[original.name]) and original.default is None
+            if optional and action.type is not None and action.nargs not in ("?", 0):
+                # `--key none` (or null) unsets an optional setting, e.g. the config's architecture
+                action.type = _none_or(action.type)
+                action.choices = None if action.choices is None else (*action.choices, None)
+
+
+def _none_or(convert: typing.Callable[[str], Any]) -> typing.Callable[[str], Any]:
+    def convert_or_none(text: str) -> Any:
+        return None if text.lower() in ("none", "null") else convert(text)
+
+    convert_or_none.__name__ = getattr(convert, "__name__", "value")  # argparse names it in "invalid ... value"
+    return convert_or_none
 
 
 def _group_rank(title: str) -> int:

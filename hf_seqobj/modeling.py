@@ -229,7 +229,8 @@ def check_model_source(name_or_path: str, setting: str = "model_name_or_path") -
                 "not a model checkpoint."
             )
         return
-    if not _REPO_ID.match(name_or_path) or ".." in name_or_path or "--" in name_or_path:
+    local = name_or_path.startswith(("/", ".", "~")) or os.sep in name_or_path.replace("/", "", 1)
+    if local or not _REPO_ID.match(name_or_path) or ".." in name_or_path or "--" in name_or_path:
         raise ValueError(f"{setting} {name_or_path!r} is a local path that does not exist.")
     offline = constants.HF_HUB_OFFLINE or os.environ.get("TRANSFORMERS_OFFLINE", "0").upper() in ("1", "ON", "YES")
     cached = any(

@@ -95,6 +95,7 @@ def decoder_only(model_args: ModelArguments) -> bool:
     """Whether the run's model is decoder-only (GPT-2 style) rather than encoder-decoder (BART, T5)."""
     if model_args.architecture is not None:
         return model_args.architecture == "gpt2"
+    check_model_source(model_args.model_name_or_path)
     return not is_encoder_decoder(model_args.model_name_or_path)
 
 

@@ -47,7 +47,11 @@ def test_decoder_only_models_get_the_decoder_only_arguments():
     [
         ({**BASE, "learning_rat": 0.1}, [], r"Unknown key in c\.yaml: 'learning_rat' \(did you mean learning_rate"),
         (BASE, ["--no_such_flag", "1"], r"Unknown key in the command line: 'no_such_flag'"),
-        ({**BASE, "objective": "dager"}, [], r"objective in c\.yaml must be one of .*, got 'dager' \(did you mean 'dagger'"),
+        (
+            {**BASE, "objective": "dager"},
+            [],
+            r"objective in c\.yaml must be one of .*, got 'dager' \(did you mean 'dagger'",
+        ),
         ({**BASE, "architecture": "rnn"}, [], r"architecture in c\.yaml must be one of 'gpt2', 'bart', 't5' or null"),
     ],
 )

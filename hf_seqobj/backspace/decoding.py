@@ -169,6 +169,18 @@ class BackspaceDecoder:
         return self._forward(torch.tensor(inputs, device=self.device)[:, None], query_positions, attend)
 
 
+def all_finished(finished_here: bool, synced_gpus: bool, device: torch.device) -> bool:
+    """Whether decoding stops: this process has finished, and with `synced_gpus` every process has (an all-reduce
+    over the default process group, as `generate` does, so that all processes leave the loop at the same step)."""
+    if not synced_gpus:
+        return finished_here
+    import torch.distributed as dist
+
+    unfinished = torch.tensor(0.0 if finished_here else 1.0, device=device)
+    dist.all_reduce(unfinished, op=dist.ReduceOp.SUM)
+    return unfinished.item() == 0.0
+
+
 def generate_with_backspace(
     model: torch.nn.Module,
     input_ids: torch.Tensor,
@@ -177,6 +189,7 @@ def generate_with_backspace(
     bksp_token_id: int | None = None,
     return_actions: bool = False,
     generator: torch.Generator | None = None,
+    synced_gpus: bool = False,
     **kwargs,
 ) -> torch.Tensor | BackspaceGeneration:
     """Generates with the backspace action: a `<bksp>` deletes the last generated token.
@@ -196,6 +209,9 @@ def generate_with_backspace(
         return_actions: Return a :class:`BackspaceGeneration` (final sequences and raw actions) instead of the final
             sequences only.
         generator: Source of the sampling draws.
+        synced_gpus: Keep stepping, with padding, until every process of the default process group has finished
+            (as `generate` does under DeepSpeed ZeRO-3 and FSDP, whose forward passes gather parameters from every
+            process): a process whose rows have all ended still takes part in the others' forward passes.
         **kwargs: Override fields of the generation config (e.g. `max_new_tokens=20`).
 
     Returns:
@@ -251,7 +267,7 @@ def generate_with_backspace(
                 action = torch.where(done, torch.full_like(action, pad), action)
                 taken.append(action)
                 done = done | torch.isin(action, torch.tensor(sorted(eos_ids)))
-                if bool(done.all()):
+                if all_finished(bool(done.all()), synced_gpus, input_ids.device):
                     break
                 logits = decoder.step(action)
     finally:

@@ -346,10 +346,17 @@ class SequenceMatchObjective(Objective):
             eos_token_id=tokenizer.eos_token_id,
             decoder_start_token_id=getattr(unwrapped.config, "decoder_start_token_id", None),
         )
-        with self.timed("rollin"), unwrap_for_generation(model, trainer.accelerator) as (generating, _):
+        with self.timed("rollin"), unwrap_for_generation(model, trainer.accelerator) as (generating, synced):
             with generation_mode(generating, args.rollin_dropout, args.gradient_checkpointing_kwargs):
                 result = generate_with_backspace(
-                    generating, prompt_ids, prompt_mask, config, self.bksp, return_actions=True, generator=generator
+                    generating,
+                    prompt_ids,
+                    prompt_mask,
+                    config,
+                    self.bksp,
+                    return_actions=True,
+                    generator=generator,
+                    synced_gpus=synced,
                 )
         step = self.trainer.state.global_step
         rollins = []

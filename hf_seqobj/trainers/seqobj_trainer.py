@@ -195,9 +195,19 @@ class _SeqObjMixin:
     def _generate_with_backspace(
         self, model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, config
     ) -> torch.Tensor:
-        """Evaluation generation of a model that has `<bksp>`: backspace decoding; logs `backspace_rate`."""
+        """Evaluation generation of a model that has `<bksp>`: backspace decoding; logs `backspace_rate`. Under
+        DeepSpeed ZeRO-3 and FSDP every process steps until all have finished (`synced_gpus`), as `generate` does."""
+        from transformers.distributed.fsdp import is_fsdp_managed_module
+        from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+        synced = self.accelerator.num_processes > 1 and (is_deepspeed_zero3_enabled() or is_fsdp_managed_module(model))
         result = generate_with_backspace(
-            self.accelerator.unwrap_model(model), input_ids, attention_mask, config, return_actions=True
+            self.accelerator.unwrap_model(model),
+            input_ids,
+            attention_mask,
+            config,
+            return_actions=True,
+            synced_gpus=synced,
         )
         self.objective.record_metric(
             "backspace_rate", float(result.num_backspaces.sum()) / max(1, int(result.num_actions.sum()))
