@@ -253,7 +253,7 @@ class SeqObjArgumentParser(HfArgumentParser):
             self._add_dataclass_arguments(extra, skip=known)
 
     def error(self, message: str) -> typing.NoReturn:
-        raise ConfigError(message[:1].upper() + message[1:] + ".")
+        raise ConfigError(message[:1].upper() + message[1:].rstrip(".") + ".")
 
     # which group each field of the argument classes is shown in
     def _group_title(self, dtype: type, name: str) -> str:
@@ -593,10 +593,8 @@ def train_command(argv: list[str], debug: bool = False) -> int:
     accelerate_config = (_pop_accelerate_config(flags) or config.get("accelerate_config")) if launching else None
     launch_flags: list[str] = []
     if accelerate_config is not None:
-        from hf_seqobj.trainers import SeqObjSeq2SeqTrainingArguments, SeqObjTrainingArguments
-
-        every = (ModelArguments, DataArguments, RunArguments, SeqObjTrainingArguments, SeqObjSeq2SeqTrainingArguments)
-        options = set(SeqObjArgumentParser(list(every), prog="hf-seqobj train")._option_string_actions)
+        classes = _training_classes(config, flags, source)
+        options = set(SeqObjArgumentParser(list(classes), prog="hf-seqobj train")._option_string_actions)
         flags, launch_flags = split_accelerate_flags(flags, options)
     settings = parse_run(config, flags, source)
     if accelerate_config is not None:

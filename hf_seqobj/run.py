@@ -170,10 +170,10 @@ def resolve_resume(training_args) -> str | None:
     if value is None or value is False or str(value).lower() in ("false", "none", ""):
         return None
     if value is True or str(value).lower() in ("latest", "true", "last"):
-        checkpoint = get_last_checkpoint(training_args.output_dir) if Path(training_args.output_dir).is_dir() else None
+        checkpoint = latest_checkpoint(training_args.output_dir)
         if checkpoint is None:
             raise ValueError(
-                f"resume_from_checkpoint {value!r}: output_dir {training_args.output_dir!r} holds no "
+                f"resume_from_checkpoint {value!r}: output_dir {training_args.output_dir!r} holds no complete "
                 f"{PREFIX_CHECKPOINT_DIR}-* folder to resume from."
             )
     else:
@@ -182,6 +182,24 @@ def resolve_resume(training_args) -> str | None:
             raise ValueError(f"resume_from_checkpoint {checkpoint!r} is not a checkpoint folder (it does not exist).")
     check_checkpoint(checkpoint)
     return checkpoint
+
+
+def latest_checkpoint(output_dir: str | Path) -> str | None:
+    """The newest complete `checkpoint-*` folder of output_dir (one with trainer_state.json, which the Trainer writes
+    last), or None. A newer, incomplete one (a run stopped while writing it) is named in a warning and passed over."""
+    folder = Path(output_dir)
+    if not folder.is_dir() or get_last_checkpoint(str(folder)) is None:
+        return None
+    steps = {}
+    for entry in folder.iterdir():
+        suffix = entry.name[len(PREFIX_CHECKPOINT_DIR) + 1 :]
+        if entry.name.startswith(f"{PREFIX_CHECKPOINT_DIR}-") and suffix.isdigit() and entry.is_dir():
+            steps[int(suffix)] = entry
+    for step in sorted(steps, reverse=True):
+        if (steps[step] / "trainer_state.json").is_file():
+            return str(steps[step])
+        logger.warning("%s is incomplete (no trainer_state.json): passed over for an older checkpoint.", steps[step])
+    return None
 
 
 def check_checkpoint(folder: str | Path) -> None:
@@ -416,26 +434,34 @@ def train(
     checkpoint = resolve_resume(training_args)
     output_dir = training_args.output_dir
     prepare_output_dir(output_dir, overwrite_output_dir, checkpoint is not None, delete=False)
-    with training_args.main_process_first(local=False, desc="preparing output_dir"):
-        if training_args.process_index == 0:
-            prepare_output_dir(output_dir, overwrite_output_dir, checkpoint is not None)
     set_seed(training_args.seed)
     task = get_task(data_args)
     splits = task.load()
     if "train" not in splits:
         raise ValueError("Training needs a train split: set train_file or a dataset with a 'train' split.")
+    with training_args.main_process_first(local=False, desc="preparing output_dir"):
+        if training_args.process_index == 0:
+            prepare_output_dir(output_dir, overwrite_output_dir, checkpoint is not None)
     # In a multi-process run the local main process builds an offline model first; the others then load it. A
     # resumed run loads the model it built before.
+    existed = Path(output_dir).exists()
     built = checkpoint is not None and (Path(output_dir) / INITIAL_MODEL_DIR).is_dir()
-    with training_args.main_process_first(local=True, desc="building or loading the model"):
-        build = training_args.local_process_index == 0 and not built
-        model, tokenizer = prepare_model(model_args, task, splits, output_dir, training_args.seed, build=build)
+    build = training_args.local_process_index == 0 and not built and model_args.model_name_or_path is None
+    try:
+        with training_args.main_process_first(local=True, desc="building or loading the model"):
+            model, tokenizer = prepare_model(model_args, task, splits, output_dir, training_args.seed, build=build)
+        tokenized = task.tokenize(splits, tokenizer, decoder_only=not model.config.is_encoder_decoder)
+        # the objective's changes to the model (SequenceMatch's <bksp>) come before the adapter is configured
+        get_objective(training_args.objective).prepare_model(model, tokenizer)
+        peft_config = get_peft_config(model_args, model, tokenizer)
+        trainer = build_trainer(model, tokenizer, task, tokenized, training_args, peft_config=peft_config)
+    except Exception:
+        if build:  # a run that fails before training leaves no trace: an output_dir as it was
+            shutil.rmtree(Path(output_dir) / INITIAL_MODEL_DIR, ignore_errors=True)
+            if not existed and Path(output_dir).is_dir() and not any(Path(output_dir).iterdir()):
+                Path(output_dir).rmdir()
+        raise
     base_model = model_args.model_name_or_path or str(Path(output_dir) / INITIAL_MODEL_DIR)
-    tokenized = task.tokenize(splits, tokenizer, decoder_only=not model.config.is_encoder_decoder)
-    # the objective's changes to the model (SequenceMatch's <bksp>) come before the adapter is configured
-    get_objective(training_args.objective).prepare_model(model, tokenizer)
-    peft_config = get_peft_config(model_args, model, tokenizer)
-    trainer = build_trainer(model, tokenizer, task, tokenized, training_args, peft_config=peft_config)
     results: dict[str, dict[str, float]] = {}
     train_result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model()

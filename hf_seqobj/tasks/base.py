@@ -257,12 +257,21 @@ class Task(abc.ABC):
 
     def load_dataset_splits(self) -> dict[str, Dataset]:
         """Loads a Hub dataset or a local dataset directory and converts each split with :meth:`from_hub_split`."""
+        from datasets.exceptions import DatasetGenerationError, DatasetNotFoundError
+
         name = self.args.dataset_name
-        path = Path(name)
+        path = Path(name).expanduser()
         if path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
             raw = load_from_disk(str(path))
+        elif not path.exists() and name.startswith(("/", ".", "~")):
+            raise ValueError(f"dataset_name {name!r} is a local path that does not exist.")
         else:
-            raw = load_dataset(name, self.args.dataset_config_name)
+            try:
+                raw = load_dataset(name, self.args.dataset_config_name)
+            except (OSError, ValueError, DatasetNotFoundError, DatasetGenerationError) as error:
+                where = "a local directory" if path.is_dir() else "a Hub data set name"
+                message = " ".join(str(error).split()) or type(error).__name__
+                raise ValueError(f"dataset_name {name!r} ({where}) could not be loaded: {message}") from error
         if isinstance(raw, Dataset):
             raw = DatasetDict({"train": raw})
         splits = {}

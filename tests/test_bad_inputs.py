@@ -1,0 +1,875 @@
+"""A corpus of bad inputs against `hf-seqobj train` / `evaluate`, each run through the real entry point.
+
+Every case must end with exactly one line `hf-seqobj COMMAND: error: ...` that names what is wrong (the file and
+line, the data set and row, or the setting and what it accepts), exit status 2, no traceback, and an output folder
+exactly as it was before. The inputs are made here (small files written into a temporary folder). The last tests
+cover inputs that must work (a byte-order mark, CRLF line ends, tab-separated CoNLL, line breaks quoted in CSV,
+Unicode line separators inside a line, malformed examples with `skip_invalid_examples`) and the ways on
+(`--overwrite_output_dir`, `--resume_from_checkpoint latest` after a kill, `--debug`).
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import save_file
+
+from hf_seqobj.arguments import DataArguments
+from hf_seqobj.cli import main
+from hf_seqobj.tasks import get_task
+
+
+ROOT = Path(__file__).resolve().parents[1]
+BOM = codecs.BOM_UTF8
+BASE = {
+    "task": "ner",
+    "dataset_name": "synthetic",
+    "synthetic_train_size": 24,
+    "synthetic_eval_size": 4,
+    "architecture": "bart",
+    "output_dir": "out",
+    "max_steps": 1,
+    "per_device_train_batch_size": 8,
+    "report_to": "none",
+    "use_cpu": True,
+    "disable_tqdm": True,
+    "save_strategy": "no",
+}
+CONLL = "EU B-ORG\nrejects O\nGerman B-MISC\n\nPeter B-PER\nBlackburn I-PER\n"
+NER_FILES = {"dataset_name": None, "train_file": "train.txt"}
+SUMMARIES = {"task": "summarization", "dataset_name": None, "source_column": "dialogue", "target_column": "summary"}
+
+
+@dataclass
+class Case:
+    """One bad input: its files, its config (merged into BASE) and flags, and the message its error must match."""
+
+    id: str
+    kind: str
+    message: str
+    config: dict | None = field(default_factory=dict)
+    flags: list[str] = field(default_factory=list)
+    files: dict[str, bytes | str] = field(default_factory=dict)
+    command: str = "train"
+    setup: Callable[[Path], None] | None = None
+    raw_config: bytes | None = None
+
+
+def _earlier_run(root: Path) -> None:
+    """An output folder that holds a finished run (model, state, results, a checkpoint)."""
+    out = root / "out"
+    (out / "checkpoint-2").mkdir(parents=True)
+    save_file({"w": torch.zeros(2)}, str(out / "model.safetensors"))
+    (out / "config.json").write_text("{}")
+    (out / "trainer_state.json").write_text('{"global_step": 2}')
+    (out / "test_results.json").write_text('{"test_f1": 0.5}')
+    (out / "checkpoint-2" / "trainer_state.json").write_text('{"global_step": 2}')
+
+
+def _checkpoints_only(root: Path) -> None:
+    out = root / "out"
+    for step in (2, 4):
+        (out / f"checkpoint-{step}").mkdir(parents=True)
+        (out / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+
+
+def _checkpoint(root: Path, damage: str) -> None:
+    """out/checkpoint-2 as the Trainer writes it, with one file damaged."""
+    folder = root / "out" / "checkpoint-2"
+    folder.mkdir(parents=True)
+    save_file({"w": torch.arange(64.0)}, str(folder / "model.safetensors"))
+    torch.save({"state": {0: {"exp_avg": torch.ones(64)}}}, folder / "optimizer.pt")
+    (folder / "trainer_state.json").write_text('{"global_step": 2, "log_history": []}')
+    if damage == "safetensors":
+        data = (folder / "model.safetensors").read_bytes()
+        (folder / "model.safetensors").write_bytes(data[:-40])
+    elif damage == "optimizer":
+        data = (folder / "optimizer.pt").read_bytes()
+        (folder / "optimizer.pt").write_bytes(data[: len(data) // 2])
+    elif damage == "state":
+        (folder / "trainer_state.json").write_text('{"global_step": 2, "log_his')
+    elif damage == "no_state":
+        (folder / "trainer_state.json").unlink()
+
+
+def _hub_style_without_tokens(root: Path) -> None:
+    from datasets import Dataset
+
+    Dataset.from_dict({"words": [["a"]], "ner_tags": [["O"]]}).save_to_disk(str(root / "hub"))
+
+
+def _not_a_model(root: Path) -> None:
+    (root / "empty_model").mkdir()
+
+
+def _not_a_run(root: Path) -> None:
+    (root / "some_model").mkdir()
+    (root / "some_model" / "config.json").write_text("{}")
+
+
+CASES = [
+    # ------------------------------------------------------------------ settings: types, ranges, names
+    Case(
+        "yaml_int_is_float", "setting", r"max_steps in config\.yaml must be an integer, got 5\.7", {"max_steps": 5.7}
+    ),
+    Case(
+        "yaml_bool_is_word",
+        "setting",
+        r"use_cpu in config\.yaml must be true or false, got 'maybe'",
+        {"use_cpu": "maybe"},
+    ),
+    Case(
+        "yaml_list_is_string",
+        "setting",
+        r"interp_lambda in config\.yaml must be a list of numbers, got '0\.1 0\.8 0\.1'",
+        {"interp_lambda": "0.1 0.8 0.1"},
+    ),
+    Case(
+        "yaml_str_is_number",
+        "setting",
+        r"source_prefix in config\.yaml must be a string, got 12",
+        {"source_prefix": 12},
+    ),
+    Case("flag_int_is_float", "setting", r"--max_steps.*invalid int value: '5\.7'", flags=["--max_steps", "5.7"]),
+    Case("flag_bool_is_word", "setting", r"--use_cpu.*Truthy value expected: got maybe", flags=["--use_cpu", "maybe"]),
+    Case(
+        "eval_batch_zero",
+        "setting",
+        r"per_device_eval_batch_size must be >= 1, got 0",
+        {"per_device_eval_batch_size": 0},
+    ),
+    Case(
+        "train_batch_zero",
+        "setting",
+        r"per_device_train_batch_size must be >= 1, got 0",
+        flags=["--per_device_train_batch_size", "0"],
+    ),
+    Case(
+        "accumulation_zero",
+        "setting",
+        r"gradient_accumulation_steps must be >= 1, got 0",
+        {"gradient_accumulation_steps": 0},
+    ),
+    Case("max_steps_zero", "setting", r"max_steps must be >= 1, or -1 .* got 0", {"max_steps": 0}),
+    Case("epochs_zero", "setting", r"num_train_epochs must be > 0", {"max_steps": -1, "num_train_epochs": 0}),
+    Case("negative_learning_rate", "setting", r"learning_rate must be >= 0, got -0\.1", {"learning_rate": -0.1}),
+    Case(
+        "label_smoothing_one",
+        "setting",
+        r"label_smoothing_factor must be in \[0, 1\), got 1\.5",
+        {"label_smoothing_factor": 1.5},
+    ),
+    Case("logging_steps_zero", "setting", r"requires non-zero --logging_steps", {"logging_steps": 0}),
+    Case("save_total_limit_zero", "setting", r"save_total_limit must be >= 1, got 0", {"save_total_limit": 0}),
+    Case(
+        "generation_length_zero", "setting", r"generation_max_length must be >= 1, got 0", {"generation_max_length": 0}
+    ),
+    Case(
+        "unknown_yaml_key",
+        "setting",
+        r"Unknown key in config\.yaml: 'learning_rat' \(did you mean learning_rate",
+        {"learning_rat": 1},
+    ),
+    Case("unknown_flag", "setting", r"Unknown key in the command line: 'no_such_flag'", flags=["--no_such_flag", "1"]),
+    Case(
+        "abbreviated_flag",
+        "setting",
+        r"Unknown key in the command line: 'learning_rat'",
+        flags=["--learning_rat", "1"],
+    ),
+    Case("stray_value", "setting", r"Unexpected argument 'oops'", flags=["oops"]),
+    Case(
+        "bad_choice_yaml",
+        "setting",
+        r"objective in config\.yaml must be one of .*'dager' \(did you mean 'dagger'",
+        {"objective": "dager"},
+    ),
+    Case("bad_choice_flag", "setting", r"--oracle: invalid choice: 'spanf1'", flags=["--oracle", "spanf1"]),
+    Case(
+        "bad_objective_setting",
+        "setting",
+        r"dagger_beta must be in \[0, 1\], got 2\.0",
+        {"objective": "dagger", "dagger_beta": 2},
+    ),
+    Case(
+        "lora_setting_without_peft",
+        "setting",
+        r"lora_target_modules .* is a LoRA setting: set use_peft",
+        {"lora_target_modules": ["q"]},
+    ),
+    Case("bad_lora_rank", "setting", r"lora_r must be >= 1, got 0", {"use_peft": True, "lora_r": 0}),
+    Case(
+        "model_and_architecture",
+        "setting",
+        r"Set only one of model_name_or_path",
+        flags=["--model_name_or_path", "gpt2"],
+    ),
+    Case("no_model", "setting", r"Set model_name_or_path .* or architecture", {"architecture": None}),
+    Case("no_data", "setting", r"Set dataset_name .* or train_file", {"dataset_name": None}),
+    Case(
+        "data_twice", "setting", r"Set either dataset_name \('synthetic'\) or the data files", {"train_file": "x.txt"}
+    ),
+    Case(
+        "synthetic_translation",
+        "setting",
+        r"'synthetic' exists for the ner and arithmetic tasks only",
+        {"task": "translation"},
+    ),
+    Case(
+        "bad_task",
+        "setting",
+        r"task in config\.yaml must be one of .*got 'nerr' \(did you mean 'ner'",
+        {"task": "nerr"},
+    ),
+    Case(
+        "compare_not_mapping", "setting", r"compare in config\.yaml must map run names", {"compare": ["mle", "dagger"]}
+    ),
+    Case(
+        "decoder_only_setting_on_bart",
+        "setting",
+        r"for a SeqObjSeq2SeqTrainingArguments model\): 'generation_max_new_tokens'",
+        {"generation_max_new_tokens": 5},
+    ),
+    # settings without effect on this machine
+    Case(
+        "fp16_on_cpu",
+        "setting",
+        r"fp16: true has no effect on this machine, which trains on the CPU",
+        flags=["--fp16", "true"],
+    ),
+    Case(
+        "fp16_eval_on_cpu", "setting", r"fp16_full_eval: true has no effect on this machine", {"fp16_full_eval": True}
+    ),
+    # an oracle that does not fit the task
+    Case(
+        "span_f1_oracle_on_translation",
+        "setting",
+        r"oracle 'span_f1' scores BIO tag sequences, but task 'translation' outputs text.*bleu, rouge1",
+        {"task": "translation", "dataset_name": None, "train_file": "t", "objective": "dagger", "oracle": "span_f1"},
+        files={"t.en": "a dog .\n", "t.de": "ein Hund .\n"},
+    ),
+    Case(
+        "bleu_oracle_on_ner",
+        "setting",
+        r"oracle 'bleu' scores text, but task 'ner' outputs BIO tag sequences.*span_f1, span_f1_partial",
+        {"objective": "dagger", "oracle": "bleu"},
+    ),
+    # accelerate
+    Case(
+        "accelerate_flag_alone",
+        "setting",
+        r"--num_processes is an `accelerate launch` flag: give --accelerate_config",
+        flags=["--num_processes", "2"],
+    ),
+    Case(
+        "accelerate_config_unknown",
+        "setting",
+        r"accelerate config 'nope' is neither a file nor one of the packaged configs",
+        flags=["--accelerate_config", "nope"],
+    ),
+    # ------------------------------------------------------------------ config files
+    Case(
+        "config_missing",
+        "config",
+        r"Config file 'missing\.yaml' does not exist",
+        config=None,
+        flags=["--config", "missing.yaml"],
+    ),
+    Case(
+        "config_not_mapping",
+        "config",
+        r"config\.yaml must hold a mapping of settings .*not a list",
+        raw_config=b"- a\n- b\n",
+    ),
+    Case(
+        "config_not_yaml",
+        "config",
+        r"config\.yaml:3: not valid YAML \(expected ',' or '\]'",
+        raw_config=b"task: ner\nmax_steps: [1, 2\n",
+    ),
+    Case("config_not_utf8", "config", r"Config file config\.yaml is not UTF-8 text", raw_config=b"task: n\xe9r\n"),
+    Case(
+        "config_twice",
+        "config",
+        r"Give one config file, not both 'config\.yaml' and --config 'other\.yaml'",
+        flags=["--config", "other.yaml"],
+    ),
+    # ------------------------------------------------------------------ models
+    Case(
+        "model_path_missing",
+        "model",
+        r"model_name_or_path '\./no_such_model' is a local path that does not exist",
+        {"architecture": None, "model_name_or_path": "./no_such_model"},
+    ),
+    Case(
+        "model_hub_not_cached",
+        "model",
+        r"model_name_or_path 'no-such-org/no-such-model' is taken as a Hub model name, but no local directory of "
+        r"that name exists, and it is not in the local Hugging Face cache",
+        {"architecture": None, "model_name_or_path": "no-such-org/no-such-model"},
+    ),
+    Case(
+        "model_dir_not_a_model",
+        "model",
+        r"model_name_or_path 'empty_model' is a local directory without config\.json",
+        {"architecture": None, "model_name_or_path": "empty_model"},
+        setup=_not_a_model,
+    ),
+    Case(
+        "evaluate_not_a_run",
+        "model",
+        r"some_model/hf_seqobj_run\.yaml does not exist: 'some_model' was not written by `hf-seqobj train`",
+        config=None,
+        command="evaluate",
+        flags=["some_model"],
+        setup=_not_a_run,
+    ),
+    Case("evaluate_nothing", "model", r"evaluate needs a model directory", config=None, command="evaluate"),
+    # ------------------------------------------------------------------ data
+    Case(
+        "conll_not_utf8",
+        "data",
+        r"train\.txt:4: byte 0xe9 \(column 3\) is not UTF-8 text",
+        NER_FILES,
+        files={"train.txt": b"EU B-ORG\nrejects O\n\nPe\xe9ter B-PER\n"},
+    ),
+    Case(
+        "parallel_not_utf8",
+        "data",
+        r"t\.de:2: byte 0xff .*is not UTF-8",
+        {"task": "translation", "dataset_name": None, "train_file": "t"},
+        files={"t.en": "a\nb\n", "t.de": b"x\n\xff\n"},
+    ),
+    Case(
+        "jsonl_bad_line",
+        "data",
+        r"d\.jsonl:2: not a JSON object",
+        {**SUMMARIES, "train_file": "d.jsonl"},
+        files={"d.jsonl": '{"dialogue": "a b", "summary": "a"}\n{"dialogue": "x", summary: 1}\n'},
+    ),
+    Case(
+        "jsonl_not_object",
+        "data",
+        r"d\.jsonl:1: a JSON list, not an object",
+        {**SUMMARIES, "train_file": "d.jsonl"},
+        files={"d.jsonl": '["a", "b"]\n'},
+    ),
+    Case(
+        "jsonl_empty",
+        "data",
+        r"d\.jsonl holds no records \(the file is empty\)",
+        {**SUMMARIES, "train_file": "d.jsonl"},
+        files={"d.jsonl": ""},
+    ),
+    Case(
+        "json_bad",
+        "data",
+        r"d\.json:3: not JSON",
+        {**SUMMARIES, "train_file": "d.json"},
+        files={"d.json": '[\n{"dialogue": "a", "summary": "b"},\n{"dialogue" "a"}\n]'},
+    ),
+    Case(
+        "csv_field_count",
+        "data",
+        r"d\.csv:3: 3 fields where the header has 2",
+        {**SUMMARIES, "train_file": "d.csv"},
+        files={"d.csv": "dialogue,summary\na b,a\nx,y,z\n"},
+    ),
+    Case(
+        "csv_not_utf8",
+        "data",
+        r"d\.csv:2: byte 0xe9",
+        {**SUMMARIES, "train_file": "d.csv"},
+        files={"d.csv": b"dialogue,summary\ncaf\xe9,c\n"},
+    ),
+    Case(
+        "missing_column",
+        "data",
+        r"file 'd\.jsonl' has no column 'dialogue'; its columns are \['document', 'summary'\]",
+        {**SUMMARIES, "train_file": "d.jsonl"},
+        files={"d.jsonl": '{"document": "a", "summary": "b"}\n'},
+    ),
+    Case(
+        "empty_text",
+        "data",
+        r"d\.jsonl:2: column 'dialogue' holds '', not a non-empty text \(set skip_invalid_examples",
+        {**SUMMARIES, "train_file": "d.jsonl"},
+        files={"d.jsonl": '{"dialogue": "a b", "summary": "a"}\n{"dialogue": "", "summary": "b"}\n'},
+    ),
+    Case(
+        "null_text",
+        "data",
+        r"d\.jsonl:1: column 'summary' holds None",
+        {**SUMMARIES, "train_file": "d.jsonl"},
+        files={"d.jsonl": '{"dialogue": "a b", "summary": null}\n'},
+    ),
+    Case(
+        "summaries_wrong_suffix",
+        "data",
+        r"d\.txt: summarization files must end in \.jsonl, \.json or \.csv",
+        {**SUMMARIES, "train_file": "d.txt"},
+        files={"d.txt": "x\n"},
+    ),
+    Case(
+        "conll_field_count",
+        "data",
+        r"train\.txt:2: 3 fields in 'rejects VBZ O'",
+        NER_FILES,
+        files={"train.txt": "EU B-ORG\nrejects VBZ O\n"},
+    ),
+    Case(
+        "conll_mixed_columns",
+        "data",
+        r"train\.txt:2: 4 fields where earlier lines have 2",
+        NER_FILES,
+        files={"train.txt": "EU B-ORG\nrejects VBZ B-VP O\n"},
+    ),
+    Case("conll_bad_tag", "data", r"train\.txt:1: 'ORG' is not a BIO tag", NER_FILES, files={"train.txt": "EU ORG\n"}),
+    Case(
+        "conll_unicode_space_is_no_separator",
+        "data",
+        r"train\.txt:1: 1 fields in 'EU\\u2003B-ORG'",
+        NER_FILES,
+        files={"train.txt": "EU\u2003B-ORG\n"},
+    ),
+    Case(
+        "ner_unseen_tag",
+        "data",
+        r"validation_file 'valid\.txt', sentence 0: tags \['B-LOC'\] are outside the training label set",
+        {**NER_FILES, "validation_file": "valid.txt"},
+        files={"train.txt": CONLL, "valid.txt": "Paris B-LOC\n"},
+    ),
+    Case(
+        "ner_empty_split",
+        "data",
+        r"The validation split of task 'ner' is empty \(validation_file 'valid\.txt'\)",
+        {**NER_FILES, "validation_file": "valid.txt"},
+        files={"train.txt": CONLL, "valid.txt": "\n\n"},
+    ),
+    Case(
+        "parallel_misaligned",
+        "data",
+        r"misaligned: t\.en has 2 lines, t\.de has 1",
+        {"task": "translation", "dataset_name": None, "train_file": "t"},
+        files={"t.en": "a\nb\n", "t.de": "x\n"},
+    ),
+    Case(
+        "parallel_unicode_break_misaligns_nothing",
+        "data",
+        r"misaligned: t\.en has 1 lines, t\.de has 2",
+        {"task": "translation", "dataset_name": None, "train_file": "t"},
+        files={"t.en": "a\u2028b\n", "t.de": "x\ny\n"},
+    ),
+    Case(
+        "parallel_empty_line",
+        "data",
+        r"t\.de:2: empty line in a parallel file \(set skip_invalid_examples",
+        {"task": "translation", "dataset_name": None, "train_file": "t"},
+        files={"t.en": "a\nb\n", "t.de": "x\n \n"},
+    ),
+    Case(
+        "data_file_missing",
+        "data",
+        r"train_file 'missing\.txt': missing\.txt is not a readable file",
+        {**NER_FILES, "train_file": "missing.txt"},
+    ),
+    Case(
+        "parallel_side_missing",
+        "data",
+        r"train_file 't': t\.de is not a readable file",
+        {"task": "translation", "dataset_name": None, "train_file": "t"},
+        files={"t.en": "a\n"},
+    ),
+    Case(
+        "dataset_path_missing",
+        "data",
+        r"dataset_name '\./no_data' is a local path that does not exist",
+        {"dataset_name": "./no_data"},
+    ),
+    Case(
+        "dataset_hub_not_cached",
+        "data",
+        r"dataset_name 'no-such-org/no-such-data' \(a Hub data set name\) could not be loaded",
+        {"dataset_name": "no-such-org/no-such-data"},
+    ),
+    Case(
+        "hub_style_missing_column",
+        "data",
+        r"has no column 'tokens'; its columns are \['words', 'ner_tags'\]",
+        {"dataset_name": "hub"},
+        setup=_hub_style_without_tokens,
+    ),
+    Case(
+        "long_example",
+        "data",
+        r"train_file 'train\.txt', example 0: its source has 4 tokens \(EOS included\), over max_source_length=3",
+        {**NER_FILES, "max_source_length": 3},
+        files={"train.txt": CONLL},
+    ),
+    # ------------------------------------------------------------------ the output folder and checkpoints
+    Case(
+        "output_dir_holds_a_run",
+        "run folder",
+        r"output_dir 'out' already holds a run \(checkpoint-2, config\.json, .*nothing was changed.*"
+        r"--resume_from_checkpoint latest.*--overwrite_output_dir true",
+        setup=_earlier_run,
+    ),
+    Case(
+        "output_dir_holds_checkpoints",
+        "run folder",
+        r"output_dir 'out' already holds a run \(checkpoint-2, checkpoint-4\)",
+        {"save_total_limit": 1},
+        setup=_checkpoints_only,
+    ),
+    Case(
+        "resume_without_checkpoint",
+        "checkpoint",
+        r"resume_from_checkpoint 'latest': output_dir 'out' holds no complete checkpoint-\* folder",
+        flags=["--resume_from_checkpoint", "latest"],
+    ),
+    Case(
+        "resume_missing_folder",
+        "checkpoint",
+        r"resume_from_checkpoint 'nowhere' is not a checkpoint folder",
+        flags=["--resume_from_checkpoint", "nowhere"],
+    ),
+    Case(
+        "resume_truncated_safetensors",
+        "checkpoint",
+        r"Checkpoint file out/checkpoint-2/model\.safetensors is truncated or corrupt",
+        flags=["--resume_from_checkpoint", "latest"],
+        setup=lambda root: _checkpoint(root, "safetensors"),
+    ),
+    Case(
+        "resume_truncated_optimizer",
+        "checkpoint",
+        r"Checkpoint file out/checkpoint-2/optimizer\.pt is truncated or corrupt",
+        {"resume_from_checkpoint": True},
+        setup=lambda root: _checkpoint(root, "optimizer"),
+    ),
+    Case(
+        "resume_corrupt_state",
+        "checkpoint",
+        r"Checkpoint file out/checkpoint-2/trainer_state\.json is truncated or corrupt",
+        flags=["--resume_from_checkpoint", "out/checkpoint-2"],
+        setup=lambda root: _checkpoint(root, "state"),
+    ),
+    Case(
+        "resume_not_a_checkpoint",
+        "checkpoint",
+        r"out/checkpoint-2 holds no trainer_state\.json: it is not a checkpoint",
+        flags=["--resume_from_checkpoint", "out/checkpoint-2"],
+        setup=lambda root: _checkpoint(root, "no_state"),
+    ),
+    Case(
+        "evaluate_bad_split",
+        "setting",
+        r"--split: invalid choice: 'dev'",
+        config=None,
+        command="evaluate",
+        flags=["out", "--split", "dev"],
+        setup=lambda root: _run_config(root),
+    ),
+]
+
+
+def _run_config(root: Path) -> None:
+    """An output folder with the run settings that `evaluate` reads (the model itself is never reached)."""
+    (root / "out").mkdir()
+    settings = {"model": {}, "data": {"task": "ner", "dataset_name": "synthetic"}, "given": {}}
+    (root / "out" / "hf_seqobj_run.yaml").write_text(yaml.safe_dump(settings))
+    (root / "out" / "config.json").write_text(json.dumps({"model_type": "bart", "is_encoder_decoder": True}))
+
+
+def _snapshot(folder: Path) -> dict[str, str] | None:
+    """Every file under `folder` with a hash of its bytes (None: the folder does not exist)."""
+    if not folder.exists():
+        return None
+    return {
+        str(path.relative_to(folder)): hashlib.sha1(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+def _prepare(case: Case, root: Path) -> list[str]:
+    for name, content in case.files.items():
+        data = content if isinstance(content, bytes) else content.encode("utf-8")
+        (root / name).write_bytes(data)
+    if case.setup is not None:
+        case.setup(root)
+    args = []
+    if case.raw_config is not None:
+        (root / "config.yaml").write_bytes(case.raw_config)
+        args.append("config.yaml")
+    elif case.config is not None:
+        config = {**BASE, **case.config}
+        (root / "config.yaml").write_text(yaml.safe_dump(config))
+        (root / "other.yaml").write_text(yaml.safe_dump(config))
+        args.append("config.yaml")
+    return [case.command, *args, *case.flags]
+
+
+def _error_lines(text: str, command: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith(f"hf-seqobj {command}: error: ")]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda case: f"{case.kind.replace(' ', '_')}-{case.id}")
+def test_bad_input_is_one_line_and_changes_nothing(case, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    argv = _prepare(case, tmp_path)
+    before = _snapshot(tmp_path / "out")
+    status = main(argv)
+    stderr = capsys.readouterr().err
+    lines = _error_lines(stderr, case.command)
+    assert status == 2, stderr[-3000:]
+    assert len(lines) == 1, stderr[-3000:]
+    assert re.search(case.message, lines[0]), lines[0]
+    assert "Traceback" not in stderr
+    assert _snapshot(tmp_path / "out") == before
+
+
+def test_the_corpus_covers_every_kind():
+    kinds = {case.kind for case in CASES}
+    assert kinds == {"setting", "config", "model", "data", "run folder", "checkpoint"}
+    assert len({case.id for case in CASES}) == len(CASES)
+
+
+# ------------------------------------------------------------------ through a real process: exit status, --debug
+def _cli(args: list[str], cwd: Path, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "hf_seqobj.cli", *args],
+        cwd=cwd,
+        env={**environment, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        **kwargs,
+    )
+
+
+@pytest.mark.parametrize("debug", ["none", "flag", "env"])
+def test_exit_status_and_debug_traceback(debug, tmp_path):
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({**BASE, "per_device_eval_batch_size": 0}))
+    args = ["train", "config.yaml"] + (["--debug"] if debug == "flag" else [])
+    result = _cli(args, tmp_path, env={"HF_SEQOBJ_DEBUG": "1"} if debug == "env" else {"HF_SEQOBJ_DEBUG": ""})
+    assert result.returncode == 2
+    assert _error_lines(result.stderr, "train") == [
+        "hf-seqobj train: error: per_device_eval_batch_size must be >= 1, got 0."
+    ]
+    assert ("Traceback (most recent call last)" in result.stderr) == (debug != "none")
+    assert not (tmp_path / "out").exists()
+
+
+def test_help_lists_every_setting_by_group(tmp_path):
+    result = _cli(["train", "--help"], tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = result.stdout
+    for group in ("model:", "data:", "run:", "objective:", "training (transformers.TrainingArguments):"):
+        assert f"\n{group}\n" in text
+    assert "objective settings: DAggerArguments (used by dagger):" in text
+    assert "--oracle {span_f1,span_f1_partial,bleu,rouge1,rouge2,rougeL}" in text
+    assert "--rollin {greedy,sample}" in text and "--ss_schedule {linear,exponential,inverse_sigmoid}" in text
+    assert "--generation_max_new_tokens" in text and "--generation_max_length" in text  # both model families
+    # with a config: its values are the defaults shown
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({**BASE, "learning_rate": 0.123}))
+    shown = _cli(["train", "--config", "c.yaml", "--help"], tmp_path).stdout
+    assert re.search(r"--learning_rate LEARNING_RATE.*?\(default:\s+0\.123\)", shown, re.S)
+    assert "--generation_max_new_tokens" not in shown  # a BART config: the encoder-decoder settings only
+
+
+def test_env_prints_versions(tmp_path):
+    result = _cli(["env"], tmp_path)
+    assert result.returncode == 0
+    for name in ("python", "torch", "transformers", "accelerate", "peft", "datasets", "GPU"):
+        assert f"- {name}" in result.stdout
+
+
+# ------------------------------------------------------------------ inputs that must work
+def test_tricky_text_files_are_read_as_written(tmp_path):
+    def write(name: str, data: bytes) -> str:
+        (tmp_path / name).write_bytes(data)
+        return str(tmp_path / name)
+
+    # CoNLL: a byte-order mark, CRLF line ends, tabs, a no-break space inside a token, -DOCSTART-
+    conll = BOM + "-DOCSTART-\tO\r\n\r\nEU\tB-ORG\r\nre\u00a0jects O\r\n\r\nPeter  B-PER\r\n".encode()
+    ner = get_task(DataArguments(task="ner", train_file=write("t.conll", conll))).load()["train"]
+    assert ner["source"] == ["EU re\u00a0jects", "Peter"] and ner["target"] == ["B-ORG O", "B-PER"]
+    # parallel text: a byte-order mark on one side, CRLF, and Unicode line breaks inside lines
+    write("p.en", BOM + "a dog\u2028runs .\r\ntwo\u0085cats .\r\n".encode())
+    write("p.de", "ein Hund\x0crennt .\nzwei\u2029Katzen .\n".encode())
+    pairs = get_task(DataArguments(task="translation", train_file=str(tmp_path / "p"))).load()["train"]
+    assert pairs["source"] == ["a dog\u2028runs .", "two\u0085cats ."]
+    assert pairs["target"] == ["ein Hund\x0crennt .", "zwei\u2029Katzen ."]
+    # CSV: a byte-order mark, CRLF, a line break and a comma quoted inside a field
+    csv = BOM + b'dialogue,summary\r\n"A: hi\r\nB: hello, you",greeting\r\nC: bye,farewell\r\n'
+    args = DataArguments(task="summarization", train_file=write("d.csv", csv), source_column="dialogue")
+    rows = get_task(args).load()["train"]
+    assert rows["source"] == ["A: hi\r\nB: hello, you", "C: bye"] and rows["target"] == ["greeting", "farewell"]
+    # JSON lines with a byte-order mark and CRLF; a .json list
+    jsonl = BOM + b'{"document": "a b", "summary": "a"}\r\n\r\n{"document": "c\\u2028d", "summary": "c"}\r\n'
+    rows = get_task(DataArguments(task="summarization", train_file=write("d.jsonl", jsonl))).load()["train"]
+    assert rows["source"] == ["a b", "c\u2028d"]
+    listed = json.dumps([{"document": "x y", "summary": "x"}]).encode()
+    assert get_task(DataArguments(task="summarization", train_file=write("d.json", listed))).load()["train"][
+        "target"
+    ] == ["x"]
+    # language modelling: one document a line, \n only
+    write("lm.txt", BOM + "one two three four five six seven eight nine\u2028ten\r\n".encode())
+    lm = get_task(DataArguments(task="lm", train_file=str(tmp_path / "lm.txt"), lm_prompt_words=2)).load()["train"]
+    assert lm["source"] == ["one two"] and lm["target"][0].endswith("nine ten")
+
+
+def test_label_set_is_checked_on_the_whole_training_file(tmp_path):
+    (tmp_path / "train.txt").write_text(CONLL)
+    (tmp_path / "valid.txt").write_text("Anna B-PER\n")
+    args = DataArguments(
+        task="ner", train_file=str(tmp_path / "train.txt"), validation_file=str(tmp_path / "valid.txt")
+    )
+    args.max_train_samples = 1  # the first sentence has no PER tag; the whole file has
+    splits = get_task(args).load()
+    assert len(splits["train"]) == 1 and splits["validation"]["target"] == ["B-PER"]
+
+
+def test_skip_invalid_examples_drops_and_names_them(tmp_path, caplog):
+    (tmp_path / "d.jsonl").write_text(
+        '{"dialogue": "a b", "summary": "a"}\n{"dialogue": "", "summary": "b"}\n{"dialogue": "c", "summary": 3}\n'
+    )
+    args = DataArguments(**{**SUMMARIES, "train_file": str(tmp_path / "d.jsonl"), "skip_invalid_examples": True})
+    with caplog.at_level("WARNING"):
+        rows = get_task(args).load()["train"]
+    assert rows["source"] == ["a b"]
+    assert "Dropped 2 malformed examples" in caplog.text
+    assert (
+        "d.jsonl:2 (column 'dialogue' holds ''" in caplog.text and "d.jsonl:3 (column 'summary' holds 3" in caplog.text
+    )
+    (tmp_path / "t.conll").write_text("EU B-ORG\nrejects VBZ O\n\nPeter B-PER\n\nAnna PER\n")
+    task = get_task(DataArguments(task="ner", train_file=str(tmp_path / "t.conll"), skip_invalid_examples=True))
+    assert task.load()["train"]["source"] == ["Peter"] and len(task.dropped) == 2
+
+
+# ------------------------------------------------------------------ whole runs: the ways on
+def test_lora_run_moves_refuses_reuse_and_overwrites(tmp_path, capsys, monkeypatch):
+    """A LoRA run on a CoNLL file that needs care (BOM, CRLF, tabs, one malformed sentence skipped), with list flags;
+    then `evaluate` of a moved copy from another directory, a refused second run into the folder, an overwrite that
+    clears the earlier results, and an evaluation that refuses a base model that changed."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    conll = (
+        BOM
+        + b"EU\tB-ORG\r\nrejects\tO\r\n\r\nPeter\tB-PER\r\nBlackburn\tI-PER\r\n\r\nbad\tPER\r\n\r\nParis\tB-LOC\r\n"
+    )
+    (work / "train.txt").write_bytes(conll)
+    config = {**BASE, **NER_FILES, "validation_file": "train.txt", "skip_invalid_examples": True, "max_steps": 2}
+    config.update({"use_peft": True, "lora_r": 2, "per_device_eval_batch_size": 4})
+    (work / "config.yaml").write_text(yaml.safe_dump(config))
+    flags = ["--lora_target_modules", "q_proj", "v_proj", "--objective", "interpolation"]
+    flags += [
+        "--interp_lambda",
+        "0.1",
+        "0.8",
+        "0.1",
+        "--predict_with_generate",
+        "true",
+        "--generation_max_length",
+        "8",
+    ]
+    assert main(["train", "config.yaml", *flags]) == 0
+    out = work / "out"
+    saved = yaml.safe_load((out / "hf_seqobj_run.yaml").read_text())
+    assert saved["given"]["lora_target_modules"] == ["q_proj", "v_proj"]
+    assert saved["given"]["interp_lambda"] == [0.1, 0.8, 0.1] and saved["model"]["lora_target_modules"] == [
+        "q_proj",
+        "v_proj",
+    ]
+    assert saved["base_model"]["in_run"] == "initial_model" and saved["base_model"]["fingerprint"].startswith(
+        "sha256:"
+    )
+    assert saved["data"]["train_file"] == str(work / "train.txt")  # absolute: found from any directory
+    eval_f1 = json.loads((out / "eval_results.json").read_text())["eval_f1"]
+
+    # a moved copy, evaluated from another directory
+    moved = tmp_path / "elsewhere" / "copy"
+    moved.parent.mkdir()
+    (out).rename(moved)
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert main(["evaluate", "copy", "--split", "validation"]) == 0
+    assert json.loads((moved / "eval_validation" / "validation_results.json").read_text())[
+        "validation_f1"
+    ] == pytest.approx(eval_f1)
+    moved.rename(out)
+    monkeypatch.chdir(work)
+    capsys.readouterr()
+
+    # a second run into the folder is refused, and changes nothing
+    before = _snapshot(out)
+    assert main(["train", "config.yaml", *flags]) == 2
+    assert "output_dir 'out' already holds a run" in capsys.readouterr().err
+    assert _snapshot(out) == before
+
+    # the original base changes: an evaluation refuses to score the adapter on it
+    weights = out / "initial_model" / "model.safetensors"
+    original = weights.read_bytes()
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(weights))
+    first = next(iter(tensors))
+    save_file({**tensors, first: tensors[first] + 1}, str(weights), metadata={"format": "pt"})
+    assert main(["evaluate", "out", "--split", "validation"]) == 2
+    assert re.search(
+        r"The base model at .*initial_model is not the one the adapter in out was trained on", capsys.readouterr().err
+    )
+    weights.write_bytes(original)
+
+    # --overwrite_output_dir: a new run, the earlier results gone, a file of the user's kept
+    (out / "notes.txt").write_text("mine")
+    assert main(["train", "config.yaml", "--overwrite_output_dir", "true", "--max_steps", "1"]) == 0
+    assert not (out / "eval_validation").exists() and (out / "notes.txt").read_text() == "mine"
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 1
+
+
+def test_resume_after_a_kill(tmp_path):
+    """A run killed (SIGKILL) after its first checkpoint resumes with `--resume_from_checkpoint latest`."""
+    config = {**BASE, "max_steps": 100000, "save_strategy": "steps", "save_steps": 2, "synthetic_train_size": 64}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "hf_seqobj.cli", "train", "config.yaml"],
+        cwd=tmp_path,
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not (tmp_path / "out" / "checkpoint-4" / "trainer_state.json").exists():
+            assert process.poll() is None and time.monotonic() < deadline, "no checkpoint before the deadline"
+            time.sleep(0.2)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    done = max(int(p.name.split("-")[1]) for p in (tmp_path / "out").glob("checkpoint-*"))
+    refused = _cli(["train", "config.yaml"], tmp_path)
+    assert refused.returncode == 2 and "already holds a run" in refused.stderr
+    resumed = _cli(
+        ["train", "config.yaml", "--resume_from_checkpoint", "latest", "--max_steps", str(done + 2)], tmp_path
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
+    assert state["global_step"] == done + 2
