@@ -496,9 +496,7 @@ def split_accelerate_flags(flags: list[str], ours: set[str]) -> tuple[list[str],
         name = flag.split("=", 1)[0]
         target = launch if name not in ours and name in accelerate else own
         if target is launch and name in reserved:
-            raise ConfigError(
-                f"{name} cannot be passed to accelerate launch here; --accelerate_config sets its config."
-            )
+            raise ConfigError(f"{name} is not passed to accelerate launch: --accelerate_config sets its config.")
         target.append(flag)
         index += 1
         takes_values = not (target is launch and accelerate[name] == 0) and "=" not in flag

@@ -13,8 +13,10 @@ from hf_seqobj.cli import (
     expand_compare,
     load_yaml_config,
     main,
+    parse_run,
     parse_settings,
     resolve_accelerate_config,
+    split_accelerate_flags,
 )
 from hf_seqobj.trainers import SeqObjSeq2SeqTrainingArguments, SeqObjTrainingArguments
 
@@ -150,7 +152,8 @@ def test_train_under_accelerate_launch_with_two_processes(tmp_path, capsys):
     config.update({"objective": "dagger", "dagger_beta": 0.5, "logging_steps": 2, "generation_max_length": 40})
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(config))
-    assert main(["train", str(path), "--accelerate_config", "cpu_2proc", "--num_processes", "2"]) == 0
+    launch = ["--accelerate_config", "cpu_2proc", "--num_processes", "2", "--main_process_port", "29541"]
+    assert main(["train", str(path), *launch, "--rdzv_backend", "static"]) == 0
     state = json.loads((tmp_path / "run" / "trainer_state.json").read_text())
     assert state["global_step"] == 4 and any("oracle_agreement" in entry for entry in state["log_history"])
     assert (tmp_path / "run" / "test_results.json").exists()
@@ -160,3 +163,33 @@ def test_accelerate_config_errors_are_named(tmp_path):
     with pytest.raises(ConfigError, match="'no_such'.*cpu_2proc"):
         resolve_accelerate_config("no_such")
     assert main(["train", str(QUICKSTART), "--num_processes", "2"]) == 2
+
+
+def test_accelerate_launch_flags_are_split_from_ours():
+    ours = {"--max_steps", "--gradient_accumulation_steps", "--use_cpu", "--lora_target_modules"}
+    flags = ["--max_steps", "3", "--num_processes", "2", "--multi_gpu", "--gradient_accumulation_steps", "2"]
+    flags += ["--main_process_port=29555", "--lora_target_modules", "q", "v", "--gpu_ids", "0,1", "--use_cpu"]
+    own, launch = split_accelerate_flags(flags, ours)
+    assert own == ["--max_steps", "3", "--gradient_accumulation_steps", "2", "--lora_target_modules", "q", "v"] + [
+        "--use_cpu"
+    ]
+    assert launch == ["--num_processes", "2", "--multi_gpu", "--main_process_port=29555", "--gpu_ids", "0,1"]
+    with pytest.raises(ConfigError, match="--config_file is not passed to accelerate launch"):
+        split_accelerate_flags(["--config_file", "x.yaml"], ours)
+
+
+def test_config_flag_list_flags_and_given_values_are_parsed(tiny_checkpoints):
+    settings = parse_run(
+        {**BASE, "objective": "interpolation", "learning_rate": "1e-4", "max_steps": 4.0},
+        ["--interp_lambda", "0.1", "0.8", "0.1", "--use_peft", "--lora_target_modules", "q_proj", "v_proj"],
+        "c.yaml",
+    )
+    assert settings.training.interp_lambda == [0.1, 0.8, 0.1] and settings.training.learning_rate == 1e-4
+    assert settings.model.lora_target_modules == ["q_proj", "v_proj"] and settings.training.max_steps == 4
+    assert settings.given["interp_lambda"] == [0.1, 0.8, 0.1] and settings.given["use_peft"] is True
+    assert (
+        settings.given["lora_target_modules"] == ["q_proj", "v_proj"] and "overwrite_output_dir" not in settings.given
+    )
+    flags = ["--architecture", "none", "--model_name_or_path", tiny_checkpoints["gpt2"]]
+    unset = parse_run(BASE, flags, "c.yaml")  # `--key none` unsets an optional setting of the config
+    assert unset.model.architecture is None and isinstance(unset.training, SeqObjTrainingArguments)
