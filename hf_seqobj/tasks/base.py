@@ -230,7 +230,9 @@ class Task(abc.ABC):
             shown = "; ".join(self.dropped[:50]) + (
                 f"; and {len(self.dropped) - 50} more" if len(self.dropped) > 50 else ""
             )
-            logger.warning("Dropped %d malformed examples (skip_invalid_examples): %s", len(self.dropped), shown)
+            count = len(self.dropped)
+            plural = "s" if count > 1 else ""
+            logger.warning("Dropped %d malformed example%s (skip_invalid_examples): %s", count, plural, shown)
         if "train" not in splits and "validation" not in splits and "test" not in splits:
             raise ValueError("No split was loaded: give train_file, validation_file or test_file, or a dataset.")
         for split, dataset in splits.items():
