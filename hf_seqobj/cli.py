@@ -246,7 +246,6 @@ class SeqObjArgumentParser(HfArgumentParser):
 
     def __init__(self, dataclass_types: list[type], prog: str, extra_help: tuple[type, ...] = (), **kwargs):
         self._groups: dict[str, Any] = {}
-        self._extra_help = extra_help
         super().__init__(dataclass_types, prog=prog, allow_abbrev=False, **kwargs)
         known = _field_names(*dataclass_types)
         for extra in extra_help:
@@ -756,8 +755,10 @@ COMMANDS = {"train": train_command, "evaluate": evaluate_command, "env": env_com
 
 def _user_error(error: BaseException) -> bool:
     """Whether `error` is one a user causes (settings, data, paths, models, checkpoints), reported in one line."""
-    if isinstance(error, ConfigError | ValueError | OSError | yaml.YAMLError):
-        return True
+    import pickle
+
+    if isinstance(error, ConfigError | ValueError | OSError | yaml.YAMLError | pickle.UnpicklingError):
+        return True  # (an unpickling error: a checkpoint file that torch.load(weights_only=True) refuses)
     return type(error).__name__ in ("SafetensorError", "DatasetGenerationError", "DatasetNotFoundError")
 
 

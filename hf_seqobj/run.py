@@ -96,7 +96,13 @@ def decoder_only(model_args: ModelArguments) -> bool:
     if model_args.architecture is not None:
         return model_args.architecture == "gpt2"
     check_model_source(model_args.model_name_or_path)
-    return not is_encoder_decoder(model_args.model_name_or_path)
+    try:
+        return not is_encoder_decoder(model_args.model_name_or_path)
+    except OSError as error:  # e.g. no connection to the Hub, or a config.json that is not one
+        message = " ".join(str(error).split())
+        raise ValueError(
+            f"model_name_or_path {model_args.model_name_or_path!r} could not be loaded: {message}"
+        ) from error
 
 
 def training_arguments_class(model_args: ModelArguments) -> type:
