@@ -125,16 +125,35 @@ class DataArguments:
         default=None,
         metadata={
             "help": "Training data file. ner: CoNLL format (4 columns TOKEN POS CHUNK NER, or 2 columns TOKEN TAG). "
-            "translation: the path prefix of aligned files PREFIX.SRC_LANG / PREFIX.TGT_LANG. summarization: "
-            ".jsonl, .json or .csv."
+            "translation: the path prefix of aligned files PREFIX.SRC_LANG / PREFIX.TGT_LANG. summarization and "
+            "text2text: .jsonl, .json or .csv."
         },
     )
     validation_file: str | None = field(default=None, metadata={"help": "Validation data, as train_file."})
     test_file: str | None = field(default=None, metadata={"help": "Test data, as train_file."})
     source_lang: str = field(default="en", metadata={"help": "translation: the source language code."})
     target_lang: str = field(default="de", metadata={"help": "translation: the target language code."})
-    source_column: str = field(default="document", metadata={"help": "summarization: the source text column."})
-    target_column: str = field(default="summary", metadata={"help": "summarization: the target text column."})
+    source_column: str | None = field(
+        default=None,
+        metadata={
+            "help": "summarization and text2text: the source text column; None: 'document' (summarization), "
+            "'prompt' (text2text, as TRL's prompt-completion data sets name it)."
+        },
+    )
+    target_column: str | None = field(
+        default=None,
+        metadata={
+            "help": "summarization and text2text: the target text column; None: 'summary' (summarization), "
+            "'completion' (text2text)."
+        },
+    )
+    text2text_metrics: list[str] = field(
+        default_factory=lambda: ["bleu", "chrf", "rouge", "exact_match"],
+        metadata={
+            "help": "text2text: the metrics of the generated texts, some of bleu and chrf (sacrebleu, corpus "
+            "level), rouge (rouge-score ROUGE-1/2/L/Lsum F, stemmed), exact_match (whitespace-normalised)."
+        },
+    )
     tokens_column: str = field(default="tokens", metadata={"help": "ner (Hub-style data): the words column."})
     tags_column: str = field(default="ner_tags", metadata={"help": "ner (Hub-style data): the tags column."})
     source_prefix: str = field(

@@ -10,6 +10,7 @@ from hf_seqobj.tasks.language_modeling import LanguageModelingTask
 from hf_seqobj.tasks.ner import NERTask, read_conll, tag_metrics
 from hf_seqobj.tasks.summarization import SummarizationTask
 from hf_seqobj.tasks.synthetic import synthetic_ner, synthetic_ner_splits
+from hf_seqobj.tasks.text2text import TEXT2TEXT_METRICS, Text2TextTask
 from hf_seqobj.tasks.translation import TranslationTask, read_parallel
 
 
@@ -17,7 +18,8 @@ if TYPE_CHECKING:
     from hf_seqobj.arguments import DataArguments
 
 TASKS: dict[str, type[Task]] = {
-    task.name: task for task in (NERTask, TranslationTask, SummarizationTask, ArithmeticTask, LanguageModelingTask)
+    task.name: task
+    for task in (NERTask, TranslationTask, SummarizationTask, Text2TextTask, ArithmeticTask, LanguageModelingTask)
 }
 
 
@@ -33,9 +35,11 @@ __all__ = [
     "ArithmeticTask",
     "LanguageModelingTask",
     "TASKS",
+    "TEXT2TEXT_METRICS",
     "NERTask",
     "SummarizationTask",
     "Task",
+    "Text2TextTask",
     "TranslationTask",
     "arithmetic_problems",
     "get_task",

@@ -38,6 +38,23 @@ def read_parallel(source_path: str | Path, target_path: str | Path, reject: Reje
     return Dataset.from_dict({"source": kept_sources, "target": kept_targets})
 
 
+def sacrebleu_scores(
+    predictions: list[str], references: list[str], metrics: tuple[str, ...] = ("bleu", "chrf")
+) -> dict[str, float]:
+    """Corpus BLEU and / or chrF of sacrebleu (default settings: 13a tokenisation, one reference per prediction).
+
+    Args:
+        predictions: Generated texts.
+        references: One reference text per prediction.
+        metrics: Which of "bleu" and "chrf" to compute.
+    """
+    corpus = {"bleu": sacrebleu.corpus_bleu, "chrf": sacrebleu.corpus_chrf}
+    unknown = [name for name in metrics if name not in corpus]
+    if unknown:
+        raise ValueError(f"sacrebleu_scores computes {tuple(corpus)}, not {unknown}.")
+    return {name: float(corpus[name](predictions, [references]).score) for name in metrics}
+
+
 class TranslationTask(Task):
     """Translation from `source_lang` to `target_lang`.
 
@@ -69,7 +86,4 @@ class TranslationTask(Task):
 
     def score(self, predictions: list[str], references: list[str]) -> dict[str, float]:
         """Corpus BLEU and chrF of sacrebleu (default settings: 13a tokenisation, one reference)."""
-        return {
-            "bleu": float(sacrebleu.corpus_bleu(predictions, [references]).score),
-            "chrf": float(sacrebleu.corpus_chrf(predictions, [references]).score),
-        }
+        return sacrebleu_scores(predictions, references)
