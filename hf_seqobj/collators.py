@@ -2,7 +2,7 @@
 
 :class:`DAggerRelabeler` turns a padded gold batch into a DAgger training batch: it rolls in with the model
 (optionally mixing in the oracle's tokens with probability beta) and relabels every position of the roll-in with the
-oracle (METHODS.md section 3). :class:`DAggerDataCollator` wraps any collator with it, so that a hand-written loop
+oracle (docs/dagger.md). :class:`DAggerDataCollator` wraps any collator with it, so that a hand-written loop
 gets roll-in batches straight from its DataLoader:
 
     >>> collator = DAggerDataCollator(DataCollatorForSeq2Seq(tokenizer, model=model), model,  # doctest: +SKIP
@@ -63,7 +63,7 @@ class _TimedOracle:
 
 
 class DAggerRelabeler:
-    """Roll-in with the current model, then oracle labels at every position (METHODS.md section 3, steps 1-2).
+    """Roll-in with the current model, then oracle labels at every position (docs/dagger.md, steps 1-2).
 
     Args:
         oracle: An :class:`~hf_seqobj.oracles.Oracle`, e.g. from :func:`~hf_seqobj.oracles.make_oracle`.

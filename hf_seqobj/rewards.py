@@ -1,4 +1,4 @@
-"""Sentence-level BLEU and ROUGE on token ids, with batched incremental n-gram statistics (METHODS.md, 3 and 5).
+"""Sentence-level BLEU and ROUGE on token ids, with batched incremental n-gram statistics.
 
 This is the one implementation of the task rewards used inside training (the BLEU / ROUGE dynamic oracle, RAML,
 interpolation); evaluation still scores decoded text with sacrebleu / rouge-score. It imports nothing else from

@@ -1,4 +1,4 @@
-"""Roll-in generation: the current model continues each training example, as METHODS.md section 6 prescribes.
+"""Roll-in generation: the current model continues each training example.
 
 On-policy objectives (DAgger, later SequenceMatch and the ERPO family) generate inside a training step. This module
 does it the way that survives distributed training and arbitrary checkpoints:

@@ -52,7 +52,7 @@ def _objective(name: str):
 
 
 def _resolve(path: str):
-    """The module, class or function that a dotted path names (the longest importable module prefix, then attributes)."""
+    """The module, class or function a dotted path names (its longest importable module prefix, then attributes)."""
     parts = path.split(".")
     for cut in range(len(parts), 0, -1):
         try:
@@ -76,7 +76,11 @@ def _roles(text: str) -> str:
 
 
 def _cell(text: str) -> str:
-    return " ".join(str(text).split()).replace("|", "\\|")
+    """One line of a table cell: `|` escaped, and `<` / `>` outside code spans (`<bksp>` is no HTML tag)."""
+    parts = " ".join(str(text).split()).replace("|", "\\|").split("`")
+    for index in range(0, len(parts), 2):  # the even parts are outside code spans
+        parts[index] = parts[index].replace("<", "&lt;").replace(">", "&gt;")
+    return "`".join(parts)
 
 
 def _type_name(annotation) -> str:
@@ -99,7 +103,8 @@ def _fields_table(fields: list[dataclasses.Field]) -> list[str]:
         help_text = _cell(field.metadata.get("help", ""))
         if not help_text:
             raise ValueError(f"The field {field.name!r} has no help text (metadata={{'help': ...}}).")
-        lines.append(f"| `{field.name}` | `{_cell(_type_name(field.type))}` | {_cell(_default(field))} | {help_text} |")
+        kind = _cell(_type_name(field.type))
+        lines.append(f"| `{field.name}` | `{kind}` | {_cell(_default(field))} | {help_text} |")
     return lines
 
 
@@ -109,11 +114,17 @@ def _paper(bibtex: str) -> dict[str, str]:
     return {key.lower(): " ".join(value.replace("{", "").replace("}", "").split()) for key, value in fields.items()}
 
 
+def _authors(paper: dict[str, str]) -> str:
+    """ "Smith", "Smith and Jones" or "Smith et al." from a BibTeX author list of "Last, First and ..." names."""
+    names = [author.split(",")[0].strip() for author in paper.get("author", "").split(" and ") if author.strip()]
+    if len(names) > 2:
+        return f"{names[0]} et al."
+    return " and ".join(names)
+
+
 def _paper_line(bibtex: str) -> str:
     paper = _paper(bibtex)
-    authors = paper.get("author", "").split(" and ")
-    names = [author.split(",")[0].strip() for author in authors if author.strip()]
-    who = names[0] + (" et al." if len(names) > 2 else f" and {names[1]}" if len(names) == 2 else "") if names else ""
+    who = _authors(paper)
     venue = paper.get("booktitle") or paper.get("journal") or ""
     line = f"{who} ({paper.get('year', '')}), *{paper.get('title', '')}*"
     if venue and not venue.startswith("arXiv"):
@@ -126,9 +137,8 @@ def _paper_line(bibtex: str) -> str:
 
 def _short_paper(bibtex: str) -> str:
     paper = _paper(bibtex)
-    first = paper.get("author", "").split(" and ")[0].split(",")[0].strip()
     eprint = paper.get("eprint")
-    text = f"{first} et al. {paper.get('year', '')}"
+    text = f"{_authors(paper)} {paper.get('year', '')}"
     return f"[{text}](https://arxiv.org/abs/{eprint})" if eprint else text
 
 
@@ -168,14 +178,14 @@ def logged(name: str) -> list[str]:
             return ["Nothing beyond the Trainer's own figures (`loss`, `grad_norm`, `learning_rate`, ...)."]
         raise ValueError(f"The docstring of objective {name!r} has no 'Logged (...):' paragraph.")
     text = " ".join(_roles(found.group("text")).split())
-    return [f"Logged during {found.group('mode')}ing, besides the Trainer's own figures: {text}"]
+    return [f"Logged ({found.group('mode')}), besides the Trainer's own figures: {text}"]
 
 
 def docstring(path: str) -> list[str]:
     doc = inspect.getdoc(_resolve(path))
     if not doc:
         raise ValueError(f"{path} has no docstring.")
-    return ["```text", *_roles(doc).splitlines(), "```"]
+    return [f"The docstring of `{path}`:", "", "```text", *_roles(doc).splitlines(), "```"]
 
 
 def papers(name: str) -> list[str]:
@@ -210,7 +220,9 @@ def objectives(prefix: str = "") -> list[str]:
     from hf_seqobj.objectives import OBJECTIVES
 
     lines = ["| objective | what it trains on | paper |", "|---|---|---|"]
-    for name, cls in OBJECTIVES.items():
+    order = sorted(OBJECTIVES, key=lambda name: (name != "mle", name))  # the baseline first
+    for name in order:
+        cls = OBJECTIVES[name]
         cited = ", ".join(_short_paper(entry) for entry in cls.papers) or "(baseline)"
         lines.append(f"| [`{name}`]({prefix}{name}.md) | {_cell(cls.description)} | {cited} |")
     return lines

@@ -1,4 +1,4 @@
-"""The backspace action: the token, the one-pass layout, noise and decoding (METHODS.md section 4)."""
+"""The backspace action: the token, the one-pass layout, noise and decoding (docs/sequencematch.md)."""
 
 from __future__ import annotations
 

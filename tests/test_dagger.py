@@ -1,4 +1,4 @@
-"""DAgger with dynamic oracles (METHODS.md section 3): roll-in, relabelling, the objective in the trainers."""
+"""DAgger with dynamic oracles (docs/dagger.md): roll-in, relabelling, the objective in the trainers."""
 
 from __future__ import annotations
 
@@ -216,7 +216,7 @@ def test_bad_settings_are_named(tmp_path):
 
 
 def test_rollin_ignores_the_checkpoint_generation_config_and_switches_checkpointing_off(make_trainer):
-    """METHODS.md section 6: an explicit GenerationConfig, no gradient checkpointing and the cache on in roll-ins."""
+    """Roll-ins: an explicit GenerationConfig, no gradient checkpointing and the cache on in roll-ins."""
     trainer = make_trainer("bart", dropout=False, objective="dagger")
     model = trainer.model
     model.generation_config.num_beams = 3

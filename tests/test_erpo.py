@@ -1,4 +1,4 @@
-"""The ERPO family (METHODS.md section 5): RAML, data noising, SPG and interpolation."""
+"""The ERPO family: RAML, data noising, SPG and interpolation."""
 
 from __future__ import annotations
 

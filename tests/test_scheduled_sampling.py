@@ -1,4 +1,4 @@
-"""Scheduled sampling, two-pass form (METHODS.md section 2)."""
+"""Scheduled sampling, two-pass form (docs/scheduled_sampling.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""With objective="mle" our trainers train exactly as the stock Transformers trainers (METHODS.md section 1)."""
+"""With objective="mle" our trainers train exactly as the stock Transformers trainers (docs/mle.md)."""
 
 from __future__ import annotations
 

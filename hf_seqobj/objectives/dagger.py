@@ -1,4 +1,4 @@
-"""DAgger with dynamic oracles (Yang et al. 2024, arXiv 2406.09393): METHODS.md section 3.
+"""DAgger with dynamic oracles (Yang et al. 2024, arXiv 2406.09393); docs/dagger.md.
 
 One training step: roll in with the current model (the oracle's token replaces the model's with probability beta),
 relabel every position of the roll-in with the oracle, and run one teacher-forced forward/backward on the roll-in

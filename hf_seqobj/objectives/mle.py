@@ -1,4 +1,4 @@
-"""Teacher forcing (maximum likelihood): the default objective, the stock Trainer's loss."""
+"""Teacher forcing (maximum likelihood): the default objective, the stock Trainer's loss (docs/mle.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Scheduled sampling (Bengio et al. 2015), two-pass form for transformers: METHODS.md section 2.
+"""Scheduled sampling (Bengio et al. 2015), two-pass form for transformers (docs/scheduled_sampling.md).
 
 Pass 1 is teacher-forced and without gradient: it gives the model's prediction at every position (argmax, or a
 sample at `rollin_temperature`). Each gold input token is then replaced by the prediction for its position with

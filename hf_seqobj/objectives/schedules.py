@@ -1,7 +1,7 @@
 """Schedules of the on-policy objectives, as pure functions of the global step (so they survive resume).
 
-METHODS.md section 2 (scheduled sampling's probability of keeping the gold token) and section 3 (DAgger's oracle
-mixing probability beta).
+Scheduled sampling's probability of keeping the gold token (docs/scheduled_sampling.md) and DAgger's oracle mixing
+probability beta (docs/dagger.md).
 """
 
 from __future__ import annotations

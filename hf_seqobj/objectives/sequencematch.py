@@ -1,11 +1,11 @@
-"""SequenceMatch (Cundy & Ermon, arXiv 2306.05426): imitation with a backspace action, METHODS.md section 4.
+"""SequenceMatch (Cundy & Ermon, arXiv 2306.05426): imitation with a backspace action (docs/sequencematch.md).
 
 The logits are read as Q-values, Q(s, a) = l(a|s), with V(s) = logsumexp_a l(a|s) and the implied reward
 r(s, a, s') = l(a|s) - gamma V(s'). The loss is the chi^2-mixture divergence in the IQ-Learn form:
 
     L = - E_data[ r ] + E_mix[ V(s) - gamma V(s') ] + 1 / (4 alpha) E_mix[ r^2 ]
 
-Our exact form (the specification asks the code to document it):
+The exact form used here:
 
 - Each step t of a sequence (its t-th action, counting from 0) is weighted gamma^t, and the expectations are sums
   over steps divided by the normaliser N (the Trainer's `num_items_in_batch`, the gold-token count of the whole

@@ -1,4 +1,4 @@
-"""Dynamic oracles: the best next token given the gold output and any prefix (METHODS.md, section 3).
+"""Dynamic oracles: the best next token given the gold output and any prefix (docs/oracles.md).
 
 :func:`make_oracle` builds one by name (:data:`ORACLES`); :class:`Oracle` is the interface they share. This package
 imports nothing else from hf_seqobj except `hf_seqobj.rewards` (the shared token-id metrics) and

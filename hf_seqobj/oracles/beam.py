@@ -1,4 +1,4 @@
-"""Approximate dynamic oracles for BLEU and ROUGE by beam search over completions (METHODS.md, section 3).
+"""Approximate dynamic oracles for BLEU and ROUGE by beam search over completions (docs/oracles.md).
 
 Given the gold output y* and a prefix y_<t of a roll-in, the oracle looks for the completion z that maximises
 metric(y_<t + z, y*) and returns its first token as the label of position t. The metric is one of

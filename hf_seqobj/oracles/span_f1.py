@@ -1,4 +1,4 @@
-"""Exact dynamic oracles for span F1 on BIO tag sequences (METHODS.md, section 3).
+"""Exact dynamic oracles for span F1 on BIO tag sequences (docs/oracles.md).
 
 NER is done as generation: one tag per input word, so a prediction has exactly as many tags as the gold sequence.
 Given the gold tags `y*` (length n) and ANY predicted prefix `y_<t` (t < n), the oracle returns a next tag `a` with

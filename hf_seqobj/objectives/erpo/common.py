@@ -1,4 +1,4 @@
-"""What the ERPO family objectives share (METHODS.md section 5): random streams, target positions, reward gains.
+"""What the ERPO family objectives share: random streams, target positions, reward gains.
 
 The four objectives of the family (`raml`, `data_noising`, `spg`, `interpolation`; Tan et al. 2018, "Connecting the
 Dots Between MLE and RL for Sequence Generation") each build a new training batch from the gold batch with random

@@ -1,4 +1,4 @@
-"""Data noising (Xie et al. 2017, unigram noising), a point of the ERPO family: METHODS.md section 5.
+"""Data noising (Xie et al. 2017, unigram noising), a point of the ERPO family (docs/data_noising.md).
 
 Each target token is replaced, with probability gamma, by a draw from the unigram distribution of the training
 targets; optionally the source tokens too, from the unigram distribution of the training sources.

@@ -1,4 +1,4 @@
-"""The interpolation algorithm of the ERPO paper (Tan et al. 2018): METHODS.md section 5.
+"""The interpolation algorithm of the ERPO paper (Tan et al. 2018); docs/interpolation.md.
 
 At every decoding step the next token is drawn from one of three sources, with weights lambda = (self, gold,
 reward): a sample from the model, the gold token, or a reward-guided token. Training starts near teacher forcing

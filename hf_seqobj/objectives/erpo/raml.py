@@ -1,4 +1,4 @@
-"""Reward-augmented maximum likelihood (RAML; Norouzi et al. 2016), in the ERPO form: METHODS.md section 5.
+"""Reward-augmented maximum likelihood (RAML; Norouzi et al. 2016), in the ERPO form (docs/raml.md).
 
 In the ERPO framework (Tan et al. 2018) RAML is the point with the task reward, alpha -> 0 and beta = tau. As in the
 Texar example, each gold target y* gets K candidates (y* itself and K - 1 perturbed copies), weighted by

@@ -1,4 +1,4 @@
-"""Softmax policy gradient (SPG; Ding and Soricut 2017), a point of the ERPO family: METHODS.md section 5.
+"""Softmax policy gradient (SPG; Ding and Soricut 2017), a point of the ERPO family (docs/spg.md).
 
 In the ERPO framework SPG is the point alpha = 1, beta = 0: the targets are sampled from the model distribution
 reweighted by the exponentiated reward, q(y) proportional to p_theta(y | x) exp(W R(y, y*)), and the model is
