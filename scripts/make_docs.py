@@ -252,10 +252,16 @@ def accelerate_configs() -> list[str]:
     lines = ["| name | what it is | distributed type | processes | mixed precision |", "|---|---|---|---|---|"]
     for path in sorted(ACCELERATE_CONFIGS.glob("*.yaml")):
         text = path.read_text(encoding="utf-8")
-        comments = [line[1:].strip() for line in text.splitlines() if line.startswith("#")]
+        # the first sentence of the opening comment (up to an indented usage line or the first setting)
+        opening = []
+        for line in text.splitlines():
+            if not line.startswith("#") or line.startswith("#  "):
+                break
+            opening.append(line[1:].strip())
+        first = " ".join(opening).split(". ")[0].rstrip(".") + "." if opening else ""
         config = yaml.safe_load(text)
         lines.append(
-            f"| `{path.stem}` | {_cell(comments[0] if comments else '')} | `{config.get('distributed_type')}` | "
+            f"| `{path.stem}` | {_cell(first)} | `{config.get('distributed_type')}` | "
             f"{config.get('num_processes', '')} | `{config.get('mixed_precision', 'no')}` |"
         )
     return lines

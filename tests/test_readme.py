@@ -19,3 +19,14 @@ def test_ci_runs_the_readme_test_command():
     assert "hf-seqobj train configs/quickstart.yaml" in readme[0]
     assert ci == [readme[1]], "the test command in .ci/run differs from README.md's"
     assert "pytest" in readme[1]
+
+
+def test_the_main_job_shows_the_progress_bar():
+    """The README promises the Trainer's progress bar (not log dictionaries printed every few steps) for each run."""
+    from hf_seqobj.cli import expand_compare, load_yaml_config, parse_settings
+
+    path = ROOT / "configs" / "quickstart.yaml"
+    for name, config in expand_compare(load_yaml_config(path), str(path)).items():
+        training_args = parse_settings(config, [], str(path))[2]
+        assert not training_args.disable_tqdm, f"run {name!r} of the main job hides the progress bar"
+        assert training_args.logging_steps >= training_args.max_steps / 4, f"run {name!r} logs too often"
