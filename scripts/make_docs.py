@@ -83,8 +83,13 @@ def _cell(text: str) -> str:
     return "`".join(parts)
 
 
-def _type_name(annotation) -> str:
-    return annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+def _type_name(cls: type, field: dataclasses.Field) -> str:
+    """The field's annotation as written (`HfArgumentParser` replaces `field.type` by the evaluated type)."""
+    for klass in cls.__mro__:
+        annotation = klass.__dict__.get("__annotations__", {}).get(field.name)
+        if annotation is not None:
+            return annotation if isinstance(annotation, str) else inspect.formatannotation(annotation)
+    return field.type if isinstance(field.type, str) else inspect.formatannotation(field.type)
 
 
 def _default(field: dataclasses.Field) -> str:
@@ -97,13 +102,13 @@ def _default(field: dataclasses.Field) -> str:
     return f"`{value!r}`" if isinstance(value, str) else f"`{value}`"
 
 
-def _fields_table(fields: list[dataclasses.Field]) -> list[str]:
+def _fields_table(cls: type, fields: list[dataclasses.Field]) -> list[str]:
     lines = ["| setting | type | default | meaning |", "|---|---|---|---|"]
     for field in fields:
         help_text = _cell(field.metadata.get("help", ""))
         if not help_text:
             raise ValueError(f"The field {field.name!r} has no help text (metadata={{'help': ...}}).")
-        kind = _cell(_type_name(field.type))
+        kind = _cell(_type_name(cls, field))
         lines.append(f"| `{field.name}` | `{kind}` | {_cell(_default(field))} | {help_text} |")
     return lines
 
@@ -157,7 +162,7 @@ def settings(name: str) -> list[str]:
             lines.append("")
         lines.append(f"`{setting.__name__}` (`{setting.__module__}`{shared}):")
         lines.append("")
-        lines += _fields_table(list(dataclasses.fields(setting)))
+        lines += _fields_table(setting, list(dataclasses.fields(setting)))
     return lines
 
 
@@ -167,7 +172,7 @@ def fields(path: str, patterns: str) -> list[str]:
     chosen = [f for f in dataclasses.fields(cls) if any(fnmatch.fnmatchcase(f.name, p) for p in wanted)]
     if not chosen:
         raise ValueError(f"No field of {path} matches {patterns!r}.")
-    return _fields_table(chosen)
+    return _fields_table(cls, chosen)
 
 
 def logged(name: str) -> list[str]:

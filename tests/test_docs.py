@@ -45,12 +45,18 @@ def test_render_rewrites_only_the_blocks_and_names_bad_ones():
 def test_settings_tables_hold_every_field_with_its_default():
     import dataclasses
 
+    from transformers import HfArgumentParser
+
+    from hf_seqobj.trainers import SeqObjTrainingArguments
+
+    HfArgumentParser(SeqObjTrainingArguments)  # replaces the fields' string annotations by types: the same tables
     for name, cls in OBJECTIVES.items():
         table = "\n".join(make_docs.settings(name))
         for setting in cls.settings:
             for field in dataclasses.fields(setting):
                 assert f"| `{field.name}` |" in table, f"{name}: {field.name} missing from its settings table"
                 assert make_docs._default(field) in table
+    assert "| `interp_lambda` | `list[float]` |" in "\n".join(make_docs.settings("interpolation"))
 
 
 @pytest.mark.parametrize("name", sorted(OBJECTIVES))
