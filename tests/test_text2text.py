@@ -4,7 +4,6 @@ sequence-level objective trained on it end to end with tiny GPT-2, BART and T5 m
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import math
 import random
@@ -92,7 +91,7 @@ def test_data_errors_name_the_place(tmp_path):
         {"prompt": [{"role": "user", "content": "Hi"}], "completion": [{"role": "assistant", "content": "Hey"}]},
     ]
     chat.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    with pytest.raises(ValueError, match=r"chat\.jsonl', row 1: column 'prompt' holds \[\{"):
+    with pytest.raises(ValueError, match=r"chat\.jsonl:2: column 'prompt' holds \[\{"):
         get_task(DataArguments(task="text2text", train_file=str(chat))).load()
     with pytest.raises(ValueError, match=r"text2text files must end in \.jsonl, \.json or \.csv, not \.txt"):
         get_task(DataArguments(task="text2text", train_file=str(tmp_path / "d.txt"))).load()
@@ -218,21 +217,17 @@ def test_samsum_config_trains_a_few_steps(tmp_path):
         "use_cpu": "true",
         "disable_tqdm": "true",
     }
-    if "skip_invalid_examples" in {field.name for field in dataclasses.fields(DataArguments)}:
-        assert config.get("skip_invalid_examples") is True, "SAMSum's train split holds an empty dialogue"
-        flags["train_file"] = str(SHARED_DATA / "samsum" / "train.jsonl")
-    else:
-        # Without skip_invalid_examples the empty dialogue of the train split (row 6054) is an error: train on
-        # validation instead.
-        full = DataArguments(
-            task="text2text",
-            train_file=str(SHARED_DATA / "samsum" / "train.jsonl"),
-            source_column="dialogue",
-            target_column="summary",
-        )
-        with pytest.raises(ValueError, match=r"row 6054: column 'dialogue' holds ''"):
-            get_task(full).load()
-        flags["train_file"] = flags["validation_file"]
+    # SAMSum's train split holds one empty dialogue (line 6055): an error unless the config skips it
+    assert config["skip_invalid_examples"] is True
+    strict = DataArguments(
+        task="text2text",
+        train_file=str(SHARED_DATA / "samsum" / "train.jsonl"),
+        source_column="dialogue",
+        target_column="summary",
+    )
+    with pytest.raises(ValueError, match=r"train\.jsonl:6055: column 'dialogue' holds ''"):
+        get_task(strict).load()
+    flags["train_file"] = str(SHARED_DATA / "samsum" / "train.jsonl")
     argv = [item for key, value in flags.items() for item in (f"--{key}", value)]
     assert main(["train", str(SAMSUM_CONFIG), *argv]) == 0
     results = json.loads((tmp_path / "out" / "test_results.json").read_text())
