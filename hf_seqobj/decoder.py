@@ -36,8 +36,7 @@ from transformers.cache_utils import DynamicLayer
 from transformers.generation.configuration_utils import CompileConfig
 from transformers.masking_utils import create_bidirectional_mask
 
-
-IGNORE_INDEX = -100
+from hf_seqobj.constants import IGNORE_INDEX
 
 
 __all__ = [
@@ -182,7 +181,7 @@ def choose_next_tokens(
 
 @dataclass
 class OracleMixing:
-    """DAgger's mixture policy: at every step, with probability `beta` per row, the oracle's token replaces the model's.
+    """DAgger's mixture policy: at every step, with probability `beta` per row, the oracle's token is taken.
 
     Called once per decoding step with the tokens generated so far; returns the tokens to force ([B], -100 where the
     model's token stays). Each step draws one uniform number per row of the GLOBAL batch from `generator` (seeded
@@ -373,7 +372,7 @@ def decode(
         limits = limits.expand(batch)
     if limits.shape != (batch,) or bool((limits < 0).any()):
         raise ValueError(f"max_new_tokens must be an int >= 0 or [B] = [{batch}] ints >= 0, got {max_new_tokens!r}.")
-    steps_budget = int(limits.max()) if batch else 0
+    steps_budget = local_budget = int(limits.max()) if batch else 0
     if synced_gpus:
         steps_budget = _global_max(steps_budget, device)
     eos = None
@@ -435,7 +434,7 @@ def decode(
             if iterations > 0:  # the forward pass of the tokens chosen last (every rank runs it under synced_gpus)
                 if compact and not done and active.numel() > 1:
                     still = ~finished[active]
-                    if int(still.sum()) <= active.numel() * 3 // 4:  # a quarter or more have finished: drop them
+                    if 0 < int(still.sum()) <= active.numel() * 3 // 4:  # a quarter or more have finished: drop them
                         keep = still.nonzero().flatten()
                         active = active[keep]
                         _select_rows(cache, state, keep, encoder_decoder)
@@ -473,5 +472,5 @@ def decode(
                 finished = finished | torch.isin(chosen, eos)
                 done = bool(finished.all())
             else:
-                done = column >= steps_budget
+                done = column >= local_budget
     return Decoded(tokens=tokens, steps=iterations)
