@@ -21,10 +21,12 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
+from hf_seqobj.constants import IGNORE_INDEX
+from hf_seqobj.decoder import OracleMixing
+from hf_seqobj.generation import split_prompts
 from hf_seqobj.oracles import Oracle
 from hf_seqobj.rollin import (
-    IGNORE_INDEX,
-    OracleMixingProcessor,
+    RollIn,
     check_rollin,
     generate_rollin,
     reference_targets,
@@ -75,6 +77,10 @@ class DAggerRelabeler:
             accumulation makes the same update as one big batch).
         pad_token_id: Padding of generated rows; None: the model config's.
         eos_token_id: None: the model config's.
+        fixed_length: Decode exactly each row's limit of tokens with no EOS checks (see
+            :func:`hf_seqobj.decoder.decode`); the roll-ins are the same.
+        static_cache: Decode with a static KV cache (GPU).
+        compile: Compile the decode step (GPU; needs `static_cache`).
     """
 
     def __init__(
@@ -86,10 +92,15 @@ class DAggerRelabeler:
         max_new_tokens: int | None = None,
         pad_token_id: int | None = None,
         eos_token_id: int | None = None,
+        fixed_length: bool = False,
+        static_cache: bool = False,
+        compile: bool = False,
     ):
         check_rollin(rollin, temperature)
         if max_new_tokens is not None and max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be None or >= 1, got {max_new_tokens}.")
+        if compile and not static_cache:
+            raise ValueError("compile=True needs static_cache=True (the compiled decode step needs fixed shapes).")
         self.oracle = oracle
         self.rollin = rollin
         self.temperature = temperature
@@ -97,6 +108,9 @@ class DAggerRelabeler:
         self.max_new_tokens = max_new_tokens
         self.pad_token_id = pad_token_id
         self.eos_token_id = eos_token_id
+        self.fixed_length = fixed_length
+        self.static_cache = static_cache
+        self.compile = compile
 
     def __call__(
         self,
@@ -108,6 +122,7 @@ class DAggerRelabeler:
         checkpointing_kwargs: dict | None = None,
         row_offset: int = 0,
         global_rows: int | None = None,
+        rollin_rows: torch.Tensor | None = None,
     ) -> tuple[dict[str, torch.Tensor], RelabelStats]:
         """Returns `(training batch on the roll-in, stats)`.
 
@@ -118,45 +133,108 @@ class DAggerRelabeler:
             generator: Source of the beta draws.
             accelerator: The trainer's accelerator (unwrapping for generation).
             checkpointing_kwargs: Passed back when gradient checkpointing is restored after generation.
-            row_offset, global_rows: Where this batch sits in the global batch (see `OracleMixingProcessor`).
+            row_offset, global_rows: Where this batch sits in the global batch (see
+                :class:`~hf_seqobj.decoder.OracleMixing`).
+            rollin_rows: [B] bool, the rows that roll in; the others keep their gold output and labels (teacher
+                forcing) in the same training batch. None: every row.
         """
         if not 0.0 <= beta <= 1.0:
             raise ValueError(f"beta must be in [0, 1], got {beta}.")
         unwrapped = accelerator.unwrap_model(model) if accelerator is not None else model
         config = unwrapped.config
         encoder_decoder = bool(config.is_encoder_decoder)
+        start_token = getattr(config, "decoder_start_token_id", None)
         references = reference_targets(batch, encoder_decoder)
+        gold_lengths = (references != IGNORE_INDEX).sum(1)
         if self.max_new_tokens is None:
-            limits = (references != IGNORE_INDEX).sum(1).clamp(min=1)
+            limits = gold_lengths.clamp(min=1)
         else:
             limits = torch.full_like(references[:, 0], self.max_new_tokens)
-        max_new = int(limits.max())
-        generation_config = rollin_generation_config(
-            unwrapped, max(max_new, 1), self.rollin, self.temperature, self.pad_token_id, self.eos_token_id
-        )
+        rows = None
+        if rollin_rows is not None:
+            rollin_rows = rollin_rows.to(references.device).bool()
+            if rollin_rows.shape != limits.shape:
+                raise ValueError(f"rollin_rows has shape {tuple(rollin_rows.shape)}; accepted: [B] = [{len(limits)}].")
+            if bool(rollin_rows.all()):
+                rollin_rows = None
+            else:
+                rows = rollin_rows.nonzero().flatten()
+        sub = batch if rows is None else {k: v[rows] if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        sub_references = references if rows is None else references[rows]
+        sub_limits = limits if rows is None else limits[rows]
         timed = _TimedOracle(self.oracle)
-        processor = None
-        if beta > 0:
-            processor = OracleMixingProcessor(timed, references, 0, beta, generator, row_offset, global_rows)
+        rollin, generated, labels = None, 0.0, None
+        if rows is None or rows.numel() > 0:
+            generation_config = rollin_generation_config(
+                unwrapped,
+                max(int(sub_limits.max()), 1),
+                self.rollin,
+                self.temperature,
+                self.pad_token_id,
+                self.eos_token_id,
+            )
+            mixing = None
+            if beta > 0:
+                mixing = OracleMixing(timed, sub_references, beta, generator, row_offset, global_rows, rows)
+            start = time.perf_counter()
+            rollin = generate_rollin(
+                model,
+                sub,
+                generation_config,
+                accelerator,
+                self.dropout,
+                checkpointing_kwargs,
+                limits=sub_limits,
+                mixing=mixing,
+                fixed_length=self.fixed_length,
+                static_cache=self.static_cache,
+                compile=self.compile,
+            )
+            generated = time.perf_counter() - start
         start = time.perf_counter()
-        rollin = generate_rollin(
-            model, batch, generation_config, accelerator, self.dropout, processor, checkpointing_kwargs
-        )
-        generated = time.perf_counter() - start
-        rollin = rollin.cut(limits)
-        start = time.perf_counter()
-        labels = self.oracle(rollin.tokens, references)
-        position = torch.arange(labels.shape[1], device=labels.device)[None, :]
-        labels = labels.masked_fill(position >= rollin.lengths[:, None], IGNORE_INDEX)
+        if rollin is not None:
+            labels = self.oracle(rollin.tokens, sub_references)
+            position = torch.arange(labels.shape[1], device=labels.device)[None, :]
+            labels = labels.masked_fill(position >= rollin.lengths[:, None], IGNORE_INDEX)
         oracle_seconds = time.perf_counter() - start + timed.seconds
-        train_batch = rollin_training_batch(batch, rollin, labels, getattr(config, "decoder_start_token_id", None))
         stats = RelabelStats(
-            rollin_length=float(rollin.lengths.float().mean()),
-            forced_fraction=rollin.forced / max(rollin.steps, 1),
-            labelled=int((labels != IGNORE_INDEX).sum()),
+            rollin_length=float(rollin.lengths.float().mean()) if rollin is not None else 0.0,
+            forced_fraction=rollin.forced / max(rollin.steps, 1) if rollin is not None else 0.0,
+            labelled=int((labels != IGNORE_INDEX).sum()) if labels is not None else 0,
             seconds={"rollin": generated - timed.seconds, "oracle": oracle_seconds},
         )
+        if rows is not None:  # the other rows keep their gold outputs and labels
+            rollin, labels = self._with_gold_rows(batch, references, gold_lengths, rows, rollin, labels, config)
+        train_batch = rollin_training_batch(batch, rollin, labels, start_token)
         return train_batch, stats
+
+    def _with_gold_rows(self, batch, references, gold_lengths, rows, rollin, labels, config):
+        """The roll-in of every row of `batch`: rows `rows` from `rollin`, the others their gold outputs."""
+        pad = self.pad_token_id if self.pad_token_id is not None else config.pad_token_id
+        width = max(references.shape[1], rollin.tokens.shape[1] if rollin is not None else 0)
+        gold = torch.nn.functional.pad(references, (0, width - references.shape[1]), value=IGNORE_INDEX)
+        tokens = gold.masked_fill(gold == IGNORE_INDEX, pad)
+        full_labels = gold.clone()
+        lengths = gold_lengths.clone()
+        if rollin is not None:
+            tokens[rows] = pad
+            tokens[rows, : rollin.tokens.shape[1]] = rollin.tokens
+            full_labels[rows] = IGNORE_INDEX
+            full_labels[rows, : labels.shape[1]] = labels
+            lengths[rows] = rollin.lengths
+        prompt_ids = prompt_mask = None
+        if not bool(config.is_encoder_decoder):
+            prompt_ids, prompt_mask = split_prompts(batch["input_ids"], batch["labels"], pad)
+        combined = RollIn(
+            tokens=tokens,
+            lengths=lengths,
+            prompt_ids=prompt_ids,
+            prompt_mask=prompt_mask,
+            forced=rollin.forced if rollin is not None else 0,
+            steps=rollin.steps if rollin is not None else 0,
+            pad_token_id=pad,
+        )
+        return combined, full_labels
 
 
 class DAggerDataCollator:

@@ -196,6 +196,8 @@ class OracleMixing:
         generator: The source of the mixing draws.
         row_offset: Index of this batch's first row in the global batch.
         global_rows: Rows of the global batch; None: this batch's rows.
+        rows: [B] where each decoded row sits in its batch (when only some rows of a batch are decoded): the global
+            index of row i is `row_offset + rows[i]`; None: `0 .. B - 1`.
 
     Attributes:
         forced: Tokens the oracle replaced so far.
@@ -208,14 +210,17 @@ class OracleMixing:
     generator: torch.Generator | None = None
     row_offset: int = 0
     global_rows: int | None = None
+    rows: torch.Tensor | None = None
     forced: int = 0
     steps: int = 0
 
     def __call__(self, prefix: torch.Tensor) -> torch.Tensor | None:
         batch = prefix.shape[0]
         device = self.generator.device if self.generator is not None else prefix.device
-        rows = max(self.global_rows or batch, self.row_offset + batch)
-        draws = torch.rand(rows, generator=self.generator, device=device)[self.row_offset : self.row_offset + batch]
+        index = torch.arange(batch) if self.rows is None else self.rows.cpu()
+        index = index + self.row_offset
+        total = max(self.global_rows or batch, int(index.max()) + 1 if batch else 0)
+        draws = torch.rand(total, generator=self.generator, device=device)[index.to(device)]
         mix = draws.to(prefix.device) < self.beta
         self.steps += batch
         if not bool(mix.any()):

@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, PreTrainedModel
+from transformers import GenerationConfig, PreTrainedModel
 
 from hf_seqobj.constants import IGNORE_INDEX
+from hf_seqobj.decoder import OracleMixing, decode
 from hf_seqobj.generation import gather_targets, split_prompts
 
 
@@ -134,79 +135,6 @@ def unwrap_for_generation(model: torch.nn.Module, accelerator) -> Iterator[tuple
     yield unwrapped, multi and distributed == DistributedType.FSDP
 
 
-@contextlib.contextmanager
-def blank_generation_defaults(model: torch.nn.Module) -> Iterator[None]:
-    """Gives the model a blank `generation_config` for the duration (restored on exit).
-
-    `generate` fills every setting that the explicit GenerationConfig of a roll-in leaves None from the model's own
-    `generation_config`: a checkpoint's `forced_eos_token_id` (BART's default), `no_repeat_ngram_size`,
-    `min_length` and the like would otherwise alter the logits the roll-in samples from.
-    """
-    saved = model.generation_config
-    model.generation_config = GenerationConfig()
-    try:
-        yield
-    finally:
-        model.generation_config = saved
-
-
-class OracleMixingProcessor(LogitsProcessor):
-    """Forces the oracle's token at a generation step with probability `beta` per row (DAgger's mixture policy).
-
-    Args:
-        oracle: Has `next_token(prefix_ids [B, t], prefix_lengths [B], reference_ids) -> [B]` (-100: no label).
-        reference_ids: [B, M] gold outputs, passed to the oracle.
-        prompt_width: How many leading columns of generate's `input_ids` are not roll-in tokens (the left-padded
-            prompt of a decoder-only model, or 1 for an encoder-decoder's decoder start token).
-        beta: Probability, per row and step, that the oracle's token replaces the model's.
-        generator: The source of the mixing draws (seeded identically on every rank).
-        row_offset: Index of this batch's first row in the global batch (process index x local batch size).
-        global_rows: Rows of the global batch (all processes); None: this batch's rows. Each step draws one
-            number per global row and uses this batch's slice, so that a row's draws do not depend on how the
-            global batch is split over processes.
-    """
-
-    def __init__(
-        self,
-        oracle,
-        reference_ids: torch.Tensor,
-        prompt_width: int,
-        beta: float,
-        generator=None,
-        row_offset: int = 0,
-        global_rows: int | None = None,
-    ):
-        self.oracle = oracle
-        self.reference_ids = reference_ids
-        self.prompt_width = prompt_width
-        self.beta = beta
-        self.generator = generator
-        self.row_offset = row_offset
-        self.global_rows = global_rows
-        self.forced = 0
-        self.steps = 0
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        batch = input_ids.shape[0]
-        device = self.generator.device if self.generator is not None else scores.device
-        rows = max(self.global_rows or batch, self.row_offset + batch)
-        draws = torch.rand(rows, generator=self.generator, device=device)[self.row_offset : self.row_offset + batch]
-        mix = draws.to(scores.device) < self.beta
-        self.steps += batch
-        if not bool(mix.any()):
-            return scores
-        prefix = input_ids[:, self.prompt_width :]
-        lengths = torch.full((batch,), prefix.shape[1], dtype=torch.long, device=prefix.device)
-        labels = self.oracle.next_token(prefix, lengths, self.reference_ids)
-        force = mix & (labels != IGNORE_INDEX)
-        if bool(force.any()):
-            forced_scores = torch.full_like(scores, float("-inf"))
-            forced_scores.scatter_(1, labels.clamp(min=0)[:, None], 0.0)
-            scores = torch.where(force[:, None], forced_scores, scores)
-            self.forced += int(force.sum())
-        return scores
-
-
 @dataclass
 class RollIn:
     """A batch of roll-ins: the generated tokens and where they sit.
@@ -257,61 +185,89 @@ def generate_rollin(
     generation_config: GenerationConfig,
     accelerator=None,
     dropout: bool = False,
-    logits_processor: LogitsProcessor | None = None,
     checkpointing_kwargs: dict | None = None,
+    *,
+    limits: torch.Tensor | None = None,
+    mixing: OracleMixing | None = None,
+    choose: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    fixed_length: bool = False,
+    static_cache: bool = False,
+    compile: bool = False,
 ) -> RollIn:
     """Rolls in with the current model on a padded training batch (prompts continue for decoder-only models).
+
+    Decoding is :func:`hf_seqobj.decoder.decode` (the tokens `generate` would give, at a lower cost per step), with
+    the model unwrapped, its parameters gathered under ZeRO-3, every rank stepping in lockstep under ZeRO-3 / FSDP,
+    gradient checkpointing off and dropout as asked. Only the explicit settings are used: a checkpoint's own
+    `generation_config` never enters a roll-in.
 
     Args:
         model: The (possibly wrapped) model being trained.
         inputs: The batch as the collator made it: `input_ids`, `attention_mask`, `labels` (decoder-only examples
             are prompt + target with -100 on the prompt; encoder-decoder examples have the source in `input_ids`).
-        generation_config: Explicit settings (see :func:`rollin_generation_config`).
+        generation_config: Explicit settings (see :func:`rollin_generation_config`): `max_new_tokens`, `do_sample`,
+            `temperature`, `top_k`, `top_p`, the pad, EOS and decoder start tokens.
         accelerator: The trainer's accelerator, to unwrap the model; None for a bare model.
         dropout: Generate in training mode (dropout on) instead of eval mode.
-        logits_processor: For instance an :class:`OracleMixingProcessor`; its `prompt_width` is set here.
         checkpointing_kwargs: The trainer's `gradient_checkpointing_kwargs`, to restore checkpointing with.
+        limits: [B] the most tokens of each row (a row that reaches its limit stops there); default
+            `max_new_tokens` for every row.
+        mixing: DAgger's oracle mixing (:class:`hf_seqobj.decoder.OracleMixing`).
+        choose: A token choice of the caller's, `choose(prefix [B, t], logits [B, V]) -> [B]` (the ERPO samplers).
+        fixed_length: Decode exactly `limits` tokens per row, with no EOS checks (the roll-in is still cut at each
+            row's first EOS, so it is the same).
+        static_cache: A static KV cache (GPU).
+        compile: Compile the decode step (GPU; needs `static_cache`).
 
     Returns:
-        A :class:`RollIn` (no gradient flows through it).
+        A :class:`RollIn` (no gradient flows through it), each row cut after its first EOS and at its limit.
     """
+    config = generation_config
+    eos = config.eos_token_id
     with unwrap_for_generation(model, accelerator) as (unwrapped, synced_gpus):
-        encoder_decoder = bool(unwrapped.config.is_encoder_decoder)
+        model_config = unwrapped.config
+        encoder_decoder = bool(model_config.is_encoder_decoder)
         if encoder_decoder:
             prompt_ids, prompt_mask = None, None
-            generate_inputs = {"input_ids": inputs["input_ids"], "attention_mask": inputs.get("attention_mask")}
-            width = 1
+            ids, mask = inputs["input_ids"], inputs.get("attention_mask")
         else:
-            prompt_ids, prompt_mask = split_prompts(
-                inputs["input_ids"], inputs["labels"], generation_config.pad_token_id
-            )
-            generate_inputs = {"input_ids": prompt_ids, "attention_mask": prompt_mask}
-            width = prompt_ids.shape[1]
-        processors = LogitsProcessorList()
-        if logits_processor is not None:
-            logits_processor.prompt_width = width
-            processors.append(logits_processor)
-        with (
-            generation_mode(unwrapped, dropout, checkpointing_kwargs),
-            blank_generation_defaults(unwrapped),
-            torch.no_grad(),
-        ):
-            generated = unwrapped.generate(
-                **generate_inputs,
-                generation_config=generation_config,
-                logits_processor=processors,
+            prompt_ids, prompt_mask = split_prompts(inputs["input_ids"], inputs["labels"], config.pad_token_id)
+            ids, mask = prompt_ids, prompt_mask
+        if limits is None:
+            limits = torch.full((ids.shape[0],), int(config.max_new_tokens), dtype=torch.long, device=ids.device)
+        start = config.decoder_start_token_id
+        if start is None:
+            start = getattr(model_config, "decoder_start_token_id", None)
+        with generation_mode(unwrapped, dropout, checkpointing_kwargs):
+            decoded = decode(
+                unwrapped,
+                ids,
+                mask,
+                max_new_tokens=limits,
+                eos_token_id=eos,
+                pad_token_id=config.pad_token_id,
+                decoder_start_token_id=start,
+                sample=bool(config.do_sample),
+                temperature=config.temperature if config.do_sample and config.temperature is not None else 1.0,
+                top_k=(config.top_k or 0) if config.do_sample else 0,
+                top_p=config.top_p if config.do_sample and config.top_p is not None else 1.0,
+                mixing=mixing,
+                choose=choose,
+                fixed_length=fixed_length,
                 synced_gpus=synced_gpus,
+                static_cache=static_cache,
+                compile=compile,
             )
-    tokens = generated[:, width:]
-    lengths = first_eos_lengths(tokens, generation_config.eos_token_id)
+    tokens = decoded.tokens
+    lengths = torch.minimum(first_eos_lengths(tokens, eos), limits.to(tokens.device))
     rollin = RollIn(
         tokens=tokens,
         lengths=lengths,
         prompt_ids=prompt_ids,
         prompt_mask=prompt_mask,
-        forced=getattr(logits_processor, "forced", 0),
-        steps=getattr(logits_processor, "steps", 0),
-        pad_token_id=generation_config.pad_token_id,
+        forced=getattr(mixing, "forced", 0),
+        steps=getattr(mixing, "steps", 0),
+        pad_token_id=config.pad_token_id,
     )
     return rollin.cut(lengths)  # everything after a row's first EOS becomes padding
 
@@ -379,6 +335,30 @@ class RollinArguments:
         },
     )
 
+    rollin_fixed_length: bool = field(
+        default=False,
+        metadata={
+            "help": "Roll in exactly as many tokens as each example's gold output has, with no EOS checks while "
+            "decoding: for tasks whose output length is known (NER: one tag per word, then EOS). The roll-ins are the "
+            "same (each is still cut at its first EOS); it saves a host synchronisation per step on a GPU."
+        },
+    )
+    rollin_static_cache: bool = field(
+        default=False,
+        metadata={"help": "Decode roll-ins with a static (fixed-shape) KV cache; for rollin_compile on a GPU."},
+    )
+    rollin_compile: bool = field(
+        default=False,
+        metadata={
+            "help": "Compile the one-token decode step of roll-ins with torch.compile (needs rollin_static_cache; "
+            "pays on a GPU, after a compilation of a minute or more)."
+        },
+    )
+
     def validate(self) -> None:
         """Raises `ValueError` naming the first setting whose value is not accepted."""
         check_rollin(self.rollin, self.rollin_temperature)
+        if self.rollin_compile and not self.rollin_static_cache:
+            raise ValueError(
+                "rollin_compile=True needs rollin_static_cache=True (the compiled step needs fixed shapes)."
+            )

@@ -224,19 +224,16 @@ def test_rollin_ignores_the_checkpoint_generation_config_and_switches_checkpoint
     model.generation_config.max_length = 2
     model.activation_checkpointing_enable()
     model.train()
-    seen = {}
-    generate = model.generate
+    seen = []
 
-    def spy(*args, **kwargs):
-        seen["checkpointing"] = model.is_activation_checkpointing
-        seen["use_cache"] = model.config.use_cache
-        seen["training"] = model.training
-        return generate(*args, **kwargs)
+    def spy(module, args, kwargs):  # every forward pass of the roll-in decoder
+        seen.append((model.is_activation_checkpointing, kwargs.get("use_cache"), model.training))
 
-    model.generate = spy
+    handle = model.register_forward_pre_hook(spy, with_kwargs=True)
     batch = next(iter(trainer.get_train_dataloader()))
     relabelled, _ = DAggerRelabeler(make_oracle("span_f1", trainer.processing_class))(model, batch, beta=1.0)
-    assert seen == {"checkpointing": False, "use_cache": True, "training": False}
+    handle.remove()
+    assert len(seen) > 1 and set(seen) == {(False, True, False)}
     assert model.is_activation_checkpointing and model.training
     width = relabelled["labels"].shape[1]
     assert torch.equal(relabelled["labels"], batch["labels"][:, :width]), "a checkpoint setting leaked in"
@@ -291,3 +288,68 @@ def test_model_rollin_is_not_changed_by_the_checkpoint_generation_config(make_tr
         assert any(
             len(set(row[: int(n)].tolist())) < int(n) for row, n in zip(clean.tokens, clean.lengths, strict=True)
         )
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "bart"])
+def test_rows_that_do_not_roll_in_are_teacher_forced_in_the_same_batch(arch, make_trainer):
+    trainer = make_trainer(arch, dropout=False, objective="dagger")
+    model = trainer.model.eval()
+    batch = next(iter(trainer.get_train_dataloader()))
+    relabeler = DAggerRelabeler(make_oracle("span_f1", trainer.processing_class))
+    full, _ = relabeler(model, batch)
+    rows = torch.tensor([True, False, True, True, False, False, True, False])
+    mixed, stats = relabeler(model, batch, rollin_rows=rows)
+    none, _ = relabeler(model, batch, rollin_rows=torch.zeros(8, dtype=torch.bool))
+    with torch.no_grad():
+        gold_loss = model(**batch).loss
+        assert torch.allclose(model(**none).loss, gold_loss, atol=1e-5), "no roll-in rows: teacher forcing"
+    for key in ("labels", "decoder_input_ids") if arch == "bart" else ("labels",):
+        width = min(full[key].shape[1], mixed[key].shape[1])
+        assert torch.equal(mixed[key][rows, :width], full[key][rows, :width]), key
+    if arch == "bart":  # the other rows: the gold labels and the gold decoder inputs
+        width = mixed["labels"].shape[1]
+        gold = torch.nn.functional.pad(batch["labels"], (0, max(0, width - batch["labels"].shape[1])), value=-100)
+        assert torch.equal(mixed["labels"][~rows], gold[~rows, :width])
+    else:  # the other rows' labelled tokens are their gold targets, after the same prompt
+        for row in (~rows).nonzero().flatten().tolist():
+            assert mixed["labels"][row][mixed["labels"][row] != -100].tolist() == (
+                batch["labels"][row][batch["labels"][row] != -100].tolist()
+            )
+    assert stats.rollin_length > 0
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "bart"])
+def test_rollin_fraction_with_accumulation_makes_the_update_of_one_big_batch(arch, make_trainer):
+    common = dict(
+        dropout=False, objective="dagger", dagger_beta=0.0, max_steps=2, rollin="greedy", rollin_fraction=0.5
+    )
+    big = make_trainer(arch, "big", per_device_train_batch_size=8, gradient_accumulation_steps=1, **common)
+    small = make_trainer(arch, "small", per_device_train_batch_size=4, gradient_accumulation_steps=2, **common)
+    big.train()
+    small.train()
+    fractions = [entry["rollin_fraction"] for entry in big.state.log_history if "rollin_fraction" in entry]
+    assert len(fractions) == 2 and all(0.0 < value < 1.0 for value in fractions), fractions
+    for name, value in parameters(big.model).items():
+        torch.testing.assert_close(parameters(small.model)[name], value, atol=2e-5, rtol=1e-4, msg=name)
+
+
+def test_rollin_fraction_resumes_exactly(make_trainer, tmp_path):
+    common = dict(dropout=False, objective="dagger", dagger_beta=0.5, max_steps=4, rollin_fraction=0.5)
+    full = make_trainer("bart", "full", **common)
+    full.train()
+    first = make_trainer("bart", "parts", save_strategy="steps", save_steps=2, **common)
+    first.train()
+    resumed = make_trainer("bart", "parts", save_strategy="steps", save_steps=2, **common)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "parts" / "checkpoint-2"))
+    for name, value in parameters(full.model).items():
+        torch.testing.assert_close(parameters(resumed.model)[name], value, atol=1e-6, rtol=0, msg=name)
+
+
+def test_rollin_settings_are_checked(tmp_path):
+    from hf_seqobj import SeqObjSeq2SeqTrainingArguments
+
+    for key, value, pattern in [("rollin_fraction", 0.0, "rollin_fraction"), ("rollin_fraction", 1.5, "1.5")]:
+        with pytest.raises(ValueError, match=pattern):
+            SeqObjSeq2SeqTrainingArguments(output_dir=str(tmp_path), objective="dagger", **{key: value})
+    with pytest.raises(ValueError, match="rollin_static_cache"):
+        SeqObjSeq2SeqTrainingArguments(output_dir=str(tmp_path), objective="dagger", rollin_compile=True)

@@ -41,6 +41,7 @@ def _train(checkpoint: str, out: Path, objective: str, processes: int, global_ba
     [
         ("mle", []),
         ("dagger", ["dagger_beta=0.5", 'dagger_beta_schedule="constant"']),
+        ("dagger", ["dagger_beta=0.5", 'dagger_beta_schedule="constant"', "rollin_fraction=0.5"]),
         ("scheduled_sampling", ['ss_schedule="linear"', "ss_k=0.0"]),
         # backspace noise on (draws keyed by global row), SequenceMatch from step 1 with fresh greedy roll-ins
         ("sequencematch", ["sm_noise_prob=0.3", "sm_bc_steps=1", "sm_bc_anneal_steps=1", "sm_max_new_tokens=10"]),

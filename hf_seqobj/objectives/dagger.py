@@ -10,9 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+import torch
+
 from hf_seqobj.collators import DAggerRelabeler
 from hf_seqobj.constants import IGNORE_INDEX
-from hf_seqobj.objectives.base import Objective, register_objective
+from hf_seqobj.objectives.base import Objective, register_objective, row_generators
 from hf_seqobj.objectives.schedules import BETA_SCHEDULES, dagger_beta
 from hf_seqobj.oracles import ORACLES, make_oracle
 from hf_seqobj.rollin import RollinArguments, predicted_tokens
@@ -74,6 +76,15 @@ class DAggerArguments:
     dagger_warmup_steps: int = field(
         default=0, metadata={"help": "Steps of plain teacher forcing before the first roll-in."}
     )
+    rollin_fraction: float = field(
+        default=1.0,
+        metadata={
+            "help": "The expected fraction of examples that roll in, in (0, 1]; the others train by teacher forcing "
+            "(gold inputs and labels) in the same forward pass. Each example rolls in with this probability, drawn "
+            "from its own random stream (seed, global step, index in the global batch), so gradient accumulation, "
+            "several processes and resumed runs choose the same examples. Fewer roll-ins make a cheaper step."
+        },
+    )
 
     def validate(self) -> None:
         """Raises `ValueError` naming the first setting whose value is not accepted."""
@@ -93,6 +104,8 @@ class DAggerArguments:
             raise ValueError(f"dagger_beta_decay must be in (0, 1], got {self.dagger_beta_decay}.")
         if self.dagger_warmup_steps < 0:
             raise ValueError(f"dagger_warmup_steps must be >= 0, got {self.dagger_warmup_steps}.")
+        if not 0.0 < self.rollin_fraction <= 1.0:
+            raise ValueError(f"rollin_fraction must be in (0, 1], got {self.rollin_fraction}.")
 
 
 @register_objective(
@@ -129,6 +142,9 @@ class DAggerObjective(Objective):
             dropout=args.rollin_dropout,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
+            fixed_length=args.rollin_fixed_length,
+            static_cache=args.rollin_static_cache,
+            compile=args.rollin_compile,
         )
 
     def beta(self) -> float:
@@ -153,6 +169,13 @@ class DAggerObjective(Objective):
         device = inputs["input_ids"].device
         local_rows = inputs["input_ids"].shape[0]
         processes = trainer.accelerator.num_processes
+        rollin_rows = None
+        if trainer.args.rollin_fraction < 1.0:  # each example's own draw, the same in any batch split
+            draws = torch.cat(
+                [torch.rand(1, generator=g, dtype=torch.float64) for g in row_generators(self, local_rows)]
+            )
+            rollin_rows = (draws < trainer.args.rollin_fraction).to(device)
+            self.record_metric("rollin_fraction", rollin_rows.float().mean())
         batch, stats = self.relabeler(
             model,
             inputs,
@@ -162,6 +185,7 @@ class DAggerObjective(Objective):
             checkpointing_kwargs=trainer.args.gradient_checkpointing_kwargs,
             row_offset=trainer.accelerator.process_index * local_rows,
             global_rows=processes * local_rows,
+            rollin_rows=rollin_rows,
         )
         self._step_seconds["rollin"] += stats.seconds["rollin"]
         self._step_seconds["oracle"] += stats.seconds["oracle"]
@@ -170,6 +194,8 @@ class DAggerObjective(Objective):
         encoder_decoder = "decoder_input_ids" in batch
         predicted = predicted_tokens(outputs.logits.detach(), encoder_decoder)
         labelled = labels != IGNORE_INDEX
+        if rollin_rows is not None:  # the agreement of the roll-in rows only
+            labelled &= rollin_rows[:, None]
         agreement = (predicted == labels)[labelled].float().mean() if labelled.any() else 1.0
         self.record_metric("dagger_beta", beta)
         self.record_metric("rollin_length", stats.rollin_length)

@@ -13,9 +13,8 @@ draws, and train on it with a token cross-entropy. This module holds the pieces 
   decoder-only (prompt + target, -100 on the prompt) and encoder-decoder batches alike.
 - :class:`RewardGains`: the reward gain R(prefix + w) - R(prefix) of every candidate next token w of a batch of
   growing prefixes, from the incremental n-gram statistics of :mod:`hf_seqobj.rewards`.
-- :class:`TokenChoiceProcessor`: a `LogitsProcessor` that chooses every next token of a roll-in itself (with the
-  row streams) and forces it, so that `generate` (run greedy) produces the sampled sequence.
-- :func:`sampled_rollin`: the roll-in with such a processor and its teacher-forced training batch.
+- :func:`sampled_rollin`: a roll-in whose every next token a `choose(prefix, logits)` function of the objective picks
+  (with the row streams), and its teacher-forced training batch.
 """
 
 from __future__ import annotations
@@ -24,14 +23,12 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import torch
-from transformers import LogitsProcessor
 
 from hf_seqobj.constants import IGNORE_INDEX
 from hf_seqobj.objectives.base import row_generators, row_seed  # noqa: F401 (the ERPO modules import them here)
 from hf_seqobj.rewards import SentenceMetric
 from hf_seqobj.rollin import (
     RollIn,
-    blank_generation_defaults,
     generate_rollin,
     reference_targets,
     rollin_generation_config,
@@ -206,27 +203,6 @@ class RewardGains:
         return full
 
 
-class TokenChoiceProcessor(LogitsProcessor):
-    """Chooses each next token of a roll-in with `choose` and forces it (greedy generation then takes it).
-
-    Args:
-        choose: `choose(prefix [B, t], logits [B, V]) -> tokens [B]`, called once per generation step with the
-            tokens generated so far (the prompt cut off) and the model's next-token logits.
-        prompt_width: Leading columns of generate's `input_ids` that are not roll-in tokens (set by
-            :func:`hf_seqobj.rollin.generate_rollin`).
-    """
-
-    def __init__(self, choose: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], prompt_width: int = 0):
-        self.choose = choose
-        self.prompt_width = prompt_width
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        tokens = self.choose(input_ids[:, self.prompt_width :], scores).to(scores.device)
-        forced = torch.full_like(scores, float("-inf"))
-        forced.scatter_(1, tokens[:, None], 0.0)
-        return forced
-
-
 def sampled_rollin(
     objective: Objective,
     model: torch.nn.Module,
@@ -236,9 +212,9 @@ def sampled_rollin(
     """Rolls in with tokens chosen by `make_choose(references)` and builds the teacher-forced batch on the roll-in.
 
     Each row's roll-in is cut at the length of its own gold target (EOS included), as DAgger's is, so a row's
-    roll-in does not depend on the other rows of its batch. The checkpoint's own generation settings are kept out
-    (:func:`blank_generation_defaults`): `choose` gets the model's raw next-token logits. The labels are the
-    roll-in's own tokens up to and including its first EOS (-100 after it).
+    roll-in does not depend on the other rows of its batch. Decoding is :func:`hf_seqobj.rollin.generate_rollin`:
+    `choose` gets the model's raw next-token logits (a checkpoint's own generation settings never enter). The labels
+    are the roll-in's own tokens up to and including its first EOS (-100 after it).
 
     Returns:
         `(training batch, roll-in, references [B, M])`.
@@ -254,18 +230,18 @@ def sampled_rollin(
     pad = getattr(tokenizer, "pad_token_id", None)
     eos = getattr(tokenizer, "eos_token_id", None)
     generation_config = rollin_generation_config(unwrapped, int(limits.max()), "greedy", 1.0, pad, eos)
-    processor = TokenChoiceProcessor(make_choose(references))
-    with blank_generation_defaults(unwrapped):
-        rollin = generate_rollin(
-            model,
-            inputs,
-            generation_config,
-            trainer.accelerator,
-            dropout=args.rollin_dropout,
-            logits_processor=processor,
-            checkpointing_kwargs=args.gradient_checkpointing_kwargs,
-        )
-    rollin = rollin.cut(limits)
+    rollin = generate_rollin(
+        model,
+        inputs,
+        generation_config,
+        trainer.accelerator,
+        dropout=args.rollin_dropout,
+        checkpointing_kwargs=args.gradient_checkpointing_kwargs,
+        limits=limits,
+        choose=make_choose(references),
+        static_cache=args.rollin_static_cache,
+        compile=args.rollin_compile,
+    )
     position = torch.arange(rollin.tokens.shape[1], device=rollin.tokens.device)[None, :]
     labels = rollin.tokens.masked_fill(position >= rollin.lengths[:, None], IGNORE_INDEX)
     batch = rollin_training_batch(inputs, rollin, labels, getattr(config, "decoder_start_token_id", None))
