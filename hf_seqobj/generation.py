@@ -33,22 +33,31 @@ def split_prompts(
         raise ValueError(f"Rows {bad} of the batch have no target label, so their prompt cannot be found.")
     prompt_lengths = has_label.int().argmax(dim=1)
     width = int(prompt_lengths.max())
-    batch = input_ids.shape[0]
-    prompt_ids = torch.full((batch, width), pad_token_id, dtype=input_ids.dtype, device=input_ids.device)
-    attention_mask = torch.zeros((batch, width), dtype=torch.long, device=input_ids.device)
-    for row, length in enumerate(prompt_lengths.tolist()):
-        if length:
-            prompt_ids[row, width - length :] = input_ids[row, :length]
-            attention_mask[row, width - length :] = 1
+    # column c of a row's left-padded prompt holds its token c - (width - length), when that is >= 0
+    source = torch.arange(width, device=input_ids.device)[None, :] - (width - prompt_lengths)[:, None]
+    attention_mask = (source >= 0).long()
+    prompt_ids = input_ids.gather(1, source.clamp(min=0)).masked_fill(source < 0, pad_token_id)
     return prompt_ids, attention_mask
+
+
+def left_align(
+    values: torch.Tensor, keep: torch.Tensor, fill: int = IGNORE_INDEX
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Moves the kept entries of each row to its left, in order, padded with `fill`.
+
+    Returns:
+        `(aligned [B, max kept (>= 1)], kept per row [B])`.
+    """
+    counts = keep.long().sum(1)
+    width = max(int(counts.max()) if keep.shape[0] else 0, 1)
+    order = torch.sort((~keep).to(torch.int8), dim=1, stable=True).indices[:, :width]
+    if order.shape[1] < width:  # rows narrower than one column
+        order = torch.nn.functional.pad(order, (0, width - order.shape[1]))
+    aligned = values.gather(1, order) if values.shape[1] else values.new_full((values.shape[0], width), fill)
+    column = torch.arange(width, device=values.device)[None, :]
+    return aligned.masked_fill(column >= counts[:, None], fill), counts
 
 
 def gather_targets(labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """Moves the labelled positions of each row to the left, padded with `ignore_index` (decoder-only targets)."""
-    keep = labels != ignore_index
-    width = max(int(keep.sum(dim=1).max()), 1)
-    targets = torch.full((labels.shape[0], width), ignore_index, dtype=labels.dtype, device=labels.device)
-    for row in range(labels.shape[0]):
-        values = labels[row][keep[row]]
-        targets[row, : values.numel()] = values
-    return targets
+    return left_align(labels, labels != ignore_index, ignore_index)[0]

@@ -24,11 +24,13 @@ from hf_seqobj.backspace.layout import (
     build_backspace_batch,
     build_backspace_inputs,
     decoder_positions,
+    layout_batch,
     unwrap_model,
 )
 from hf_seqobj.backspace.noise import (
     BackspaceDataCollator,
     insert_backspace_noise,
+    insert_backspace_noise_batch,
     model_labels,
     noise_candidates,
     split_examples,
@@ -51,7 +53,9 @@ __all__ = [
     "build_backspace_inputs",
     "decoder_positions",
     "generate_with_backspace",
+    "layout_batch",
     "insert_backspace_noise",
+    "insert_backspace_noise_batch",
     "model_labels",
     "noise_candidates",
     "split_examples",

@@ -18,7 +18,6 @@ import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -74,14 +73,144 @@ def _walk(actions: Sequence[int], bksp_id: int, prefix_length: int) -> tuple[lis
 
 
 def _ancestors(parents: torch.Tensor) -> torch.Tensor:
-    """[B, L, L] bool: row i is True at i and at every index on its chain of parents ([B, L] ids, -1 for none)."""
+    """[B, L, L] bool: row i is True at i and at every index on its chain of parents ([B, L] ids, -1 for none).
+
+    Every parent comes before its child (`parents[b, i] < i`), so row i is its parent's row plus i itself: one
+    batched copy per index, O(B L^2) in all (path doubling with dense matmuls would be O(B L^3 log L)).
+    """
     batch, length = parents.shape
-    step = torch.zeros((batch, length, length + 1), dtype=torch.float32)
-    step.scatter_(2, torch.where(parents < 0, length, parents)[..., None], 1.0)
-    reach = step[..., :length] + torch.eye(length)  # itself and its parent
-    for _ in range(max(1, (length - 1).bit_length())):  # path doubling: chains of up to 2^k parents
-        reach = torch.clamp(reach @ reach, max=1.0)
-    return reach > 0
+    index = torch.arange(length, device=parents.device)
+    if bool((parents >= index).any()):
+        raise ValueError("Every parent must come before its child (parents[b, i] < i), as in a stack walk.")
+    reach = torch.zeros((batch, length, length), dtype=torch.bool, device=parents.device)
+    has_parent = (parents >= 0)[..., None]
+    safe = parents.clamp(min=0)
+    rows = torch.arange(batch, device=parents.device)
+    for i in range(length):
+        reach[:, i] = reach[rows, safe[:, i]] & has_parent[:, i]
+        reach[:, i, i] = True
+    return reach
+
+
+def walk_batch(
+    sequences: torch.Tensor, valid: torch.Tensor, prefix_lengths: torch.Tensor, bksp_id: int, pad_token_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The stack walk of :func:`_walk` for a batch at once (a loop over columns, none over rows).
+
+    Args:
+        sequences: [B, L] ids: each row's protected prefix followed by its actions, with padding anywhere `valid` is
+            False (left padding before the prefix, right padding after the actions).
+        valid: [B, L] bool, the real entries.
+        prefix_lengths: [B] how many of each row's valid entries form the protected prefix (>= 1).
+        bksp_id: The id of `<bksp>`.
+        pad_token_id: The input of padding entries.
+
+    Returns:
+        `(inputs [B, L], parents [B, L] (-1: none; padding has none), stack [B, L] (the final stack's indices, in
+        order), depth [B] (its size))`.
+    """
+    batch, length = sequences.shape
+    device = sequences.device
+    if bool((prefix_lengths < 1).any()):
+        raise ValueError("Every row needs a protected prefix of at least one token (a prompt or a start token).")
+    position = valid.long().cumsum(1) - 1  # index among the row's valid entries
+    in_prefix = valid & (position < prefix_lengths[:, None])
+    if bool((in_prefix & (sequences == bksp_id)).any()):
+        raise ValueError(f"<bksp> (id {bksp_id}) inside a protected prefix.")
+    inputs = torch.full((batch, length), pad_token_id, dtype=torch.long, device=device)
+    parents = torch.full((batch, length), -1, dtype=torch.long, device=device)
+    stack = torch.zeros((batch, length + 1), dtype=torch.long, device=device)
+    depth = torch.zeros(batch, dtype=torch.long, device=device)
+    is_bksp = valid & ~in_prefix & (sequences == bksp_id)
+    push = valid & ~is_bksp
+    for column in range(length):
+        pushing, deleting = push[:, column], is_bksp[:, column]
+        below = stack.gather(1, (depth - 1).clamp(min=0)[:, None])[:, 0]  # the top before this action
+        popped = deleting & (depth > prefix_lengths)
+        depth = depth - popped.long()
+        top = stack.gather(1, (depth - 1).clamp(min=0)[:, None])[:, 0]  # the top after a pop
+        inputs[:, column] = torch.where(
+            pushing, sequences[:, column], torch.where(deleting, inputs.gather(1, top[:, None])[:, 0], pad_token_id)
+        )
+        parents[:, column] = torch.where(
+            pushing,
+            torch.where(depth > 0, below, -1),
+            torch.where(deleting, parents.gather(1, top[:, None])[:, 0], -1),
+        )
+        slot = torch.where(pushing, depth, (depth - 1).clamp(min=0))
+        current = stack.gather(1, slot[:, None])[:, 0]
+        stack.scatter_(1, slot[:, None], torch.where(pushing | deleting, column, current)[:, None])
+        depth = depth + pushing.long()
+    return inputs, parents, stack[:, :length], depth
+
+
+def layout_batch(
+    prefix_ids: torch.Tensor,
+    prefix_mask: torch.Tensor,
+    actions: torch.Tensor,
+    num_actions: torch.Tensor,
+    bksp_id: int,
+    pad_token_id: int,
+    labels: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """:func:`build_backspace_batch` on padded tensors, on their device, without a loop over rows.
+
+    Args:
+        prefix_ids: [B, W] the protected prefixes, left-padded.
+        prefix_mask: [B, W] 1 on the prefix tokens.
+        actions: [B, T] the actions after each prefix, right-padded (anything past `num_actions`).
+        num_actions: [B] actions per row.
+        bksp_id: The id of `<bksp>`.
+        pad_token_id: The input id of padding positions.
+        labels: [B, T] the target of each action (-100: none); default the actions themselves.
+
+    Returns:
+        What :func:`build_backspace_batch` returns (`prefix_width` is W).
+    """
+    batch, width = prefix_ids.shape
+    steps = actions.shape[1]
+    device = prefix_ids.device
+    num_actions = num_actions.to(device)
+    acting = torch.arange(steps, device=device)[None, :] < num_actions[:, None]
+    sequences = torch.cat([prefix_ids.long(), actions.to(device).long()], dim=1)
+    valid = torch.cat([prefix_mask.to(device).bool(), acting], dim=1)
+    prefix_lengths = prefix_mask.to(device).long().sum(1)
+    inputs, parents, _, _ = walk_batch(sequences, valid, prefix_lengths, bksp_id, pad_token_id)
+    attend = _ancestors(parents)  # padding has no parent: it attends to itself only
+    targets = actions if labels is None else labels
+    step_labels = torch.where(acting, targets.to(device).long(), IGNORE_INDEX)
+    return {
+        "input_ids": inputs,
+        "position_ids": attend.sum(-1) - 1,  # the stack depth - 1 (padding: 0)
+        "attend": attend,
+        "step_labels": step_labels,
+        "num_actions": num_actions,
+        "prefix_width": torch.tensor(width),
+    }
+
+
+def apply_backspaces_batch(actions: torch.Tensor, num_actions: torch.Tensor, bksp_id: int, pad_token_id: int):
+    """The effective sequences after each row's actions (:func:`apply_backspaces` for a batch, no prefix).
+
+    Returns:
+        `(sequences [B, F] right-padded with `pad_token_id`, lengths [B])`.
+    """
+    batch, steps = actions.shape
+    device = actions.device
+    stack = torch.full((batch, steps + 1), pad_token_id, dtype=torch.long, device=device)
+    depth = torch.zeros(batch, dtype=torch.long, device=device)
+    acting = torch.arange(steps, device=device)[None, :] < num_actions.to(device)[:, None]
+    for column in range(steps):
+        action = actions[:, column]
+        deleting = acting[:, column] & (action == bksp_id)
+        pushing = acting[:, column] & ~deleting
+        depth = depth - (deleting & (depth > 0)).long()
+        current = stack.gather(1, depth[:, None])[:, 0]
+        stack.scatter_(1, depth[:, None], torch.where(pushing, action, current)[:, None])
+        depth = depth + pushing.long()
+    width = int(depth.max()) if batch else 0
+    column = torch.arange(width, device=device)[None, :]
+    return stack[:, :width].masked_fill(column >= depth[:, None], pad_token_id), depth
 
 
 def build_backspace_inputs(actions: Sequence[int], bksp_id: int, prefix_length: int = 1) -> BackspaceInputs:
@@ -153,34 +282,39 @@ def build_backspace_batch(
         raise ValueError(f"prefixes has {len(prefixes)} rows and actions {len(actions)}; they must match.")
     if labels is not None and [len(row) for row in labels] != [len(row) for row in actions]:
         raise ValueError("labels must have one entry per action in every row.")
-    batch = len(actions)
-    prefix_width = max(len(row) for row in prefixes)
+    if any(len(row) == 0 for row in prefixes):
+        raise ValueError("Every row needs a protected prefix of at least one token (a prompt or a start token).")
     steps = max([len(row) for row in actions] + [0])
     if width is not None:
         if width < steps:
             raise ValueError(f"width={width} is shorter than the longest action sequence ({steps}).")
         steps = width
-    length = prefix_width + steps
-    input_ids = np.full((batch, length), pad_token_id, dtype=np.int64)
-    parents = np.full((batch, length), -1, dtype=np.int64)
-    step_labels = np.full((batch, steps), IGNORE_INDEX, dtype=np.int64)
-    for row, (prefix, acts) in enumerate(zip(prefixes, actions, strict=True)):
-        sequence = list(prefix) + list(acts)
-        inputs, row_parents, _ = _walk(sequence, bksp_id, len(prefix))
-        start = prefix_width - len(prefix)
-        input_ids[row, start : start + len(sequence)] = inputs
-        parents[row, start : start + len(sequence)] = [p + start if p >= 0 else -1 for p in row_parents]
-        step_labels[row, : len(acts)] = acts if labels is None else labels[row]
-    attend = _ancestors(torch.from_numpy(parents))  # padding has no parent: it attends to itself only
-    position_ids = attend.sum(-1) - 1  # the stack depth - 1 (padding: 0)
-    return {
-        "input_ids": torch.from_numpy(input_ids),
-        "position_ids": position_ids,
-        "attend": attend,
-        "step_labels": torch.from_numpy(step_labels),
-        "num_actions": torch.tensor([len(row) for row in actions], dtype=torch.long),
-        "prefix_width": torch.tensor(prefix_width),
-    }
+    prefix_ids, prefix_mask = _left_pad([list(row) for row in prefixes], pad_token_id)
+    padded_actions, _ = _right_pad([list(row) for row in actions], steps, pad_token_id)
+    padded_labels = None if labels is None else _right_pad([list(row) for row in labels], steps, IGNORE_INDEX)[0]
+    num_actions = torch.tensor([len(row) for row in actions], dtype=torch.long)
+    return layout_batch(prefix_ids, prefix_mask, padded_actions, num_actions, bksp_id, pad_token_id, padded_labels)
+
+
+def _left_pad(rows: list[list[int]], fill: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max([len(row) for row in rows] + [0])
+    ids = torch.full((len(rows), width), fill, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for index, row in enumerate(rows):
+        if row:
+            ids[index, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+            mask[index, width - len(row) :] = 1
+    return ids, mask
+
+
+def _right_pad(rows: list[list[int]], width: int, fill: int) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = torch.full((len(rows), width), fill, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for index, row in enumerate(rows):
+        if row:
+            ids[index, : len(row)] = torch.tensor(row, dtype=torch.long)
+            mask[index, : len(row)] = 1
+    return ids, mask
 
 
 def attention_mask_4d(attend: torch.Tensor, model: torch.nn.Module, dtype: torch.dtype | None = None) -> torch.Tensor:

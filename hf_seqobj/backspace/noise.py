@@ -61,6 +61,73 @@ def insert_backspace_noise(
     return actions, labels
 
 
+def insert_backspace_noise_batch(
+    targets: torch.Tensor,
+    lengths: torch.Tensor,
+    prob: float,
+    bksp_id: int,
+    candidates: torch.Tensor,
+    generators: Sequence[torch.Generator | None],
+    pad_token_id: int = IGNORE_INDEX,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`insert_backspace_noise` for a padded batch: the same draws, and the insertion done on tensors.
+
+    Row b draws from `generators[b]` exactly what :func:`insert_backspace_noise` draws for it (so a row's noise is
+    the same in either form, and in any batch split when the generators are keyed by row); the wrong tokens, the
+    `<bksp>` actions and the shifted gold tokens are then placed for every row at once.
+
+    Args:
+        targets: [B, M] gold actions, left-aligned (anything past `lengths`).
+        lengths: [B] gold actions per row.
+        prob: Probability per position of inserting a wrong token and `<bksp>`, in [0, 1].
+        bksp_id: The id of `<bksp>`.
+        candidates: 1-D tensor of token ids the wrong tokens are drawn from (at least two).
+        generators: One source of draws per row (CPU).
+        pad_token_id: Fills the actions after each row's end.
+
+    Returns:
+        `(actions [B, T], labels [B, T] (-100 on the wrong tokens and after each row's end), num_actions [B])`.
+    """
+    if not 0.0 <= prob <= 1.0:
+        raise ValueError(f"The backspace noise probability must be in [0, 1], got {prob}.")
+    if candidates.numel() < 2:
+        raise ValueError(f"Backspace noise needs at least two candidate tokens, got {candidates.numel()}.")
+    batch, width = targets.shape
+    if len(generators) != batch:
+        raise ValueError(f"{len(generators)} generators for {batch} rows; accepted: one per row.")
+    device = targets.device
+    lengths = lengths.to(device).long()
+    column = torch.arange(width, device=device)[None, :]
+    valid = column < lengths[:, None]
+    targets = targets.long()
+    if prob == 0.0 or width == 0:
+        actions = targets.masked_fill(~valid, pad_token_id)
+        return actions, targets.masked_fill(~valid, IGNORE_INDEX), lengths
+    draws = torch.zeros((batch, width), dtype=torch.bool)
+    picks = torch.zeros((batch, width), dtype=torch.long)
+    for row, (generator, length) in enumerate(zip(generators, lengths.tolist(), strict=True)):
+        if length:  # the draws of insert_backspace_noise, in its order
+            draws[row, :length] = torch.rand(length, generator=generator) < prob
+            picks[row, :length] = torch.randint(0, candidates.numel() - 1, (length,), generator=generator)
+    noise = draws.to(device) & valid
+    candidates = candidates.to(device)
+    wrong = candidates[picks.to(device)]
+    wrong = torch.where(wrong == targets, candidates[-1], wrong)  # uniform over the candidates other than gold
+    at = column + 2 * noise.long().cumsum(1)  # where gold action j lands
+    num_actions = lengths + 2 * noise.long().sum(1)
+    steps = int(num_actions.max()) if batch else 0
+    actions = torch.full((batch, steps + 1), pad_token_id, dtype=torch.long, device=device)
+    labels = torch.full((batch, steps + 1), IGNORE_INDEX, dtype=torch.long, device=device)
+    gold_at = torch.where(valid, at, steps)  # column `steps` collects what is not placed
+    actions.scatter_(1, gold_at, targets)
+    labels.scatter_(1, gold_at, targets)
+    actions.scatter_(1, torch.where(noise, at - 2, steps), wrong)
+    bksp_at = torch.where(noise, at - 1, steps)
+    actions.scatter_(1, bksp_at, torch.full_like(targets, bksp_id))
+    labels.scatter_(1, bksp_at, torch.full_like(targets, bksp_id))
+    return actions[:, :steps], labels[:, :steps], num_actions
+
+
 def noise_candidates(tokenizer: PreTrainedTokenizerBase, bksp_id: int | None = None) -> torch.Tensor:
     """The ids backspace noise draws wrong tokens from: the vocabulary without special tokens and `<bksp>`."""
     special = set(tokenizer.all_special_ids) | ({bksp_id} if bksp_id is not None else set())

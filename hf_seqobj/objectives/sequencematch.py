@@ -45,14 +45,14 @@ from hf_seqobj.backspace import (
     add_backspace_token,
     backspace_forward,
     backspace_token_id,
-    build_backspace_batch,
     generate_with_backspace,
-    insert_backspace_noise,
+    insert_backspace_noise_batch,
+    layout_batch,
     noise_candidates,
-    split_examples,
+    unwrap_model,
 )
 from hf_seqobj.constants import IGNORE_INDEX
-from hf_seqobj.generation import split_prompts
+from hf_seqobj.generation import left_align, split_prompts
 from hf_seqobj.objectives.base import Objective, register_objective, row_generators
 from hf_seqobj.rollin import RollinArguments, generation_mode, unwrap_for_generation
 
@@ -385,6 +385,61 @@ class SequenceMatchObjective(Objective):
         self.record_metric("buffer_age", sum(step - item.step for item in drawn) / len(drawn))
         return drawn
 
+    def _data_rows(self, inputs, encoder_decoder: bool, start: int | None, pad: int) -> dict[str, torch.Tensor]:
+        """The micro-batch's examples as layout rows: prefixes, noised actions and their labels (tensors)."""
+        args = self.trainer.args
+        ids, labels = inputs["input_ids"], inputs["labels"]
+        mask = inputs.get("attention_mask")
+        mask = torch.ones_like(ids) if mask is None else mask
+        rows = ids.shape[0]
+        if encoder_decoder:
+            prefix_ids = torch.full((rows, 1), int(start), dtype=torch.long, device=ids.device)
+            prefix_mask = torch.ones_like(prefix_ids)
+            targets, lengths = left_align(labels, labels != IGNORE_INDEX)
+        else:  # the prompt is everything before the first label; the target runs to the end of the mask
+            prefix_ids, prefix_mask = split_prompts(ids, labels, pad)
+            first = (labels != IGNORE_INDEX).int().argmax(1)
+            column = torch.arange(ids.shape[1], device=ids.device)[None, :]
+            targets, lengths = left_align(ids, (column >= first[:, None]) & mask.bool())
+        actions, action_labels, num_actions = insert_backspace_noise_batch(
+            targets, lengths, args.sm_noise_prob, self.bksp, self.candidates, row_generators(self, rows), pad
+        )
+        data = {
+            "prefix_ids": prefix_ids,
+            "prefix_mask": prefix_mask,
+            "actions": actions,
+            "labels": action_labels,
+            "num_actions": num_actions,
+            "target_lengths": lengths,
+        }
+        if encoder_decoder:
+            data["source_ids"], data["source_mask"] = ids, mask
+        return data
+
+    @staticmethod
+    def _rollin_rows(rollins: list[_Rollin], encoder_decoder: bool, start, pad, device) -> dict[str, torch.Tensor]:
+        """Roll-ins (from the buffer) as layout rows; every action is a target."""
+        sources = [torch.as_tensor(item.source, dtype=torch.long) for item in rollins]
+        actions = [torch.as_tensor(item.actions, dtype=torch.long) for item in rollins]
+        padded = torch.nn.utils.rnn.pad_sequence(actions, batch_first=True, padding_value=pad).to(device)
+        num_actions = torch.tensor([len(a) for a in actions], dtype=torch.long, device=device)
+        column = torch.arange(padded.shape[1], device=device)[None, :]
+        rows = {
+            "actions": padded,
+            "labels": padded.masked_fill(column >= num_actions[:, None], IGNORE_INDEX),
+            "num_actions": num_actions,
+        }
+        source_ids = torch.nn.utils.rnn.pad_sequence(sources, batch_first=True, padding_value=pad).to(device)
+        lengths = torch.tensor([len(s) for s in sources], dtype=torch.long, device=device)
+        source_mask = (torch.arange(source_ids.shape[1], device=device)[None, :] < lengths[:, None]).long()
+        if encoder_decoder:
+            rows["prefix_ids"] = torch.full((len(rollins), 1), int(start), dtype=torch.long, device=device)
+            rows["prefix_mask"] = torch.ones_like(rows["prefix_ids"])
+            rows["source_ids"], rows["source_mask"] = source_ids, source_mask
+        else:  # the prompt is the prefix, left-padded
+            rows["prefix_ids"], rows["prefix_mask"] = _right_to_left(source_ids, lengths, pad)
+        return rows
+
     def training_loss(self, model, inputs, num_items_in_batch):
         trainer, args = self.trainer, self.trainer.args
         unwrapped = trainer.accelerator.unwrap_model(model)
@@ -395,60 +450,47 @@ class SequenceMatchObjective(Objective):
         generator = self.step_generator(torch.device("cpu"))
         start = getattr(unwrapped.config, "decoder_start_token_id", None)
 
-        features = [
-            {key: inputs[key][row].tolist() for key in ("input_ids", "attention_mask", "labels") if key in inputs}
-            for row in range(inputs["input_ids"].shape[0])
-        ]
-        prefixes, targets = split_examples(features, encoder_decoder, start)
-        noised = [
-            insert_backspace_noise(t, args.sm_noise_prob, self.bksp, self.candidates, row_generator)
-            for t, row_generator in zip(targets, row_generators(self, len(targets)), strict=True)
-        ]
-        actions = [a for a, _ in noised]
-        labels = [lab for _, lab in noised]
-        sources = None
-        if encoder_decoder:  # the encoder inputs without padding
-            sources = [[x for x, m in zip(f["input_ids"], f["attention_mask"], strict=True) if m] for f in features]
-
+        data = self._data_rows(inputs, encoder_decoder, start, pad)
         bc_weight = self.bc_weight()
         rollins: list[_Rollin] = []
+        rows = [data]
         if bc_weight < 1.0:
-            longest = max(len(t) for t in targets)
+            longest = int(data["target_lengths"].max())
             max_new = args.sm_max_new_tokens or 2 * longest
             rollins = self._draw_rollins(model, inputs, encoder_decoder, max_new, generator)
-            for item in rollins:
-                if encoder_decoder:
-                    prefixes.append([start])
-                    sources.append(item.source)
-                else:
-                    prefixes.append(item.source)
-                actions.append(item.actions)
-                labels.append(item.actions)
-        layout = build_backspace_batch(prefixes, actions, self.bksp, pad, labels=labels)
+            rows.append(self._rollin_rows(rollins, encoder_decoder, start, pad, device))
+        prefix_ids, prefix_mask = _concat_left_padded(
+            [r["prefix_ids"] for r in rows], [r["prefix_mask"] for r in rows]
+        )
+        actions = _concat_right_padded([r["actions"] for r in rows], pad)
+        labels = _concat_right_padded([r["labels"] for r in rows], IGNORE_INDEX)
+        num_actions = torch.cat([r["num_actions"] for r in rows])
+        layout = layout_batch(prefix_ids, prefix_mask, actions, num_actions, self.bksp, pad, labels)
         width = int(layout["prefix_width"])
-        batch = {key: layout[key].to(device) for key in ("input_ids", "position_ids", "attend")}
-        encoder_inputs = None
+        steps = layout["step_labels"].shape[1]
+        batch = {key: layout[key] for key in ("input_ids", "position_ids", "attend")}
+        encoder_inputs, forward_kwargs = None, {"use_cache": False}
         if encoder_decoder:
-            longest_source = max(len(s) for s in sources)
-            encoder_inputs = {
-                "input_ids": torch.tensor([s + [pad] * (longest_source - len(s)) for s in sources], device=device),
-                "attention_mask": torch.tensor(
-                    [[1] * len(s) + [0] * (longest_source - len(s)) for s in sources], device=device
-                ),
-            }
+            sources = _concat_right_padded([r["source_ids"] for r in rows], pad)
+            source_mask = _concat_right_padded([r["source_mask"] for r in rows], 0)
+            encoder_inputs = {"input_ids": sources, "attention_mask": source_mask}
+        elif _accepts_logits_to_keep(unwrap_model(unwrapped)):  # the LM head on the step columns only
+            forward_kwargs["logits_to_keep"] = steps + 1
         with self.timed("forward"):
-            outputs = backspace_forward(model, batch, encoder_inputs, use_cache=False)
-        logits = outputs.logits[:, width - 1 :]
-        step_labels = layout["step_labels"].to(device)
-        data_rows = len(features)
+            outputs = backspace_forward(model, batch, encoder_inputs, **forward_kwargs)
+        # [N, T + 1, V]: the states before each action and after the last, cast to fp32 once for both losses
+        logits = outputs.logits if "logits_to_keep" in forward_kwargs else outputs.logits[:, width - 1 :]
+        logits = logits.float()
+        step_labels = layout["step_labels"]
+        data_rows = inputs["input_ids"].shape[0]
         if num_items_in_batch is None:
             num_items_in_batch = (inputs["labels"] != IGNORE_INDEX).sum()
         bc = step_nll(logits[:data_rows], step_labels[:data_rows], num_items_in_batch)
         loss = bc
         self.record_metric("sm_bc_weight", bc_weight)
         self.record_metric("bc_loss", bc)
-        noise_pairs = sum(lab.count(self.bksp) for lab in labels[:data_rows])
-        self.record_metric("sm_noise_rate", noise_pairs / max(1, sum(len(t) for t in targets)))
+        noise_pairs = (data["labels"] == self.bksp).sum()
+        self.record_metric("sm_noise_rate", noise_pairs / data["target_lengths"].sum().clamp(min=1))
         if bc_weight < 1.0:
             is_rollin = torch.arange(logits.shape[0], device=device) >= data_rows
             terms = sequencematch_loss(
@@ -468,3 +510,31 @@ class SequenceMatchObjective(Objective):
             self.record_metric("sm_chi2_term", terms.chi2)
         loss = self.scale_for_processes(loss, num_items_in_batch)
         return loss, outputs
+
+
+def _right_to_left(ids: torch.Tensor, lengths: torch.Tensor, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded rows as left-padded rows, with their mask."""
+    width = ids.shape[1]
+    source = torch.arange(width, device=ids.device)[None, :] - (width - lengths)[:, None]
+    return ids.gather(1, source.clamp(min=0)).masked_fill(source < 0, pad), (source >= 0).long()
+
+
+def _concat_left_padded(ids: list[torch.Tensor], masks: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stacks left-padded blocks of rows, padding each on the left to the widest."""
+    width = max(block.shape[1] for block in ids)
+    return (
+        torch.cat([torch.nn.functional.pad(block, (width - block.shape[1], 0), value=0) for block in ids]),
+        torch.cat([torch.nn.functional.pad(block, (width - block.shape[1], 0), value=0) for block in masks]),
+    )
+
+
+def _concat_right_padded(blocks: list[torch.Tensor], fill: int) -> torch.Tensor:
+    """Stacks right-padded blocks of rows, padding each on the right to the widest."""
+    width = max(block.shape[1] for block in blocks)
+    return torch.cat([torch.nn.functional.pad(block, (0, width - block.shape[1]), value=fill) for block in blocks])
+
+
+def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
+    import inspect
+
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
