@@ -173,7 +173,9 @@ def choose_next_tokens(
             remove[..., -1:] = False
             scores = scores.masked_fill(remove.scatter(1, order, remove), float("-inf"))
         probs = torch.softmax(scores, dim=-1)
-        tokens = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        if generator is not None and generator.device != probs.device:  # e.g. a CPU generator for CUDA logits
+            probs = probs.to(generator.device)
+        tokens = torch.multinomial(probs, 1, generator=generator).squeeze(1).to(logits.device)
     if forced is not None:
         tokens = torch.where(forced != IGNORE_INDEX, forced.to(tokens.device), tokens)
     return tokens

@@ -330,3 +330,89 @@ def test_first_eos_lengths_of_an_empty_generation():
     from hf_seqobj.rollin import first_eos_lengths
 
     assert first_eos_lengths(torch.zeros((3, 0), dtype=torch.long), 2).tolist() == [0, 0, 0]
+
+
+def _path_doubling_ancestors(parents: torch.Tensor) -> torch.Tensor:
+    """The ancestor closure by dense path doubling (the earlier implementation), as a reference."""
+    batch, length = parents.shape
+    step = torch.zeros((batch, length, length + 1))
+    step.scatter_(2, torch.where(parents < 0, length, parents)[..., None], 1.0)
+    reach = step[..., :length] + torch.eye(length)
+    for _ in range(max(1, (length - 1).bit_length())):
+        reach = torch.clamp(reach @ reach, max=1.0)
+    return reach > 0
+
+
+def test_batched_layout_equals_the_walk_of_every_row():
+    """layout_batch walks all rows at once over columns; each row must be its own stack walk."""
+    import random
+
+    from hf_seqobj.backspace.layout import _walk
+
+    rng = random.Random(0)
+    bk = 99
+    for _ in range(60):
+        rows = rng.randint(1, 5)
+        prefixes = [[rng.randint(10, 20) for _ in range(rng.randint(1, 4))] for _ in range(rows)]
+        actions = [[rng.choice([bk, bk, rng.randint(10, 20)]) for _ in range(rng.randint(0, 9))] for _ in range(rows)]
+        layout = build_backspace_batch(prefixes, actions, bk, 0)
+        width, steps = int(layout["prefix_width"]), layout["step_labels"].shape[1]
+        parents = torch.full((rows, width + steps), -1)
+        inputs = torch.zeros((rows, width + steps), dtype=torch.long)
+        for row in range(rows):
+            sequence = prefixes[row] + actions[row]
+            row_inputs, row_parents, _ = _walk(sequence, bk, len(prefixes[row]))
+            start = width - len(prefixes[row])
+            inputs[row, start : start + len(sequence)] = torch.tensor(row_inputs)
+            parents[row, start : start + len(sequence)] = torch.tensor(
+                [p + start if p >= 0 else -1 for p in row_parents]
+            )
+        assert torch.equal(layout["input_ids"], inputs)
+        assert torch.equal(layout["attend"], _path_doubling_ancestors(parents))
+        assert torch.equal(layout["position_ids"], layout["attend"].sum(-1) - 1)
+
+
+def test_batched_noise_draws_and_places_what_the_per_row_noise_does():
+    import random
+
+    from hf_seqobj.backspace import insert_backspace_noise_batch
+
+    rng = random.Random(1)
+    candidates = torch.arange(10, 40)
+    for trial in range(40):
+        rows = [[rng.randint(10, 40) for _ in range(rng.randint(0, 8))] for _ in range(rng.randint(1, 6))]
+        targets = torch.full((len(rows), max([len(r) for r in rows] + [1])), -100)
+        for index, row in enumerate(rows):
+            targets[index, : len(row)] = torch.tensor(row, dtype=torch.long)
+        lengths = torch.tensor([len(row) for row in rows])
+        seeds = [trial * 100 + index for index in range(len(rows))]
+        actions, labels, counts = insert_backspace_noise_batch(
+            targets, lengths, 0.4, 99, candidates, [torch.Generator().manual_seed(seed) for seed in seeds]
+        )
+        for index, row in enumerate(rows):
+            expected = insert_backspace_noise(row, 0.4, 99, candidates, torch.Generator().manual_seed(seeds[index]))
+            n = int(counts[index])
+            assert (actions[index, :n].tolist(), labels[index, :n].tolist()) == expected
+            assert (labels[index, n:] == -100).all()
+
+
+def test_ancestors_reject_a_parent_after_its_child():
+    from hf_seqobj.backspace.layout import _ancestors
+
+    with pytest.raises(ValueError, match="parent"):
+        _ancestors(torch.tensor([[-1, 2, 0]]))
+
+
+def test_batched_apply_backspaces():
+    import random
+
+    from hf_seqobj.backspace.layout import apply_backspaces_batch
+
+    rng = random.Random(2)
+    rows = [[rng.choice([99, 5, 6, 7]) for _ in range(rng.randint(0, 8))] for _ in range(30)]
+    actions = torch.zeros((30, 8), dtype=torch.long)
+    for index, row in enumerate(rows):
+        actions[index, : len(row)] = torch.tensor(row, dtype=torch.long)
+    final, lengths = apply_backspaces_batch(actions, torch.tensor([len(r) for r in rows]), 99, pad_token_id=0)
+    for index, row in enumerate(rows):
+        assert final[index, : lengths[index]].tolist() == apply_backspaces(row, 99)

@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
-import numpy as np
 import torch
-from transformers import (
-    DynamicCache,
-    EncoderDecoderCache,
-    GenerationConfig,
-    LogitsProcessorList,
-    TemperatureLogitsWarper,
-    TopKLogitsWarper,
-    TopPLogitsWarper,
-)
+from transformers import Cache, DynamicCache, EncoderDecoderCache, GenerationConfig
 
-from hf_seqobj.backspace.layout import apply_backspaces, attention_mask_4d, decoder_positions, unwrap_model
+from hf_seqobj.backspace.layout import apply_backspaces_batch, attention_mask_4d, decoder_positions, unwrap_model
 from hf_seqobj.backspace.token import backspace_token_id
+from hf_seqobj.decoder import PreallocatedLayer, choose_next_tokens
 
 
 @dataclass
@@ -44,7 +37,9 @@ class BackspaceDecoder:
     Every action appends one entry to the cache of every row. A deleted token's entry is not removed (a batched
     cache cannot be cropped per row) but hidden: each new query attends to exactly the entries on its row's stack,
     through a 4D mask, with the position ids of the one-pass layout. So the logits equal those of running each
-    state from scratch (tested), which is what `DynamicCache.crop` would give for a single row.
+    state from scratch (tested), which is what `DynamicCache.crop` would give for a single row. The bookkeeping (the
+    token and position of every entry, the stacks, the visible entries) is held in tensors on the model's device and
+    updated for all rows at once; the KV cache is allocated once (:class:`hf_seqobj.decoder.PreallocatedLayer`).
 
     Args:
         model: The model (unwrapped or PEFT-wrapped; called with keyword arguments).
@@ -53,6 +48,7 @@ class BackspaceDecoder:
         bksp_token_id: The id of `<bksp>`.
         pad_token_id: The id fed to rows that have finished.
         decoder_start_token_id: Encoder-decoder only.
+        max_new_tokens: The actions to allocate for (more still work: the buffers grow).
     """
 
     def __init__(
@@ -63,13 +59,14 @@ class BackspaceDecoder:
         bksp_token_id: int,
         pad_token_id: int,
         decoder_start_token_id: int | None = None,
+        max_new_tokens: int = 0,
     ):
         self.model = model
         self.base = unwrap_model(model)
         self.encoder_decoder = bool(self.base.config.is_encoder_decoder)
         self.bksp = int(bksp_token_id)
         self.pad = int(pad_token_id)
-        self.device = input_ids.device
+        self.device = device = input_ids.device
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         batch = input_ids.shape[0]
@@ -79,94 +76,92 @@ class BackspaceDecoder:
                 raise ValueError("Encoder-decoder decoding needs decoder_start_token_id.")
             self.encoder_outputs = self.base.get_encoder()(input_ids=input_ids, attention_mask=attention_mask)
             self.encoder_mask = attention_mask
-            self.cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
-            first = torch.full((batch, 1), int(decoder_start_token_id), dtype=torch.long, device=self.device)
-            self.prefix_lengths = [1] * batch
-            prefix_rows = [[int(decoder_start_token_id)] for _ in range(batch)]
+            first = torch.full((batch, 1), int(decoder_start_token_id), dtype=torch.long, device=device)
+            prefix_mask = torch.ones_like(first)
             self.prompt = first
         else:
-            self.cache = DynamicCache()
             first = input_ids
-            prefix_rows = [input_ids[b][attention_mask[b].bool()].tolist() for b in range(batch)]
-            self.prefix_lengths = [len(row) for row in prefix_rows]
+            prefix_mask = attention_mask.to(device).long()
             self.prompt = input_ids
         width = first.shape[1]
-        # Bookkeeping on the CPU: the token and position of every cache entry, the stacks, the visible entries.
-        self.tokens: list[list[int]] = [first[b].tolist() for b in range(batch)]
-        self.positions = torch.zeros((batch, width), dtype=torch.long)
-        self.stacks: list[list[int]] = []
-        self.visible = np.zeros((batch, width), dtype=bool)
-        attend = torch.zeros((batch, width, width), dtype=torch.bool)
-        for b in range(batch):
-            start = width - len(prefix_rows[b])
-            stack = list(range(start, width))
-            self.stacks.append(stack)
-            self.positions[b, start:] = torch.arange(len(stack))
-            self.visible[b, start:] = True
-            causal = torch.tril(torch.ones(len(stack), len(stack), dtype=torch.bool))
-            attend[b, start:, start:] = causal
-            attend[b, torch.arange(start), torch.arange(start)] = True
-        self.logits = self._forward(first, self.positions.clone(), attend)
+        capacity = width + max(int(max_new_tokens), 1)
+        cache = Cache(layer_class_to_replicate=functools.partial(PreallocatedLayer, capacity))
+        self.cache = EncoderDecoderCache(cache, DynamicCache()) if self.encoder_decoder else cache
+        # Bookkeeping on the device: token and position of every cache entry, the stacks, the visible entries.
+        self.length = width
+        self.tokens = torch.full((batch, capacity), self.pad, dtype=torch.long, device=device)
+        self.tokens[:, :width] = first
+        self.positions = torch.zeros((batch, capacity), dtype=torch.long, device=device)
+        self.positions[:, :width] = (prefix_mask.cumsum(1) - 1).clamp(min=0) * prefix_mask
+        self.visible = torch.zeros((batch, capacity), dtype=torch.bool, device=device)
+        self.visible[:, :width] = prefix_mask.bool()
+        self.prefix_lengths = prefix_mask.sum(1)
+        start = width - self.prefix_lengths
+        self.stacks = torch.zeros((batch, capacity), dtype=torch.long, device=device)
+        self.stacks[:, :width] = (torch.arange(width, device=device)[None, :] + start[:, None]).clamp(max=width - 1)
+        self.depth = self.prefix_lengths.clone()
+        real = prefix_mask.bool()
+        causal = torch.tril(torch.ones(width, width, dtype=torch.bool, device=device))
+        eye = torch.eye(width, dtype=torch.bool, device=device)
+        attend = (causal & real[:, None, :] & real[:, :, None]) | (eye & ~real[:, :, None])  # padding: itself only
+        self.logits = self._forward(first, self.positions[:, :width], attend)
+
+    def _grow(self) -> None:
+        for name in ("tokens", "positions", "visible", "stacks"):
+            old = getattr(self, name)
+            setattr(self, name, torch.cat([old, torch.zeros_like(old)], dim=1))
 
     def _forward(self, inputs: torch.Tensor, query_positions: torch.Tensor, attend: torch.Tensor) -> torch.Tensor:
-        device = self.device
-        mask = attention_mask_4d(attend.to(device), self.base)
-        query_positions = query_positions.to(device)
+        mask = attention_mask_4d(attend, self.base)
         if not self.encoder_decoder:
             out = self.model(
-                input_ids=inputs,
-                attention_mask=mask,
-                position_ids=query_positions,
-                past_key_values=self.cache,
-                use_cache=True,
+                input_ids=inputs, attention_mask=mask, position_ids=query_positions, cache=self.cache, use_cache=True
             )
         else:
-            with decoder_positions(self.model, query_positions, self.positions.to(device)):
+            with decoder_positions(self.model, query_positions, self.positions[:, : self.length]):
                 out = self.model(
                     encoder_outputs=self.encoder_outputs,
                     attention_mask=self.encoder_mask,
                     decoder_input_ids=inputs,
                     decoder_attention_mask=mask,
-                    past_key_values=self.cache,
+                    cache=self.cache,
                     use_cache=True,
                 )
-        self.cache = out.past_key_values
         return out.logits[:, -1].float()
 
     def can_delete(self) -> torch.Tensor:
         """[B] bool: which rows have a generated token that a backspace would delete."""
-        return torch.tensor([len(stack) > self.prefix_lengths[b] for b, stack in enumerate(self.stacks)])
+        return self.depth > self.prefix_lengths
 
     def final_ids(self, row: int) -> list[int]:
         """The effective sequence of `row` (prefix included)."""
-        return [self.tokens[row][index] for index in self.stacks[row]]
+        stack = self.stacks[row, : int(self.depth[row])]
+        return self.tokens[row, stack].tolist()
 
     def step(self, actions: torch.Tensor) -> torch.Tensor:
         """Takes one action per row and returns the next logits [B, V] (float32)."""
-        new = len(self.tokens[0])
-        inputs, positions = [], []
-        for b, action in enumerate(actions.tolist()):
-            stack = self.stacks[b]
-            if action == self.bksp:
-                if len(stack) > self.prefix_lengths[b]:
-                    self.visible[b, stack.pop()] = False
-                top = stack[-1]
-                token, position = self.tokens[b][top], int(self.positions[b, top])
-                self.visible[b, top] = False
-                stack[-1] = new
-            else:
-                token, position = int(action), len(stack)
-                stack.append(new)
-            self.tokens[b].append(token)
-            inputs.append(token)
-            positions.append(position)
-        self.visible = np.concatenate([self.visible, np.zeros((self.batch, 1), dtype=bool)], axis=1)
-        for b in range(self.batch):
-            self.visible[b, new] = True
-        query_positions = torch.tensor(positions, dtype=torch.long)[:, None]
-        self.positions = torch.cat([self.positions, query_positions], dim=1)
-        attend = torch.from_numpy(self.visible.copy())[:, None, :]
-        return self._forward(torch.tensor(inputs, device=self.device)[:, None], query_positions, attend)
+        if self.length == self.tokens.shape[1]:
+            self._grow()
+        new = self.length
+        actions = actions.to(self.device).long()
+        deleting = actions == self.bksp
+        popped = deleting & (self.depth > self.prefix_lengths)
+        below = self.stacks.gather(1, (self.depth - 1)[:, None])  # the top before the action
+        self.visible.scatter_(1, below, self.visible.gather(1, below) & ~popped[:, None])
+        self.depth = self.depth - popped.long()
+        top = self.stacks.gather(1, (self.depth - 1)[:, None])  # the top after a pop: the backspace copies it
+        token = torch.where(deleting, self.tokens.gather(1, top)[:, 0], actions)
+        position = torch.where(deleting, self.positions.gather(1, top)[:, 0], self.depth)
+        self.visible.scatter_(1, top, self.visible.gather(1, top) & ~deleting[:, None])
+        slot = torch.where(deleting, self.depth - 1, self.depth)
+        self.stacks.scatter_(1, slot[:, None], torch.full_like(slot[:, None], new))
+        self.depth = self.depth + (~deleting).long()
+        self.tokens[:, new] = token
+        self.positions[:, new] = position
+        self.visible[:, new] = True
+        self.length = new + 1
+        attend = self.visible[:, None, : self.length]
+        return self._forward(token[:, None], position[:, None], attend)
 
 
 def all_finished(finished_here: bool, synced_gpus: bool, device: torch.device) -> bool:
@@ -235,56 +230,41 @@ def generate_with_backspace(
     start = config.decoder_start_token_id
     if start is None:
         start = getattr(base.config, "decoder_start_token_id", None)
-    processors = LogitsProcessorList()
-    if config.do_sample:
-        if config.temperature is not None and config.temperature != 1.0:
-            processors.append(TemperatureLogitsWarper(config.temperature))
-        if config.top_k:
-            processors.append(TopKLogitsWarper(config.top_k))
-        if config.top_p is not None and config.top_p < 1.0:
-            processors.append(TopPLogitsWarper(config.top_p))
+    sample = bool(config.do_sample)
+    temperature = config.temperature if sample and config.temperature is not None else 1.0
+    top_k = (config.top_k or 0) if sample else 0
+    top_p = config.top_p if sample and config.top_p is not None else 1.0
+    eos_tensor = torch.tensor(sorted(eos_ids), device=input_ids.device)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            decoder = BackspaceDecoder(model, input_ids, attention_mask, bksp, pad, start)
+            decoder = BackspaceDecoder(model, input_ids, attention_mask, bksp, pad, start, max_new)
             batch = input_ids.shape[0]
-            done = torch.zeros(batch, dtype=torch.bool)
-            taken: list[torch.Tensor] = []
+            done = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
+            actions = torch.full((batch, max_new), pad, dtype=torch.long, device=input_ids.device)
+            taken = 0
             logits = decoder.logits
             for _ in range(max_new):
                 # a backspace needs a generated token to delete: on an empty output it is not an action
-                logits[~decoder.can_delete().to(logits.device), bksp] = float("-inf")
-                scores = processors(None, logits)
-                if config.do_sample:
-                    probs = torch.softmax(scores, dim=-1)
-                    draws = torch.multinomial(
-                        probs.to(generator.device if generator else probs.device), 1, generator=generator
-                    )
-                    action = draws[:, 0].to("cpu")
-                else:
-                    action = scores.argmax(-1).to("cpu")
-                action = torch.where(done, torch.full_like(action, pad), action)
-                taken.append(action)
-                done = done | torch.isin(action, torch.tensor(sorted(eos_ids)))
+                logits[~decoder.can_delete(), bksp] = float("-inf")
+                action = choose_next_tokens(logits, sample, temperature, top_k, top_p, generator)
+                action = torch.where(done, pad, action)
+                actions[:, taken] = action
+                taken += 1
+                done = done | torch.isin(action, eos_tensor)
                 if all_finished(bool(done.all()), synced_gpus, input_ids.device):
                     break
                 logits = decoder.step(action)
     finally:
         model.train(was_training)
-    actions = torch.stack(taken, dim=1) if taken else torch.zeros((input_ids.shape[0], 0), dtype=torch.long)
-    is_eos = torch.isin(actions, torch.tensor(sorted(eos_ids)))
+    actions = actions[:, :taken]
+    is_eos = torch.isin(actions, eos_tensor)
     num_actions = torch.where(is_eos.any(1), is_eos.int().argmax(1) + 1, actions.shape[1])
-    num_backspaces = torch.tensor([int((actions[b, : num_actions[b]] == bksp).sum()) for b in range(actions.shape[0])])
+    acting = torch.arange(actions.shape[1], device=actions.device)[None, :] < num_actions[:, None]
+    num_backspaces = ((actions == bksp) & acting).sum(1)
+    continuation, _ = apply_backspaces_batch(actions, num_actions, bksp, pad)
     prompt = decoder.prompt
-    outputs = []
-    for b in range(actions.shape[0]):
-        final = apply_backspaces(actions[b, : num_actions[b]].tolist(), bksp)
-        outputs.append(final)
-    longest = max([len(row) for row in outputs] + [0])
-    continuation = torch.full((actions.shape[0], longest), pad, dtype=torch.long)
-    for b, row in enumerate(outputs):
-        continuation[b, : len(row)] = torch.tensor(row, dtype=torch.long)
     sequences = torch.cat([prompt, continuation.to(prompt.device)], dim=1)
     if not return_actions:
         return sequences
