@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from conftest import ARCHITECTURES, parameters
@@ -274,16 +276,17 @@ def test_raml_batch_changes_only_target_tokens(arch, make_trainer):
     (expanded,) = seen
     gold = batch["labels"].repeat_interleave(5, 0)
     labelled = gold != -100
-    rows = expanded["input_ids"].shape[0]
-    assert rows == 5 * batch["labels"].shape[0]
-    assert torch.equal(expanded["attention_mask"], batch["attention_mask"].repeat_interleave(5, 0))
     last = labelled.long().cumsum(1) == labelled.sum(1, keepdim=True)
-    if model.config.is_encoder_decoder:
-        assert torch.equal(expanded["input_ids"], batch["input_ids"].repeat_interleave(5, 0))
+    if model.config.is_encoder_decoder:  # each source is encoded once; its 5 candidates are decoder rows
+        assert expanded["decoder_input_ids"].shape[0] == 5 * batch["labels"].shape[0]
+        assert torch.equal(expanded["input_ids"], batch["input_ids"])
+        assert torch.equal(expanded["attention_mask"], batch["attention_mask"])
         labels = model.prepare_decoder_input_ids_from_labels(labels=gold)  # gold decoder inputs
         assert expanded["decoder_input_ids"].shape == labels.shape
         assert torch.equal(expanded["decoder_input_ids"][:, 0], labels[:, 0])
     else:
+        assert expanded["input_ids"].shape[0] == 5 * batch["labels"].shape[0]
+        assert torch.equal(expanded["attention_mask"], batch["attention_mask"].repeat_interleave(5, 0))
         inputs = expanded["input_ids"]
         assert torch.equal(inputs[~labelled], batch["input_ids"].repeat_interleave(5, 0)[~labelled]), "prompt changed"
         assert torch.equal(inputs[labelled & last], gold[labelled & last]), "EOS changed"
@@ -477,3 +480,67 @@ def test_every_objective_trains_logs_and_evaluates(arch, make_trainer):
         assert all(torch.isfinite(torch.tensor(value)) for value in _logged(trainer, "loss"))
     metrics = trainer.evaluate()
     assert "eval_loss" in metrics and not any(key.startswith("eval_interp") for key in metrics)
+
+
+@pytest.mark.parametrize("arch", ["bart", "t5"])
+def test_raml_encoding_each_source_once_gives_the_loss_and_gradients_of_repeated_sources(arch, make_trainer):
+    from hf_seqobj.objectives.erpo.raml import repeated_encoder_states
+
+    trainer = make_trainer(arch, dropout=False, objective="raml", raml_num_samples=3)
+    model = trainer.model.train()
+    batch = next(iter(trainer.get_train_dataloader()))
+    decoder_inputs = model.prepare_decoder_input_ids_from_labels(labels=batch["labels"].repeat_interleave(3, 0))
+    losses, grads = [], []
+    for once in (True, False):
+        model.zero_grad()
+        sources = {
+            key: batch[key] if once else batch[key].repeat_interleave(3, 0) for key in ("input_ids", "attention_mask")
+        }
+        with repeated_encoder_states(model, 3) if once else contextlib.nullcontext():
+            logits = model(**sources, decoder_input_ids=decoder_inputs).logits
+        loss = logits.float().logsumexp(-1).mean()
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append({name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None})
+    torch.testing.assert_close(losses[0], losses[1], atol=1e-5, rtol=1e-5)
+    assert grads[0].keys() == grads[1].keys()
+    for name, value in grads[1].items():
+        torch.testing.assert_close(grads[0][name], value, atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_raml_shared_prefix_logits_give_the_full_loss_and_gradients(arch, make_trainer):
+    """Candidates read the gold row's logits up to their first change; the LM head runs on the other positions only."""
+    from hf_seqobj.objectives.erpo.raml import RAMLObjective, lm_head_on, shared_prefix_positions
+
+    trainer = make_trainer(arch, dropout=False, objective="raml", raml_num_samples=4)
+    model = trainer.model.train()
+    objective = trainer.objective
+    batch = next(iter(trainer.get_train_dataloader()))
+    candidates, rewards = objective.candidates(batch["labels"])
+    weights = objective.candidate_weights(rewards, 0.4).reshape(-1)
+    labels = batch["labels"].repeat_interleave(4, 0)
+    labels[labels != -100] = torch.cat([sample.reshape(-1) for sample in candidates])
+    shift = not model.config.is_encoder_decoder
+    if shift:
+        inputs = {"input_ids": torch.where(labels != -100, labels, batch["input_ids"].repeat_interleave(4, 0))}
+        inputs["attention_mask"] = batch["attention_mask"].repeat_interleave(4, 0)
+    else:
+        inputs = {key: batch[key].repeat_interleave(4, 0) for key in ("input_ids", "attention_mask")}
+        inputs["decoder_input_ids"] = model.prepare_decoder_input_ids_from_labels(labels=labels)
+    positions = shared_prefix_positions(labels, 4, shift=shift)
+    assert 0 < positions.rows.numel() < int((labels != -100).sum())  # fewer logits than labelled positions
+    results = []
+    for shared in (True, False):
+        model.zero_grad()
+        if shared:
+            with lm_head_on(model, positions.rows, positions.columns):
+                logits = model(**inputs).logits
+            loss = RAMLObjective.weighted_nll_at(logits, positions, labels, weights, shift=shift)
+        else:
+            loss = RAMLObjective.weighted_nll(model(**inputs).logits, labels, weights, shift=shift)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    torch.testing.assert_close(results[0][0], results[1][0], atol=1e-5, rtol=1e-5)
+    for name, value in results[1][1].items():
+        torch.testing.assert_close(results[0][1][name], value, atol=1e-5, rtol=1e-4, msg=name)

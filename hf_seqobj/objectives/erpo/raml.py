@@ -7,9 +7,11 @@ softmax(R(y_k, y*) / tau) within the target, and the loss is the weighted cross-
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -243,13 +245,42 @@ class RAMLObjective(Objective):
             )
         if shift:
             logits, labels = logits[:, :-1], labels[:, 1:]
-        token_ce = F.cross_entropy(
-            logits.float().transpose(1, 2), labels, ignore_index=ignore_index, reduction="none"
-        )  # [R, L]
+        keep = labels != ignore_index  # the cross-entropy of labelled positions only, on [N, V] rows
+        token_ce = F.cross_entropy(logits[keep].float(), labels[keep], reduction="none")  # [N]
         weights = weights.to(token_ce.device, torch.float32)
-        total = (token_ce.sum(1) * weights).sum()
+        total = (token_ce * weights[:, None].expand_as(labels)[keep]).sum()
         if num_items_in_batch is None:
             num_items_in_batch = ((labels != ignore_index).sum(1).float() * weights).sum()
+        if isinstance(num_items_in_batch, torch.Tensor):
+            num_items_in_batch = num_items_in_batch.to(total.device)
+        return total / num_items_in_batch
+
+    @staticmethod
+    def weighted_nll_at(
+        logits: torch.Tensor,
+        positions: SharedPositions,
+        labels: torch.Tensor,
+        weights: torch.Tensor,
+        shift: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor:
+        """:meth:`weighted_nll` from the logits of the positions :func:`shared_prefix_positions` keeps.
+
+        Args:
+            logits: [U, V] the logits at `positions.rows`, `positions.columns`.
+            positions: Where every labelled position of `labels` reads its logits.
+            labels, weights, shift, num_items_in_batch: As in :meth:`weighted_nll`.
+        """
+        if shift:
+            labels = labels[:, 1:]
+        keep = labels != IGNORE_INDEX
+        scores = logits.float()
+        index = positions.index[keep]
+        token_ce = torch.logsumexp(scores, dim=-1)[index] - scores[index, labels[keep]]  # [N]
+        weights = weights.to(token_ce.device, torch.float32)
+        total = (token_ce * weights[:, None].expand_as(labels)[keep]).sum()
+        if num_items_in_batch is None:
+            num_items_in_batch = (keep.sum(1).float() * weights).sum()
         if isinstance(num_items_in_batch, torch.Tensor):
             num_items_in_batch = num_items_in_batch.to(total.device)
         return total / num_items_in_batch
@@ -289,20 +320,29 @@ class RAMLObjective(Objective):
             new_labels = labels.repeat_interleave(k, dim=0)
             rows = labelled.repeat_interleave(k, dim=0)
             new_labels[rows] = torch.cat([sample.reshape(-1) for sample in candidates]).to(labels.device)
-            batch = {
-                key: value.repeat_interleave(k, dim=0) if isinstance(value, torch.Tensor) else value
+            unwrapped = trainer.accelerator.unwrap_model(model)
+            encoder_decoder = bool(unwrapped.config.is_encoder_decoder)
+            encoder_keys = ("input_ids", "attention_mask") if encoder_decoder else ()
+            batch = {  # an encoder-decoder encodes each source once (its K candidates share the encoder states)
+                key: value.repeat_interleave(k, dim=0)
+                if isinstance(value, torch.Tensor) and key not in encoder_keys
+                else value
                 for key, value in inputs.items()
                 if key != "labels"
             }
-            unwrapped = trainer.accelerator.unwrap_model(model)
-            encoder_decoder = bool(unwrapped.config.is_encoder_decoder)
             if not encoder_decoder:
                 batch["input_ids"] = torch.where(rows, new_labels, batch["input_ids"])
             batch = rebuild_decoder_inputs(unwrapped, batch, new_labels)
         labels = batch.pop("labels")
-        outputs = model(**batch)
-        loss = self.weighted_nll(
+        positions = shared_prefix_positions(labels, k, shift=not encoder_decoder)
+        with (
+            repeated_encoder_states(unwrapped, k) if encoder_decoder else contextlib.nullcontext(),
+            lm_head_on(unwrapped, positions.rows, positions.columns),
+        ):
+            outputs = model(**batch)
+        loss = self.weighted_nll_at(
             outputs.logits,
+            positions,
             labels,
             weights.reshape(-1),
             shift=not encoder_decoder,
@@ -315,3 +355,95 @@ class RAMLObjective(Objective):
         self.record_metric("raml_gold_weight", weights[:, 0].mean())
         self.record_metric("raml_weight_entropy", entropy.mean())
         return loss, outputs
+
+
+@contextlib.contextmanager
+def repeated_encoder_states(model: torch.nn.Module, repeats: int) -> Iterator[None]:
+    """Inside the block, an encoder-decoder's decoder sees every encoder row `repeats` times (consecutive copies).
+
+    The model is then called with B sources and B x `repeats` decoder rows: the encoder runs once per source, and a
+    pre-hook on the decoder repeats the encoder states and their mask for the candidates of each source. The
+    gradient of the shared states is the sum over the copies, as if each copy had been encoded on its own.
+    """
+    decoder = _base_model(model).get_decoder()
+
+    def repeat(module, args, kwargs):
+        kwargs = dict(kwargs)
+        for key in ("encoder_hidden_states", "encoder_attention_mask"):
+            value = kwargs.get(key)
+            if isinstance(value, torch.Tensor):
+                kwargs[key] = value.repeat_interleave(repeats, dim=0)
+        return args, kwargs
+
+    handle = decoder.register_forward_pre_hook(repeat, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _base_model(model: torch.nn.Module) -> torch.nn.Module:
+    while hasattr(model, "get_base_model") or isinstance(getattr(model, "module", None), torch.nn.Module):
+        model = model.get_base_model() if hasattr(model, "get_base_model") else model.module
+    return model
+
+
+class SharedPositions(NamedTuple):
+    """Where the labelled positions of RAML's candidate rows read their logits (see :func:`shared_prefix_positions`).
+
+    Attributes:
+        rows, columns: [U] the (row, logit column) positions whose logits are computed, row-major.
+        index: [R, C] for every labelled position, the index into those U logits it reads (-1 elsewhere).
+    """
+
+    rows: torch.Tensor
+    columns: torch.Tensor
+    index: torch.Tensor
+
+
+def shared_prefix_positions(labels: torch.Tensor, repeats: int, shift: bool = False) -> SharedPositions:
+    """The logits RAML needs: each candidate row shares its target's logits up to its first changed token.
+
+    Rows come in groups of `repeats`, the gold target first. A candidate's decoder inputs equal the gold ones up to
+    its first changed label, so its hidden states, and its logits, equal the gold row's up to there (the logits of
+    the first changed position included: they predict it from an unchanged prefix). Only the positions after it need
+    their own logits; the others read the gold row's. This is exact: the same loss and gradient as computing every
+    row's logits.
+
+    Args:
+        labels: [R, L] candidate labels, -100 where there is no target.
+        repeats: K, rows per target.
+        shift: Decoder-only (the logits at column p predict the label at p + 1).
+    """
+    if shift:
+        labels = labels[:, 1:]
+    rows, columns = labels.shape
+    device = labels.device
+    labelled = labels != IGNORE_INDEX
+    gold_row = torch.arange(rows, device=device) // repeats * repeats
+    differs = labelled & (labels != labels[gold_row])
+    first = torch.where(differs.any(1), differs.int().argmax(1), columns)
+    column = torch.arange(columns, device=device)[None, :]
+    own = labelled & ((column > first[:, None]) | (gold_row == torch.arange(rows, device=device))[:, None])
+    source = torch.where(own, torch.arange(rows, device=device)[:, None], gold_row[:, None])
+    rank = own.flatten().long().cumsum(0).view(rows, columns) - 1
+    index = torch.where(labelled, rank[source, column.expand(rows, -1)], -1)
+    kept_rows, kept_columns = own.nonzero(as_tuple=True)
+    return SharedPositions(kept_rows, kept_columns, index)
+
+
+@contextlib.contextmanager
+def lm_head_on(model: torch.nn.Module, rows: torch.Tensor, columns: torch.Tensor) -> Iterator[None]:
+    """Inside the block, the model's LM head runs on the hidden states at (`rows`, `columns`) only: its logits are
+    [U, V] instead of [R, L, V] (a pre-hook on the output embeddings, which GPT-2, BART and T5 call on the final
+    hidden states)."""
+    head = _base_model(model).get_output_embeddings()
+
+    def select(module, args):
+        return (args[0][rows, columns], *args[1:])
+
+    handle = head.register_forward_pre_hook(select)
+    try:
+        yield
+    finally:
+        handle.remove()
