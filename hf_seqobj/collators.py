@@ -56,12 +56,16 @@ class _TimedOracle:
         self.oracle = oracle
         self.seconds = 0.0
 
-    def next_token(self, *args):
+    def next_token(self, *args, **kwargs):
         start = time.perf_counter()
         try:
-            return self.oracle.next_token(*args)
+            return self.oracle.next_token(*args, **kwargs)
         finally:
             self.seconds += time.perf_counter() - start
+
+    @property
+    def supports_rows(self) -> bool:
+        return bool(getattr(self.oracle, "supports_rows", False))
 
 
 class DAggerRelabeler:

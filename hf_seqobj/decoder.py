@@ -188,8 +188,9 @@ class OracleMixing:
     Called once per decoding step with the tokens generated so far; returns the tokens to force ([B], -100 where the
     model's token stays). Each step draws one uniform number per row of the GLOBAL batch from `generator` (seeded
     identically on every rank) and uses this batch's slice, so a row's draws do not depend on how the global batch is
-    split over processes or micro-batches, nor on how many steps other rows needed. The oracle is asked only at steps
-    where some row draws below beta.
+    split over processes or micro-batches, nor on how many steps other rows needed. The oracle is asked only about
+    the rows that draw below beta (an oracle with `supports_rows` gets the whole batch and `rows=`, so that it can
+    keep state from one step to the next).
 
     Args:
         oracle: Has `next_token(prefix_ids [B, t], prefix_lengths [B], reference_ids) -> [B]` (-100: no label).
@@ -225,13 +226,18 @@ class OracleMixing:
         draws = torch.rand(total, generator=self.generator, device=device)[index.to(device)]
         mix = draws.to(prefix.device) < self.beta
         self.steps += batch
-        if not bool(mix.any()):
+        mixed = mix.nonzero().flatten()
+        if mixed.numel() == 0:
             return None
         lengths = torch.full((batch,), prefix.shape[1], dtype=torch.long, device=prefix.device)
-        labels = self.oracle.next_token(prefix, lengths, self.reference_ids)
-        force = mix & (labels != IGNORE_INDEX)
-        self.forced += int(force.sum())
-        return torch.where(force, labels, IGNORE_INDEX)
+        if getattr(self.oracle, "supports_rows", False):  # the whole batch, so the oracle can reuse its state
+            labels = self.oracle.next_token(prefix, lengths, self.reference_ids, rows=mixed)
+        else:  # only the rows that take the oracle's token are asked
+            labels = self.oracle.next_token(prefix[mixed], lengths[mixed], self.reference_ids[mixed])
+        forced = torch.full((batch,), IGNORE_INDEX, dtype=torch.long, device=prefix.device)
+        forced[mixed] = labels.to(prefix.device).long()
+        self.forced += int((forced != IGNORE_INDEX).sum())
+        return forced
 
 
 # --------------------------------------------------------------------------------------------------------------

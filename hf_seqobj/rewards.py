@@ -47,6 +47,7 @@ max(lcs[j], lcs[j - 1] + (r[j - 1] == a)).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
@@ -245,6 +246,14 @@ class SentenceMetric:
             bits = torch.arange(2 ** len(self.orders), device=self.device)[:, None] >> order_ids
             self._pattern_bits_t = (bits & 1).double().T.contiguous()  # [O, 2^O]
             self._bit_values = (1 << order_ids).to(_COUNT)
+
+    def select(self, rows: torch.Tensor) -> SentenceMetric:
+        """The metric against references `rows` only (same width R', so a search over them runs as over all rows)."""
+        picked = copy.copy(self)
+        picked.ref, picked.ref_len, picked.ref_valid = self.ref[rows], self.ref_len[rows], self.ref_valid[rows]
+        if self.orders:
+            picked._first_counts = self._first_counts[rows]
+        return picked
 
     @property
     def num_references(self) -> int:

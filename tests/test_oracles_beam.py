@@ -313,3 +313,32 @@ def test_cuda_equals_cpu(metric):
     lengths = torch.tensor([rng.randint(0, 8) for _ in range(64)])
     on_gpu = oracle.next_token(prefixes.cuda(), lengths.cuda(), refs.cuda())
     assert torch.equal(on_gpu.cpu(), oracle.next_token(prefixes, lengths, refs))
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_next_token_called_step_by_step_reuses_its_state_and_equals_the_columns(metric):
+    """A roll-in asks at every step with a prefix one token longer (and only some rows): the same labels."""
+    rng = random.Random(7)
+    g = torch.Generator().manual_seed(7)
+    batch, length = 12, 10
+    refs = torch.randint(4, 30, (batch, length + 1), generator=g)
+    refs[:, length] = 2
+    refs[2, 4] = 2
+    refs[3, 6:] = -100
+    hyps = torch.randint(4, 30, (batch, length), generator=g)
+    hyps[:, ::2] = refs[:, :length:2]
+    hyps[5, 3] = 2  # a roll-in that has ended: -100 after it
+    oracle = BeamOracle(metric, beam_size=3, lookahead=2, eos_token_id=2, pad_token_id=0)
+    columns = BeamOracle(metric, beam_size=3, lookahead=2, eos_token_id=2, pad_token_id=0)(hyps, refs)
+    for t in range(length):
+        rows = torch.tensor(sorted(rng.sample(range(batch), 5)))
+        lengths = torch.full((batch,), t)
+        assert torch.equal(oracle.next_token(hyps[:, :t], lengths, refs, rows=rows), columns[rows, t])
+        assert torch.equal(oracle.next_token(hyps[:, :t], lengths, refs), columns[:, t])
+    assert (columns[5, 4:] == -100).all()
+    changed = hyps.clone()
+    changed[:, 1] = 7  # a different prefix with the same references: the state is built again
+    assert torch.equal(
+        oracle.next_token(changed[:, :5], torch.full((batch,), 5), refs),
+        BeamOracle(metric, 3, 2, eos_token_id=2, pad_token_id=0)(changed, refs)[:, 5],
+    )

@@ -144,23 +144,106 @@ class BeamOracle:
         """
         return self.search(prefix_ids, reference_ids).labels
 
+    supports_rows = True
+    """:meth:`next_token` takes `rows` (a roll-in's mixing asks for the rows that draw the oracle only)."""
+
     def next_token(
-        self, prefix_ids: torch.Tensor, prefix_lengths: torch.Tensor, reference_ids: torch.Tensor
+        self,
+        prefix_ids: torch.Tensor,
+        prefix_lengths: torch.Tensor,
+        reference_ids: torch.Tensor,
+        rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The oracle label at position prefix_lengths[b] only: one search per row (for mixing into a roll-in).
+
+        A roll-in asks at every step, with the same `reference_ids` tensor and a prefix one token longer: the oracle
+        then keeps the scorer of the references and each row's metric state after its prefix from the previous call
+        and appends the new tokens, instead of building both again from the whole prefix (the labels are the same).
 
         Args:
             prefix_ids: [B, T] roll-in token ids; only prefix_ids[b, :prefix_lengths[b]] is read.
             prefix_lengths: [B] integers in [0, T].
             reference_ids: [B, R] gold output ids.
+            rows: [b] indices of the rows to search (the others are not searched); None: all rows.
 
         Returns:
-            [B] LongTensor: `self(prefix_ids, reference_ids)[b, prefix_lengths[b]]` (also defined for length T).
+            [B] (or [b] with `rows`) LongTensor: `self(prefix_ids, reference_ids)[b, prefix_lengths[b]]` (also
+            defined for length T).
 
         Raises:
             ValueError: As `__call__`, or on `prefix_lengths` that is not [B] integers in [0, T].
         """
-        return self.search(prefix_ids, reference_ids, prefix_lengths).labels
+        prefix_ids, reference_ids = torch.as_tensor(prefix_ids), torch.as_tensor(reference_ids)
+        lengths = torch.as_tensor(prefix_lengths, device=prefix_ids.device)
+        session = self._session(prefix_ids, lengths, reference_ids)
+        if session is None:
+            labels = self.search(prefix_ids, reference_ids, lengths).labels
+            return labels if rows is None else labels[rows]
+        scorer, state, open_prefix = session
+        picked = torch.arange(prefix_ids.shape[0], device=prefix_ids.device) if rows is None else rows
+        if picked.numel() == 0:
+            return torch.zeros(0, dtype=torch.long, device=prefix_ids.device)
+        root = state.map(lambda x: x[picked][:, None])
+        result = self._search(scorer.select(picked), root, lengths[picked][:, None], False)
+        return torch.where(open_prefix[picked], result.labels[:, 0], IGNORE_INDEX)
+
+    def _stops(self, tokens: torch.Tensor) -> torch.Tensor:
+        stop = (tokens == self.eos_token_id) | (tokens == IGNORE_INDEX)
+        if self.pad_token_id is not None:
+            stop |= tokens == self.pad_token_id
+        return stop
+
+    def _session(self, prefix_ids: torch.Tensor, lengths: torch.Tensor, reference_ids: torch.Tensor):
+        """`(scorer, states after each prefix [B], prefix open [B])` for a call whose prefixes are whole rows.
+
+        Kept from the previous call when the references are the same tensor (unchanged) and the previous prefix
+        starts this one; else built anew. None for calls with prefixes of different lengths (no session).
+        """
+        b, t = prefix_ids.shape if prefix_ids.dim() == 2 else (0, 0)
+        if (
+            prefix_ids.dim() != 2
+            or reference_ids.dim() != 2
+            or reference_ids.shape[0] != b
+            or b == 0
+            or lengths.shape != (b,)
+            or lengths.dtype.is_floating_point
+            or bool((lengths != t).any())
+        ):
+            return None
+        check_token_ids(prefix_ids, "prefix_ids")
+        prefix = prefix_ids.long()
+        cached = getattr(self, "_cached", None)
+        if (
+            cached is not None
+            and cached["references"] is reference_ids
+            and cached["version"] == reference_ids._version
+            and cached["prefix"].shape[1] <= t
+            and cached["prefix"].shape[0] == b
+            and cached["prefix"].device == prefix.device
+            and torch.equal(cached["prefix"], prefix[:, : cached["prefix"].shape[1]])
+        ):
+            scorer, state, open_prefix = cached["scorer"], cached["state"], cached["open"]
+            for column in range(cached["prefix"].shape[1], t):
+                state = scorer.append(state, prefix[:, column])
+                open_prefix = open_prefix & ~self._stops(prefix[:, column])
+        else:
+            scorer = SentenceMetric(
+                self.metric,
+                reference_ids.to(prefix.device),
+                eos_token_id=self.eos_token_id,
+                pad_token_id=self.pad_token_id,
+            )
+            state = scorer.prefix_states(prefix).map(lambda x: x[:, t])
+            open_prefix = ~self._stops(prefix).any(1)
+        self._cached = {
+            "references": reference_ids,
+            "version": reference_ids._version,
+            "prefix": prefix.clone(),
+            "scorer": scorer,
+            "state": state,
+            "open": open_prefix,
+        }
+        return scorer, state, open_prefix
 
     def search(
         self,
