@@ -471,9 +471,9 @@ def _shift_right(x: torch.Tensor, fill: int | bool) -> torch.Tensor:
     return torch.cat([torch.full_like(x[:, :1], fill), x[:, :-1]], dim=1)
 
 
-def _sum_upto(x: torch.Tensor, lag: int) -> torch.Tensor:
+def _sum_upto(x: torch.Tensor, lag: int, dtype: torch.dtype = torch.long) -> torch.Tensor:
     """y[:, t] = sum of x[:, i] over i <= t - lag (0 when t < lag)."""
-    cs = x.long().cumsum(1)
+    cs = x.to(dtype).cumsum(1, dtype=dtype)
     pad = torch.zeros(cs.shape[0], lag, dtype=cs.dtype, device=cs.device)
     return torch.cat([pad, cs], dim=1)[:, : cs.shape[1]]
 
@@ -528,9 +528,8 @@ def _values_exact(g: torch.Tensor, p: torch.Tensor, k: int) -> tuple[torch.Tenso
 
 
 def _partial_f1_tensor(a: torch.Tensor, b: torch.Tensor, p: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    num = 2 * a * b
-    den = a * g + b * p
-    f1 = torch.where(den > 0, num.double() / den.clamp(min=1).double(), 0.0)
+    den = (a * g + b * p).double()
+    f1 = torch.where(den > 0, (2 * a * b).double() / den, 0.0)  # x / 0 is discarded, never an error
     return torch.where((p == 0) & (g == 0), 1.0, f1)
 
 
@@ -558,23 +557,24 @@ def _values_partial(g: torch.Tensor, p: torch.Tensor, k: int) -> tuple[torch.Ten
     last_agree = torch.cummax(torch.where(agree, pos, -1), dim=1).values
     pgood = (ptyp != 0) & (last_agree >= pss)  # the predicted span containing i is a hit on positions <= i
     gcov = (gtyp != 0) & (last_agree >= gss)  # the gold span containing i is overlapped on positions <= i
-    a_closed, p_closed = _sum_upto(pend & pgood, 2), _sum_upto(pend, 2)
-    bcov_prefix = _sum_upto(gend & gcov, 1)  # covered gold spans that end before t
+    # Counts are int32 (they are at most T): half the memory traffic of int64 on the [B, T, C] tensors below.
+    a_closed, p_closed = _sum_upto(pend & pgood, 2, torch.int32), _sum_upto(pend, 2, torch.int32)
+    bcov_prefix = _sum_upto(gend & gcov, 1, torch.int32)  # covered gold spans that end before t
     covprev = (gtyp != 0) & (_shift_right(last_agree, -1) >= gss)  # gold span at t already overlapped before t
     has_open, otyp, ogood = _shift_right(ptyp != 0, False), _shift_right(ptyp, 0), _shift_right(pgood, False)
 
     # Gold counts.
-    n_gold = gstart.long().sum(1)[:, None, None]
-    gpos_cum = torch.cat([torch.zeros_like(pos[:, :1]), (gtyp != 0).long().cumsum(1)], dim=1)
+    n_gold = gstart.sum(1, dtype=torch.int32)[:, None, None]
+    gpos_cum = torch.nn.functional.pad((gtyp != 0).cumsum(1, dtype=torch.int32), (1, 0))
     gpos_suffix = gpos_cum[:, -1:] - gpos_cum  # [B, T + 1]: gold positions at >= j
-    end_cum = gend.long().cumsum(1)
+    end_cum = gend.cumsum(1, dtype=torch.int32)
     nend_after = (end_cum[:, -1:] - end_cum)[..., None]  # gold spans ending after t
     onehot = torch.nn.functional.one_hot(gtyp, k + 1).bool()  # [B, T, K + 1]
     # Gold spans ending at <= i whose type is not the candidate's type: [B, T, C].
-    end_other = end_cum[..., None] - (onehot & gend[..., None]).long().cumsum(1)[:, :, ctyp]
+    end_other = end_cum[..., None] - (onehot & gend[..., None]).cumsum(1, dtype=torch.int32).index_select(2, ctyp)
     # q: first position > t with gold type = the candidate's type (t_ if none): [B, T, C].
     first_ge = torch.flip(torch.cummin(torch.flip(torch.where(onehot, pos[..., None], t_), [1]), dim=1).values, [1])
-    q = torch.cat([first_ge[:, 1:], torch.full_like(first_ge[:, :1], t_)], dim=1)[:, :, ctyp]
+    q = torch.cat([first_ge[:, 1:], torch.full_like(first_ge[:, :1], t_)], dim=1).index_select(2, ctyp)
     has_q = q < t_
     q = q.clamp(max=t_ - 1)
 
@@ -588,16 +588,19 @@ def _values_partial(g: torch.Tensor, p: torch.Tensor, k: int) -> tuple[torch.Ten
     p0 = p_closed[..., None] + closes
     good0 = torch.where(continues, ogood[..., None] | agree_t, agree_t)
     rest = gpos_suffix[:, 1:, None]  # gold positions after t: one-word hit spans
-    value_none = _partial_f1_tensor(a0 + rest, b_base, p0 + rest, n_gold)
+    # Candidate O (c = 0) leaves no open span; the others (c >= 1) open or continue one.
+    value_none = _partial_f1_tensor(a0[..., :1] + rest, b_base[..., :1], p0[..., :1] + rest, n_gold)
+    a0, p0, b_base, good0, cov_t = a0[..., 1:], p0[..., 1:], b_base[..., 1:], good0[..., 1:], cov_t[..., 1:]
+    q, has_q, end_other, ctyp = q[..., 1:], has_q[..., 1:], end_other[..., 1:], ctyp[1:]
     value_t = _partial_f1_tensor(a0 + good0 + rest, b_base, p0 + 1 + rest, n_gold)
     rest_q = gpos_suffix.gather(1, (q + 1).reshape(b_, -1)).reshape(q.shape)
     straddle_saved = (
         ((gtyp != 0) & ~gend)[..., None] & cov_t & (gtyp[..., None] != ctyp) & (gse[..., None] <= q)
     )  # the gold span running through t is lost by the stretch unless already overlapped
-    lost = end_other.gather(1, q) - end_other - straddle_saved.long()
+    lost = end_other.gather(1, q) - end_other - straddle_saved.int()
     value_q = _partial_f1_tensor(a0 + 1 + rest_q, b_base - lost, p0 + 1 + rest_q, n_gold)
     value_open = torch.where(has_q, torch.maximum(value_t, value_q), value_t)
-    return torch.where(c_nonzero, value_open, value_none), otyp
+    return torch.cat([value_none, value_open], dim=-1), otyp
 
 
 def span_f1_oracle_batch(
@@ -668,22 +671,20 @@ def span_f1_oracle_batch(
     p = tag_set.to_internal(prefix_ids).gather(1, order).clamp(min=0)  # not a tag -> O
     if mode == "exact":
         f1, pred, otyp = _values_exact(g, p, k)
-        optimal = f1 == f1.max(-1, keepdim=True).values
+        optimal = f1 == f1.amax(-1, keepdim=True)
         fewest = torch.where(optimal, pred, torch.iinfo(torch.long).max).min(-1, keepdim=True).values
         optimal &= pred == fewest
     else:
         f1, otyp = _values_partial(g, p, k)
-        optimal = f1 == f1.max(-1, keepdim=True).values
-    # Tie-breaking ranks (lower wins): gold tag, B-<gold type>, O, I-<open type>, then internal order.
-    n_cand = 2 * k + 1
-    cand = torch.arange(n_cand, device=dev)
-    gtyp = torch.where(g != 0, (g - 1) % max(k, 1) + 1, 0)[..., None]
-    rank = (4 + cand).expand(b_, t_, n_cand)
-    rank = torch.where((otyp[..., None] != 0) & (cand == k + otyp[..., None]), 3, rank)
-    rank = torch.where(cand == 0, 2, rank)
-    rank = torch.where((gtyp != 0) & (cand == gtyp), 1, rank)
-    rank = torch.where(cand == g[..., None], 0, rank)
-    choice = torch.where(optimal, rank, n_cand + 10).argmin(-1)
+        optimal = f1 == f1.amax(-1, keepdim=True)
+    # Ties go to the first optimal candidate in this order: gold tag, B-<gold type>, O, I-<open type>, then internal
+    # order. The first optimal in internal order, overridden by each preferred candidate that is optimal (the
+    # least preferred first, so that the most preferred one wins).
+    gtyp = torch.where(g != 0, (g - 1) % max(k, 1) + 1, 0)
+    choice = optimal.to(torch.uint8).argmax(-1)  # the first optimal one
+    for allowed, preferred in ((otyp != 0, k + otyp), (None, torch.zeros_like(g)), (gtyp != 0, gtyp), (None, g)):
+        ok = optimal.gather(-1, preferred[..., None])[..., 0]
+        choice = torch.where(ok if allowed is None else ok & allowed, preferred, choice)
     labels = torch.where(inside, tag_set.token_ids.to(dev)[choice], IGNORE_INDEX)
     return out.scatter_(1, order, labels)
 
