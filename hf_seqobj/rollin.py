@@ -6,8 +6,9 @@ does it the way that survives distributed training and arbitrary checkpoints:
 - the model is unwrapped (DDP / FSDP / DeepSpeed), and under DeepSpeed ZeRO-3 its parameters are gathered for the
   duration of generation; under FSDP and ZeRO-3 every rank generates in lockstep (`synced_gpus`);
 - gradient checkpointing is switched off and the KV cache on during generation, and restored afterwards;
-- the GenerationConfig is explicit (a checkpoint's own `generation_config`, with beams, forced tokens or
-  `no_repeat_ngram_size`, never leaks into roll-ins);
+- decoding is :func:`hf_seqobj.decoder.decode` (the tokens `generate` would give, at a lower cost per step), from
+  explicit settings (a checkpoint's own `generation_config`, with beams, forced tokens or `no_repeat_ngram_size`,
+  never enters a roll-in);
 - dropout is as configured: off (eval mode) by default, the model's training mode with `dropout=True`;
 - the training forward of a decoder-only roll-in gets explicit position ids (GPT-2 derives them from the attention
   mask in `generate` but uses `arange` in a plain forward).
@@ -338,20 +339,24 @@ class RollinArguments:
     rollin_fixed_length: bool = field(
         default=False,
         metadata={
-            "help": "Roll in exactly as many tokens as each example's gold output has, with no EOS checks while "
-            "decoding: for tasks whose output length is known (NER: one tag per word, then EOS). The roll-ins are the "
-            "same (each is still cut at its first EOS); it saves a host synchronisation per step on a GPU."
+            "help": "dagger, spg, interpolation: roll in exactly as many tokens as each example's gold output has, "
+            "with no EOS checks while decoding: for tasks whose output length is known (NER: one tag per word, then "
+            "EOS). The roll-ins are the same (each is still cut at its first EOS); it saves a host synchronisation "
+            "per step on a GPU."
         },
     )
     rollin_static_cache: bool = field(
         default=False,
-        metadata={"help": "Decode roll-ins with a static (fixed-shape) KV cache; for rollin_compile on a GPU."},
+        metadata={
+            "help": "dagger, spg, interpolation: decode roll-ins with a static (fixed-shape) KV cache; for "
+            "rollin_compile on a GPU."
+        },
     )
     rollin_compile: bool = field(
         default=False,
         metadata={
-            "help": "Compile the one-token decode step of roll-ins with torch.compile (needs rollin_static_cache; "
-            "pays on a GPU, after a compilation of a minute or more)."
+            "help": "dagger, spg, interpolation: compile the one-token decode step of roll-ins with torch.compile "
+            "(needs rollin_static_cache; pays on a GPU, after a compilation of a minute or more)."
         },
     )
 

@@ -325,6 +325,67 @@ def gkd_stepper(case, batch, workdir: Path, device: str, batch_size: int) -> _St
     return _Stepper(trainer, batch, step, metrics)
 
 
+def rollin_stepper(kind: str):
+    """A variant that times one greedy roll-in of the batch alone (no oracle, no training): `kind` "decoder" is the
+    roll-in decoder of the training steps (:func:`hf_seqobj.decoder.decode`, each row stopping at its gold length),
+    "generate" is `model.generate` as the roll-ins called it before (the batch's longest gold length for every row)."""
+
+    def make(case, batch, workdir: Path, device: str, batch_size: int) -> _Stepper:
+        from transformers import GenerationConfig
+
+        from hf_seqobj.decoder import decode
+        from hf_seqobj.generation import split_prompts
+        from hf_seqobj.rollin import reference_targets
+
+        task, splits, path = case
+        model, tokenizer = load_model_and_tokenizer(path, extra_tokens=task.extra_tokens(splits))
+        model = model.to(batch["input_ids"].device).eval()
+        model.generation_config = GenerationConfig()
+        encoder_decoder = bool(model.config.is_encoder_decoder)
+        references = reference_targets(batch, encoder_decoder)
+        limits = (references != -100).sum(1).clamp(min=1)
+        if encoder_decoder:
+            ids, mask = batch["input_ids"], batch["attention_mask"]
+        else:
+            ids, mask = split_prompts(batch["input_ids"], batch["labels"], tokenizer.pad_token_id)
+        start = getattr(model.config, "decoder_start_token_id", None)
+        settings = dict(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        config = GenerationConfig(
+            max_new_tokens=int(limits.max()), do_sample=False, num_beams=1, decoder_start_token_id=start, **settings
+        )
+        lengths = []
+
+        def step():
+            with torch.no_grad():
+                if kind == "decoder":
+                    tokens = decode(model, ids, mask, max_new_tokens=limits, decoder_start_token_id=start, **settings)
+                    tokens = tokens.tokens
+                else:
+                    tokens = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+                    tokens = tokens[:, ids.shape[1] :] if not encoder_decoder else tokens[:, 1:]
+            lengths.append(float((tokens != tokenizer.pad_token_id).sum(1).float().mean()))
+
+        def metrics():
+            mean = statistics.mean(lengths) if lengths else None
+            lengths.clear()
+            return {"rollin_length": mean}
+
+        return _Stepper(None, batch, step, metrics)
+
+    return make
+
+
+def gpu_rollin_variants(device: str) -> dict:
+    """On a GPU, DAgger with the roll-in decoder's static cache, and with its compiled decode step (off on CPU)."""
+    if device != "cuda":
+        return {}
+    base = {"objective": "dagger", "oracle": "span_f1", "dagger_beta": 0.0, "rollin_static_cache": True}
+    return {
+        "dagger+span_f1 (beta=0, static cache)": base,
+        "dagger+span_f1 (beta=0, static cache + compile)": {**base, "rollin_compile": True},
+    }
+
+
 def speed(quick: bool, device: str, repeats: int, batch_size: int, size: str, tasks: list[str]) -> list[dict]:
     steps = 3 if quick else 10
     repeats = repeats or (3 if quick else 7)
@@ -342,6 +403,24 @@ def speed(quick: bool, device: str, repeats: int, batch_size: int, size: str, ta
                 "mle": {"objective": "mle"},
                 "scheduled_sampling": {"objective": "scheduled_sampling", "ss_schedule": "linear", "ss_k": 0.5},
                 "dagger+span_f1 (beta=0)": {"objective": "dagger", "oracle": "span_f1", "dagger_beta": 0.0},
+                "dagger+span_f1 (beta=0, rollin_fraction=0.5)": {
+                    "objective": "dagger",
+                    "oracle": "span_f1",
+                    "dagger_beta": 0.0,
+                    "rollin_fraction": 0.5,
+                },
+                "dagger+span_f1 (beta=0, rollin_fraction=0.25)": {
+                    "objective": "dagger",
+                    "oracle": "span_f1",
+                    "dagger_beta": 0.0,
+                    "rollin_fraction": 0.25,
+                },
+                "dagger+span_f1 (beta=0, fixed-length roll-ins)": {
+                    "objective": "dagger",
+                    "oracle": "span_f1",
+                    "dagger_beta": 0.0,
+                    "rollin_fixed_length": True,
+                },
                 "dagger+span_f1 (beta=0.5)": {
                     "objective": "dagger",
                     "oracle": "span_f1",
@@ -353,6 +432,9 @@ def speed(quick: bool, device: str, repeats: int, batch_size: int, size: str, ta
                     "oracle": "span_f1_partial",
                     "dagger_beta": 0.0,
                 },
+                "roll-in alone: decoder": rollin_stepper("decoder"),
+                "roll-in alone: generate()": rollin_stepper("generate"),
+                **gpu_rollin_variants(device),
             },
         )
     ]
@@ -387,6 +469,22 @@ def speed(quick: bool, device: str, repeats: int, batch_size: int, size: str, ta
                 "oracle_beam_size": k,
                 "dagger_beta": 0.0,
             }
+        variants["dagger+bleu k=20 (beta=0.5)"] = {
+            "objective": "dagger",
+            "oracle": "bleu",
+            "oracle_beam_size": 20,
+            "dagger_beta": 0.5,
+            "dagger_beta_schedule": "constant",
+        }
+        variants["dagger+bleu k=20 (rollin_fraction=0.5)"] = {
+            "objective": "dagger",
+            "oracle": "bleu",
+            "oracle_beam_size": 20,
+            "dagger_beta": 0.0,
+            "rollin_fraction": 0.5,
+        }
+        variants["roll-in alone: decoder"] = rollin_stepper("decoder")
+        variants["roll-in alone: generate()"] = rollin_stepper("generate")
         variants.update(
             {
                 "raml": {"objective": "raml", "raml_reward": "bleu"},
@@ -414,6 +512,11 @@ def speed(quick: bool, device: str, repeats: int, batch_size: int, size: str, ta
                     "mle": {"objective": "mle"},
                     "mle+backspace noise": {**sequencematch, "sm_bc_steps": 10**9},
                     "sequencematch (no refresh)": {**sequencematch, "sm_rollout_every": 10**9},
+                    "sequencematch (no refresh, 1/2 roll-ins)": {
+                        **sequencematch,
+                        "sm_rollout_every": 10**9,
+                        "sm_rollin_fraction": 0.5,
+                    },
                     "sequencematch (no refresh, 1/4 roll-ins)": {
                         **sequencematch,
                         "sm_rollout_every": 10**9,
