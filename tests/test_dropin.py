@@ -459,6 +459,18 @@ def test_resume_sees_the_batches_of_the_uninterrupted_run_as_with_the_stock_trai
     assert _checkpoint_files(tmp_path / "ours") == _checkpoint_files(tmp_path / "stock")
 
 
+def test_resume_true_without_a_checkpoint_raises_the_stock_error(tmp_path):
+    """`train(resume_from_checkpoint=True)` with no checkpoint in output_dir: the stock Trainer's own error."""
+    messages = {}
+    for name, pair in (("stock", STOCK), ("ours", OURS)):
+        run = _run(pair, _regression(), RegressionDataset(length=8), tmp_path / name, train=False)
+        with pytest.raises(ValueError) as error:
+            run.trainer.train(resume_from_checkpoint=True)
+        messages[name] = str(error.value).replace(str(tmp_path / name), "OUTPUT_DIR")
+    assert "No valid checkpoint found" in messages["stock"]
+    assert messages["ours"] == messages["stock"]
+
+
 class _Recorder(TrainerCallback):
     pass
 

@@ -182,15 +182,16 @@ class _SeqObjMixin:
     def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
         """The stock `train`; when resuming, the objective's own state (:meth:`Objective.load_state`) is restored
         first from the checkpoint (`True`: the newest `checkpoint-*` of `output_dir`), under every backend."""
-        if resume_from_checkpoint is True:
+        checkpoint = resume_from_checkpoint
+        if checkpoint is True:
             from transformers.trainer_utils import get_last_checkpoint
 
-            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)  # type: ignore[attr-defined]
-            if resume_from_checkpoint is None:
-                raise ValueError(f"No checkpoint-* folder in output_dir {self.args.output_dir!r} to resume from.")
-        if resume_from_checkpoint:
-            self.objective.load_state(resume_from_checkpoint)
-        return super().train(resume_from_checkpoint or None, *args, **kwargs)  # type: ignore[misc]
+            # None when output_dir holds no checkpoint: the stock train then raises its own error
+            checkpoint = get_last_checkpoint(self.args.output_dir)  # type: ignore[attr-defined]
+        if isinstance(checkpoint, str | os.PathLike) and checkpoint:
+            self.objective.load_state(str(checkpoint))
+            resume_from_checkpoint = checkpoint
+        return super().train(resume_from_checkpoint, *args, **kwargs)  # type: ignore[misc]
 
     def _generate_with_backspace(
         self, model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, config
