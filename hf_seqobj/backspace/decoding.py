@@ -176,6 +176,15 @@ def all_finished(finished_here: bool, synced_gpus: bool, device: torch.device) -
     return unfinished.item() == 0.0
 
 
+def global_max(value: int, device: torch.device) -> int:
+    """The largest `value` over the processes of the default process group (an all-reduce)."""
+    import torch.distributed as dist
+
+    largest = torch.tensor(int(value), device=device)
+    dist.all_reduce(largest, op=dist.ReduceOp.MAX)
+    return int(largest.item())
+
+
 def generate_with_backspace(
     model: torch.nn.Module,
     input_ids: torch.Tensor,
@@ -206,7 +215,8 @@ def generate_with_backspace(
         generator: Source of the sampling draws.
         synced_gpus: Keep stepping, with padding, until every process of the default process group has finished
             (as `generate` does under DeepSpeed ZeRO-3 and FSDP, whose forward passes gather parameters from every
-            process): a process whose rows have all ended still takes part in the others' forward passes.
+            process): a process whose rows have all ended still takes part in the others' forward passes, up to
+            the largest `max_new_tokens` of all processes (each process's rows take at most its own).
         **kwargs: Override fields of the generation config (e.g. `max_new_tokens=20`).
 
     Returns:
@@ -242,10 +252,12 @@ def generate_with_backspace(
             decoder = BackspaceDecoder(model, input_ids, attention_mask, bksp, pad, start, max_new)
             batch = input_ids.shape[0]
             done = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
-            actions = torch.full((batch, max_new), pad, dtype=torch.long, device=input_ids.device)
+            # with synced_gpus every process loops to the largest budget of all, its own rows done at its own
+            steps = global_max(max_new, input_ids.device) if synced_gpus else max_new
+            actions = torch.full((batch, steps), pad, dtype=torch.long, device=input_ids.device)
             taken = 0
             logits = decoder.logits
-            for _ in range(max_new):
+            for _ in range(steps):
                 # a backspace needs a generated token to delete: on an empty output it is not an action
                 logits[~decoder.can_delete(), bksp] = float("-inf")
                 action = choose_next_tokens(logits, sample, temperature, top_k, top_p, generator)
@@ -253,12 +265,14 @@ def generate_with_backspace(
                 actions[:, taken] = action
                 taken += 1
                 done = done | torch.isin(action, eos_tensor)
+                if taken >= max_new:  # this process's budget is spent (it may still step with the others)
+                    done = torch.ones_like(done)
                 if all_finished(bool(done.all()), synced_gpus, input_ids.device):
                     break
                 logits = decoder.step(action)
     finally:
         model.train(was_training)
-    actions = actions[:, :taken]
+    actions = actions[:, : min(taken, max_new)]
     is_eos = torch.isin(actions, eos_tensor)
     num_actions = torch.where(is_eos.any(1), is_eos.int().argmax(1) + 1, actions.shape[1])
     acting = torch.arange(actions.shape[1], device=actions.device)[None, :] < num_actions[:, None]
