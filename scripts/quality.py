@@ -45,8 +45,8 @@ TASKS = {
             "mle": {"objective": "mle"},
             "mle+backspace noise": {**SEQUENCEMATCH, "sm_bc_steps": 10**9},
             "sequencematch": {**SEQUENCEMATCH, "sm_bc_steps": 0.5},
-            # ablation: the chi^2 term weighted 1/(4 alpha) = 0.25 instead of 25
-            "sequencematch (alpha=1)": {**SEQUENCEMATCH, "sm_bc_steps": 0.5, "sm_alpha": 1.0},
+            # ablation: the chi^2 weight of the paper's phi(x) = x - x^2/4 at temperature 1
+            "sequencematch (c=0.25)": {**SEQUENCEMATCH, "sm_bc_steps": 0.5, "sm_chi2_weight": 0.25},
         },
         "sampled_eval": True,
     },

@@ -416,3 +416,105 @@ def test_batched_apply_backspaces():
     final, lengths = apply_backspaces_batch(actions, torch.tensor([len(r) for r in rows]), 99, pad_token_id=0)
     for index, row in enumerate(rows):
         assert final[index, : lengths[index]].tolist() == apply_backspaces(row, 99)
+
+
+def test_backspace_noise_draws_every_candidate_but_gold():
+    """The wrong token is uniform over the candidates other than gold; with a gold token that is no candidate (EOS),
+    over all of them, the last one included."""
+    candidates = torch.tensor([10, 11, 12, 13])
+    generator = torch.Generator().manual_seed(0)
+    counts: dict[int, dict[int, int]] = {12: {}, 13: {}, 2: {}}
+    for _ in range(300):
+        for gold in counts:
+            actions, _ = insert_backspace_noise([gold], 1.0, 99, candidates, generator)
+            counts[gold][actions[0]] = counts[gold].get(actions[0], 0) + 1
+    assert sorted(counts[12]) == [10, 11, 13] and sorted(counts[13]) == [10, 11, 12]
+    assert sorted(counts[2]) == [10, 11, 12, 13]  # EOS: the last candidate is drawn too
+    for drawn in counts.values():  # about uniform: 300 draws over 3 or 4 tokens
+        assert min(drawn.values()) > 300 / len(drawn) * 0.6
+    with pytest.raises(ValueError, match="sorted"):
+        insert_backspace_noise([5], 0.5, 99, torch.tensor([12, 10, 11]))
+
+
+def _loop_prone(model, bksp):
+    """Makes the BART model prefer <bksp> whenever it may delete a token; returns the undo function."""
+    output = model.get_output_embeddings()
+    with torch.no_grad():
+        saved = output.weight[bksp].clone()
+        output.weight[bksp] = output.weight.mean(0) * 0 + 1.0
+        model.final_logits_bias[0, bksp] += 1e4
+
+    def undo():
+        with torch.no_grad():
+            output.weight[bksp] = saved
+            model.final_logits_bias[0, bksp] -= 1e4
+
+    return undo
+
+
+@pytest.mark.parametrize("guard", [False, True])
+def test_cycle_guard_and_two_cycle_detection(bksp_models, guard):
+    """Greedy decoding returns to the state before a deleted token and picks it again: a token / <bksp> 2-cycle.
+    The guard masks, in a state, every token deleted from it; both ways the rows are flagged as 2-cycles."""
+    model, tokenizer, bksp = bksp_models["bart"]
+    input_ids = torch.tensor([[5, 6, 7], [8, 9, 1]])
+    settings = dict(
+        max_new_tokens=9,
+        return_actions=True,
+        do_sample=False,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=len(tokenizer) + 5,  # no EOS: 9 actions
+        decoder_start_token_id=model.config.decoder_start_token_id,
+    )
+    plain = generate_with_backspace(model, input_ids, (input_ids != 1).long(), cycle_guard=guard, **settings)
+    assert not bool(plain.two_cycles.any())  # the model does not backspace
+    undo = _loop_prone(model, bksp)
+    try:
+        result = generate_with_backspace(model, input_ids, (input_ids != 1).long(), cycle_guard=guard, **settings)
+    finally:
+        undo()
+    assert bool(result.two_cycles.all())
+    for row in result.actions.tolist():
+        tokens = row[0::2]
+        assert row[1::2] == [bksp] * len(row[1::2])
+        if guard:  # never a token deleted from this state before
+            assert len(set(tokens)) == len(tokens), row
+        else:  # the same token again and again
+            assert len(set(tokens)) == 1, row
+
+
+def test_cycle_bookkeeping_bans_per_state():
+    """The guard's bans belong to a state: a token deleted from it is masked there (also after going deeper and
+    coming back) and the bans of a state are dropped when a token enters a state of that depth anew."""
+    from hf_seqobj.backspace.decoding import _CycleBookkeeping
+
+    bk, vocab = 9, 10
+    cycles = _CycleBookkeeping(1, 12, bk, guard=True)
+    done = torch.zeros(1, dtype=torch.bool)
+
+    def masked(top: int = 0) -> set[int]:
+        logits = torch.zeros(1, vocab)
+        logits[0, top] = 1.0
+        cycles.before(logits, done)
+        return set(torch.isinf(logits[0]).nonzero().flatten().tolist())
+
+    script = [  # (action, tokens masked before it)
+        (5, set()),
+        (bk, set()),  # deletes 5 from the empty state
+        (6, {5}),
+        (7, set()),  # a new state at depth 1: nothing banned there
+        (bk, set()),  # deletes 7 from state [6]
+        (bk, {7}),  # deletes 6 from the empty state: 5 and 6 banned there
+        (8, {5, 6}),
+        (7, set()),  # [8] is a new state at depth 1: 7 is no longer banned
+    ]
+    for action, expected in script:
+        assert masked() == expected, (action, expected)
+        cycles.after(torch.tensor([action]), done)
+    assert not bool(cycles.two_cycles[0])
+    cycles.after(torch.tensor([bk]), done)  # deletes 7 from [8]
+    assert masked(top=7) == {7} and bool(cycles.two_cycles[0])  # the deleted token was the top-scoring action
+    unguarded = _CycleBookkeeping(1, 4, bk, guard=False)
+    for action in (5, bk, 5):
+        unguarded.after(torch.tensor([action]), done)
+    assert bool(unguarded.two_cycles[0])  # re-emitted right after its deletion

@@ -35,12 +35,12 @@ def _weighted_nll(logits, actions, gamma):
 
 def test_without_rollins_and_chi2_the_loss_is_the_token_nll():
     logits, actions = _random_case()
-    terms = sequencematch_loss(logits, actions, alpha=0.01, gamma=1.0, chi2=False)
+    terms = sequencematch_loss(logits, actions, chi2_weight=0.0, gamma=1.0)
     torch.testing.assert_close(terms.loss, step_nll(logits, actions))
     torch.testing.assert_close(terms.loss, terms.data + terms.value)
     assert float(terms.chi2) == 0.0
     for gamma in (0.9, 0.998):  # per step the V terms telescope: the gamma^t-weighted NLL
-        terms = sequencematch_loss(logits, actions, gamma=gamma, chi2=False)
+        terms = sequencematch_loss(logits, actions, gamma=gamma, chi2_weight=0.0)
         torch.testing.assert_close(terms.loss, _weighted_nll(logits, actions, gamma))
 
 
@@ -53,7 +53,7 @@ def test_chi2_term_is_the_mean_squared_reward_over_four_alpha():
     valid = actions != -100
     discount = gamma ** torch.arange(actions.shape[1]).float()
     expected = (reward.pow(2) * valid * discount).sum() / (4 * alpha) / valid.sum()
-    terms = sequencematch_loss(logits, actions, alpha=alpha, gamma=gamma)
+    terms = sequencematch_loss(logits, actions, chi2_weight=1 / (4 * alpha), gamma=gamma)
     torch.testing.assert_close(terms.chi2, expected)
     torch.testing.assert_close(terms.loss, terms.data + terms.value + terms.chi2)
 
@@ -64,8 +64,10 @@ def test_absorbing_tail_equals_the_unrolled_sum():
     logits, actions = _random_case(seed=2, batch=1, steps=6)
     actions[0, :4] = torch.tensor([5, 6, 7, eos])
     actions[0, 4:] = -100
-    with_tail = sequencematch_loss(logits, actions, alpha=alpha, gamma=gamma, eos_token_id=eos, normalizer=1.0)
-    without = sequencematch_loss(logits, actions, alpha=alpha, gamma=gamma, normalizer=1.0)
+    with_tail = sequencematch_loss(
+        logits, actions, chi2_weight=1 / (4 * alpha), gamma=gamma, eos_token_id=eos, normalizer=1.0
+    )
+    without = sequencematch_loss(logits, actions, chi2_weight=1 / (4 * alpha), gamma=gamma, normalizer=1.0)
     # unroll: the absorbing state is row 4; steps t = 4, 5, ... take EOS and stay there
     value = torch.logsumexp(logits[0, 4], -1)
     reward = logits[0, 4, eos] - gamma * value
@@ -78,8 +80,10 @@ def test_absorbing_tail_equals_the_unrolled_sum():
     torch.testing.assert_close((with_tail.chi2 - without.chi2).double(), chi2, rtol=1e-4, atol=1e-4)
     # a row that does not end with EOS (a roll-in cut at the length limit) gets no tail
     actions[0, 3] = 8
-    cut = sequencematch_loss(logits, actions, alpha=alpha, gamma=gamma, eos_token_id=eos, normalizer=1.0)
-    plain = sequencematch_loss(logits, actions, alpha=alpha, gamma=gamma, normalizer=1.0)
+    cut = sequencematch_loss(
+        logits, actions, chi2_weight=1 / (4 * alpha), gamma=gamma, eos_token_id=eos, normalizer=1.0
+    )
+    plain = sequencematch_loss(logits, actions, chi2_weight=1 / (4 * alpha), gamma=gamma, normalizer=1.0)
     torch.testing.assert_close(cut.loss, plain.loss)
 
 
@@ -130,8 +134,8 @@ def test_gradients_reach_exactly_the_states_of_steps():
 
 def test_bad_settings_name_the_value():
     logits, actions = _random_case()
-    with pytest.raises(ValueError, match="alpha"):
-        sequencematch_loss(logits, actions, alpha=0.0)
+    with pytest.raises(ValueError, match="chi2_weight"):
+        sequencematch_loss(logits, actions, chi2_weight=-1.0)
     with pytest.raises(ValueError, match="gamma"):
         sequencematch_loss(logits, actions, gamma=1.0, eos_token_id=2)
     with pytest.raises(ValueError, match=r"\[B, T \+ 1, V\]"):
@@ -143,7 +147,7 @@ def test_argument_validation():
 
     base = dict(output_dir="/tmp/x", objective="sequencematch", report_to="none", use_cpu=True)
     for key, value in [
-        ("sm_alpha", 0.0),
+        ("sm_chi2_weight", -1.0),
         ("sm_gamma", 1.0),
         ("sm_bc_final_weight", 1.5),
         ("sm_noise_prob", -0.1),
@@ -152,6 +156,8 @@ def test_argument_validation():
         ("sm_max_new_tokens", 0),
         ("sm_rollin_fraction", 0.0),
         ("sm_bc_steps", -1),
+        ("sm_chi2_on", "policy"),
+        ("sm_temperature", 0.0),
     ]:
         with pytest.raises(ValueError, match=key):
             SeqObjTrainingArguments(**base, **{key: value})
@@ -203,6 +209,8 @@ def test_sequencematch_trains_and_logs(make_trainer, arch):
         "rollin_length",
         "buffer_age",
         "rollin_time_share",
+        "rollin_two_cycle_rate",
+        "rollin_truncated_rate",
     ):
         assert key in logs, key
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
@@ -299,6 +307,7 @@ def test_eval_generation_uses_backspace_decoding(make_trainer, arch):
     metrics = trainer.evaluate()
     assert calls and "eval_f1" in metrics
     assert 0.0 <= metrics["eval_backspace_rate"] <= 1.0 and "eval_perplexity" in metrics
+    assert 0.0 <= metrics["eval_two_cycle_rate"] <= 1.0 and 0.0 <= metrics["eval_truncated_rate"] <= 1.0
     assert trainer.state.log_history[-1]["eval_backspace_rate"] == metrics["eval_backspace_rate"]
     test = trainer.evaluate(trainer.eval_dataset, metric_key_prefix="test")  # another split keeps its prefix
     assert "test_backspace_rate" in test and "eval_backspace_rate" not in test
@@ -351,3 +360,145 @@ def test_sequencematch_with_lora(tiny_checkpoints, ner_task, tmp_path, arch):
     assert {"sm_chi2_term", "rollin_backspace_rate"} <= logs
     trainer.evaluate()
     assert "eval_backspace_rate" in trainer.state.log_history[-1]
+
+
+def test_temperature_is_a_scale_and_a_chi2_weight():
+    """Q = tau l, V = tau logsumexp(l): the loss at temperature tau and weight c is tau times the loss at
+    temperature 1 and weight c tau (the policy softmax(l) is the same)."""
+    logits, actions = _random_case(seed=6)
+    is_rollin = torch.tensor([False, False, True, True])
+    for tau, c in [(0.01, 0.25), (3.0, 0.1)]:
+        hot = sequencematch_loss(logits, actions, is_rollin, chi2_weight=c, temperature=tau, gamma=0.9, eos_token_id=2)
+        cold = sequencematch_loss(logits, actions, is_rollin, chi2_weight=c * tau, gamma=0.9, eos_token_id=2)
+        for term_hot, term_cold in zip(hot, cold, strict=True):
+            torch.testing.assert_close(term_hot, tau * term_cold)
+    with pytest.raises(ValueError, match="temperature"):
+        sequencematch_loss(logits, actions, temperature=0.0)
+
+
+def test_a_cut_rollin_does_not_reward_longer_outputs():
+    """A roll-in cut at the length limit gets the bootstrapped tail gamma^n V(s_n): its value term is V(s_0), so
+    raising the value of the state where it was cut (every logit there up by the same amount, the policy unchanged)
+    no longer lowers the loss. Before, the value term kept -gamma^n V(s_n), a reward for never ending."""
+    gamma, eos = 0.9, 2
+    logits, actions = _random_case(seed=7, batch=2, steps=5)
+    actions[0] = torch.tensor([5, 6, 7, eos, -100])  # data, ends with EOS
+    actions[1] = torch.tensor([5, 8, 8, 9, 4])  # roll-in, cut after 5 actions
+    is_rollin = torch.tensor([False, True])
+    settings = dict(gamma=gamma, chi2_weight=0.0, eos_token_id=eos, normalizer=1.0)
+    terms = sequencematch_loss(logits, actions, is_rollin, **settings)
+    values = torch.logsumexp(logits, -1)
+    # value term: (1/2) V(s_0) for each row (the data row's closed-form absorbing tail included)
+    torch.testing.assert_close(terms.value, 0.5 * values[0, 0] + 0.5 * values[1, 0])
+    raised = logits.clone()
+    raised[1, 5] += 10.0  # V(s_5) of the cut roll-in up by 10, its policy there unchanged
+    torch.testing.assert_close(sequencematch_loss(raised, actions, is_rollin, **settings).loss, terms.loss)
+    # the old form (no bootstrapped tail): the same change lowers the loss by (1/2) gamma^5 * 10
+    old = sequencematch_loss(logits, actions, is_rollin, truncated=torch.tensor([False, False]), **settings)
+    old_raised = sequencematch_loss(raised, actions, is_rollin, truncated=torch.tensor([False, False]), **settings)
+    torch.testing.assert_close(old.loss - old_raised.loss, torch.tensor(0.5 * gamma**5 * 10.0))
+    # a roll-in that ends with EOS is not cut: its absorbing tail also makes its value term V(s_0)
+    actions[1, 4] = eos
+    ended = sequencematch_loss(logits, actions, is_rollin, **settings)
+    torch.testing.assert_close(ended.value, 0.5 * values[0, 0] + 0.5 * values[1, 0])
+
+
+def test_chi2_on_the_data_rows_only():
+    logits, actions = _random_case(seed=8)
+    is_rollin = torch.tensor([False, False, True, True])
+    mixture = sequencematch_loss(logits, actions, is_rollin, chi2_weight=0.3, gamma=0.9, normalizer=10.0)
+    data = sequencematch_loss(logits, actions, is_rollin, chi2_weight=0.3, gamma=0.9, chi2_on="data", normalizer=10.0)
+    data_rows = sequencematch_loss(logits[:2], actions[:2], chi2_weight=0.3, gamma=0.9, normalizer=10.0)
+    rollin_rows = sequencematch_loss(
+        logits[2:], actions[2:], torch.tensor([True, True]), chi2_weight=0.3, gamma=0.9, normalizer=10.0
+    )
+    torch.testing.assert_close(data.chi2, data_rows.chi2)  # weight 1 on the data, none on the roll-ins
+    torch.testing.assert_close(mixture.chi2, 0.5 * data_rows.chi2 + rollin_rows.chi2)
+    torch.testing.assert_close(data.data, mixture.data)
+    torch.testing.assert_close(data.value, mixture.value)
+    with pytest.raises(ValueError, match="chi2_on"):
+        sequencematch_loss(logits, actions, chi2_on="policy")
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "bart"])
+def test_noise_targets_are_counted_in_the_normaliser(make_trainer, arch):
+    """`num_items_in_batch` counts the noise's <bksp> targets as well as the gold tokens: BC is the mean NLL over
+    every target of the layout, whether the Trainer counts ahead or the micro-batch counts itself."""
+    trainer = make_trainer(arch, objective="sequencematch", sm_bc_steps=100, sm_noise_prob=0.5, dropout=False)
+    objective = trainer.objective
+    batch = next(iter(trainer.get_train_dataloader()))
+    _, count = trainer.get_batch_samples(iter([batch]), 1, trainer.args.device)
+    config = trainer.model.config
+    start = config.decoder_start_token_id if config.is_encoder_decoder else None
+    data = objective._data_rows(batch, config.is_encoder_decoder, start, trainer.processing_class.pad_token_id, 0)
+    noise = int((data["labels"] == objective.bksp).sum())
+    assert noise > 0 and int(count) == int(data["target_lengths"].sum()) + noise
+    trainer.model.train()
+    counted, _ = objective.training_loss(trainer.model, batch, num_items_in_batch=count)
+    local, _ = objective.training_loss(trainer.model, batch, num_items_in_batch=None)
+    torch.testing.assert_close(counted, local)
+
+
+@pytest.mark.parametrize("guard", [True, False])
+def test_cycle_guard_setting_reaches_rollins_and_evaluation(make_trainer, monkeypatch, guard):
+    import hf_seqobj.objectives.sequencematch as sequencematch
+    import hf_seqobj.trainers.seqobj_trainer as seqobj_trainer
+
+    guards = []
+    for module in (sequencematch, seqobj_trainer):
+        original = module.generate_with_backspace
+
+        def spy(*args, _original=original, **kwargs):
+            guards.append(kwargs["cycle_guard"])
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(module, "generate_with_backspace", spy)
+    trainer = make_trainer(
+        "gpt2",
+        objective="sequencematch",
+        max_steps=2,
+        sm_bc_steps=0,
+        sm_bc_anneal_steps=1,
+        sm_max_new_tokens=6,
+        sm_cycle_guard=guard,
+        predict_with_generate=True,
+        generation_max_new_tokens=6,
+    )
+    trainer.train()
+    trainer.evaluate()
+    assert len(guards) >= 2 and set(guards) == {guard}
+
+
+def test_without_a_chi2_term_on_the_mixture_no_rollins_are_generated(make_trainer, monkeypatch):
+    """With the chi^2 term on the data rows only (or off), roll-ins cannot change the loss: none are generated."""
+    for settings in ({"sm_chi2_on": "data"}, {"sm_chi2_weight": 0.0}):
+        trainer = make_trainer(
+            "gpt2", objective="sequencematch", max_steps=2, sm_bc_steps=0, sm_bc_anneal_steps=1, **settings
+        )
+        assert not trainer.objective.uses_rollins()
+        calls = []
+
+        def count(*args, _calls=calls, **kwargs):
+            _calls.append(1)
+
+        monkeypatch.setattr(trainer.objective, "_rollins", count)
+        trainer.train()
+        logs = {key for entry in trainer.state.log_history for key in entry}
+        assert not calls and "sm_chi2_term" in logs and "rollin_length" not in logs
+
+
+def test_two_cycle_warning_comes_once(caplog):
+    from hf_seqobj.backspace import warn_on_two_cycles
+
+    class Owner:
+        pass
+
+    owner = Owner()
+    with caplog.at_level("WARNING"):
+        warn_on_two_cycles(owner, "rollin", 0.1)
+        assert not caplog.records
+        warn_on_two_cycles(owner, "rollin", 0.5)
+        warn_on_two_cycles(owner, "rollin", 0.9)
+        warn_on_two_cycles(owner, "evaluation", 0.3)
+    messages = [record.getMessage() for record in caplog.records]
+    assert len(messages) == 2 and "50% of the rollin" in messages[0] and "evaluation" in messages[1]

@@ -15,7 +15,13 @@ loss (:mod:`hf_seqobj.objectives.sequencematch`):
   KV cache.
 """
 
-from hf_seqobj.backspace.decoding import BackspaceDecoder, BackspaceGeneration, generate_with_backspace
+from hf_seqobj.backspace.decoding import (
+    TWO_CYCLE_WARNING,
+    BackspaceDecoder,
+    BackspaceGeneration,
+    generate_with_backspace,
+    warn_on_two_cycles,
+)
 from hf_seqobj.backspace.layout import (
     BackspaceInputs,
     apply_backspaces,
@@ -40,6 +46,7 @@ from hf_seqobj.backspace.token import BKSP_TOKEN, add_backspace_token, backspace
 
 __all__ = [
     "BKSP_TOKEN",
+    "TWO_CYCLE_WARNING",
     "BackspaceDataCollator",
     "BackspaceDecoder",
     "BackspaceGeneration",
@@ -60,4 +67,5 @@ __all__ = [
     "noise_candidates",
     "split_examples",
     "unwrap_model",
+    "warn_on_two_cycles",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -11,6 +12,9 @@ from transformers import Cache, DynamicCache, EncoderDecoderCache, GenerationCon
 from hf_seqobj.backspace.layout import apply_backspaces_batch, attention_mask_4d, decoder_positions, unwrap_model
 from hf_seqobj.backspace.token import backspace_token_id
 from hf_seqobj.decoder import PreallocatedLayer, choose_next_tokens
+
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -23,12 +27,16 @@ class BackspaceGeneration:
         actions: [B, S] the raw actions (tokens and `<bksp>`), padded with the pad id after a row's EOS.
         num_actions: [B] actions per row (up to and including EOS).
         num_backspaces: [B] backspaces per row.
+        two_cycles: [B] bool, rows with a token / `<bksp>` 2-cycle: right after a `<bksp>` deleted a token, the next
+            action re-emits it (back in the state the `<bksp>` left), or, with the cycle guard, the guard blocked
+            that token while it was the top-scoring action.
     """
 
     sequences: torch.Tensor
     actions: torch.Tensor
     num_actions: torch.Tensor
     num_backspaces: torch.Tensor
+    two_cycles: torch.Tensor
 
 
 class BackspaceDecoder:
@@ -185,6 +193,69 @@ def global_max(value: int, device: torch.device) -> int:
     return int(largest.item())
 
 
+TWO_CYCLE_WARNING = 0.2
+"""Share of sequences with a token / `<bksp>` 2-cycle above which :func:`warn_on_two_cycles` warns."""
+
+
+def warn_on_two_cycles(owner: object, where: str, share: float) -> None:
+    """Warns once per `owner` and `where` when the share of 2-cycle sequences passes :data:`TWO_CYCLE_WARNING`."""
+    warned = owner.__dict__.setdefault("_two_cycle_warned", set())
+    if share > TWO_CYCLE_WARNING and where not in warned:
+        warned.add(where)
+        logger.warning(
+            "%.0f%% of the %s sequences re-emit a token right after a <bksp> deleted it (a token / <bksp> loop): "
+            "the backspace policy is collapsing (see docs/sequencematch.md: sm_chi2_weight, sm_cycle_guard).",
+            100 * share,
+            where,
+        )
+
+
+class _CycleBookkeeping:
+    """Per row of a backspace decoding: the generated part of its state, the token its last action deleted, whether
+    it has had a 2-cycle, and (with the guard) the tokens deleted from each state of its current stack.
+
+    A ban is a deleted token with the depth (generated tokens) of the state it was deleted from; it holds while the
+    decoding is in that state or deeper, and is dropped when a token enters a state of that depth anew.
+    """
+
+    def __init__(self, batch: int, max_new: int, bksp: int, guard: bool, device: torch.device | str = "cpu"):
+        self.bksp, self.guard, self.step = bksp, guard, 0
+        self.rows = torch.arange(batch, device=device)
+        self.kept = torch.zeros((batch, max_new + 1), dtype=torch.long, device=device)
+        self.depth = torch.zeros(batch, dtype=torch.long, device=device)
+        self.deleted = torch.full((batch,), -1, dtype=torch.long, device=device)  # deleted by the last action
+        self.two_cycles = torch.zeros(batch, dtype=torch.bool, device=device)
+        self.banned = torch.full((batch, max_new), -1, dtype=torch.long, device=device)
+        self.banned_depth = torch.full((batch, max_new), -1, dtype=torch.long, device=device)
+
+    def before(self, logits: torch.Tensor, done: torch.Tensor) -> None:
+        """Before an action: notes a top-scoring re-emission of the deleted token and, with the guard, masks (in
+        place) the tokens deleted from each row's current state."""
+        if not self.guard:
+            return
+        after_delete = (self.deleted >= 0) & ~done
+        self.two_cycles |= after_delete & (logits.argmax(-1) == self.deleted)
+        active = (self.banned_depth == self.depth[:, None]) & (self.banned >= 0) & ~done[:, None]
+        rows = self.rows[:, None].expand_as(self.banned)
+        logits[rows[active], self.banned[active]] = float("-inf")
+
+    def after(self, action: torch.Tensor, done: torch.Tensor) -> None:
+        """After the action of each row (`done`: rows that had finished before it)."""
+        rows = self.rows
+        self.two_cycles |= (self.deleted >= 0) & ~done & (action == self.deleted)
+        backspace = (action == self.bksp) & ~done & (self.depth > 0)
+        self.deleted = torch.where(backspace, self.kept[rows, (self.depth - 1).clamp(min=0)], -1)
+        token = (action != self.bksp) & ~done
+        self.kept[rows[token], self.depth[token]] = action[token]
+        self.depth = self.depth - backspace.long() + token.long()
+        # a token enters a new state: nothing is banned there yet
+        self.banned.masked_fill_(token[:, None] & (self.banned_depth == self.depth[:, None]), -1)
+        if self.step < self.banned.shape[1]:
+            self.banned[:, self.step] = torch.where(backspace, self.deleted, -1)
+            self.banned_depth[:, self.step] = torch.where(backspace, self.depth, -1)
+        self.step += 1
+
+
 def generate_with_backspace(
     model: torch.nn.Module,
     input_ids: torch.Tensor,
@@ -194,6 +265,7 @@ def generate_with_backspace(
     return_actions: bool = False,
     generator: torch.Generator | None = None,
     synced_gpus: bool = False,
+    cycle_guard: bool = False,
     **kwargs,
 ) -> torch.Tensor | BackspaceGeneration:
     """Generates with the backspace action: a `<bksp>` deletes the last generated token.
@@ -203,6 +275,11 @@ def generate_with_backspace(
     `max_new_tokens` actions (backspaces count). `<bksp>` is not an action while nothing has been generated (its logit
     is masked there): a backspace on an empty output would be a self-loop, which the chi^2 term of SequenceMatch
     (pushing l(a|s) towards gamma V(s') = gamma V(s)) would make near-certain.
+
+    The state after a `<bksp>` is the state before the deleted token, so greedy decoding picks that token again and
+    loops token / `<bksp>` until `max_new_tokens`. With `cycle_guard`, a token deleted from a state is not an action
+    in that state any more (its logit is masked there until the decoding leaves the state by a deeper `<bksp>`), so
+    the decoding tries the next-best token instead: no token / `<bksp>` cycle, of any length, can repeat.
 
     Args:
         model: A model whose vocabulary has `<bksp>` (see :func:`add_backspace_token`).
@@ -217,6 +294,7 @@ def generate_with_backspace(
             (as `generate` does under DeepSpeed ZeRO-3 and FSDP, whose forward passes gather parameters from every
             process): a process whose rows have all ended still takes part in the others' forward passes, up to
             the largest `max_new_tokens` of all processes (each process's rows take at most its own).
+        cycle_guard: Mask, in each state, the tokens deleted from it (see above).
         **kwargs: Override fields of the generation config (e.g. `max_new_tokens=20`).
 
     Returns:
@@ -257,11 +335,14 @@ def generate_with_backspace(
             actions = torch.full((batch, steps), pad, dtype=torch.long, device=input_ids.device)
             taken = 0
             logits = decoder.logits
+            cycles = _CycleBookkeeping(batch, steps, bksp, cycle_guard, input_ids.device)
             for _ in range(steps):
                 # a backspace needs a generated token to delete: on an empty output it is not an action
                 logits[~decoder.can_delete(), bksp] = float("-inf")
+                cycles.before(logits, done)
                 action = choose_next_tokens(logits, sample, temperature, top_k, top_p, generator)
                 action = torch.where(done, pad, action)
+                cycles.after(action, done)
                 actions[:, taken] = action
                 taken += 1
                 done = done | torch.isin(action, eos_tensor)
@@ -287,4 +368,5 @@ def generate_with_backspace(
         actions=actions.to(prompt.device),
         num_actions=num_actions.to(prompt.device),
         num_backspaces=num_backspaces.to(prompt.device),
+        two_cycles=cycles.two_cycles.to(prompt.device),
     )

@@ -14,6 +14,25 @@ from hf_seqobj.backspace.layout import build_backspace_batch
 from hf_seqobj.constants import IGNORE_INDEX
 
 
+def _check_candidates(candidates: torch.Tensor) -> None:
+    if candidates.numel() < 2:
+        raise ValueError(f"Backspace noise needs at least two candidate tokens, got {candidates.numel()}.")
+    if bool((candidates[1:] <= candidates[:-1]).any()):
+        raise ValueError("Backspace noise candidates must be sorted and distinct (as noise_candidates gives them).")
+
+
+def _wrong_tokens(gold: torch.Tensor, candidates: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """The wrong token of each position from a uniform draw in [0, 1): uniform over the candidates other than the gold
+    token (its index is skipped when it is a candidate, a digit say), or over all of them when the gold token is no
+    candidate (EOS, a special token)."""
+    count = candidates.numel()
+    gold_index = torch.searchsorted(candidates, gold)
+    is_candidate = candidates[gold_index.clamp(max=count - 1)] == gold
+    choices = torch.where(is_candidate, count - 1, count)
+    picks = torch.minimum((uniforms * choices).long(), choices - 1)
+    return candidates[picks + (is_candidate & (picks >= gold_index)).long()]
+
+
 def insert_backspace_noise(
     targets: Sequence[int],
     prob: float,
@@ -23,15 +42,15 @@ def insert_backspace_noise(
 ) -> tuple[list[int], list[int]]:
     """Backspace noise: before each target position, with probability `prob`, a random wrong token and `<bksp>`.
 
-    The wrong token is drawn uniformly from `candidates` other than the gold token at that position. It is not a
-    training target (label -100); the action after it is `<bksp>`, whose target is `<bksp>`; then the gold token
-    follows as usual.
+    The wrong token is drawn uniformly from `candidates` other than the gold token at that position (from all of them
+    when the gold token is no candidate, as EOS is not). It is not a training target (label -100); the action after
+    it is `<bksp>`, whose target is `<bksp>`; then the gold token follows as usual.
 
     Args:
         targets: The gold actions (tokens, ending with EOS).
         prob: Probability per position of inserting a wrong token and `<bksp>`, in [0, 1].
         bksp_id: The id of `<bksp>`.
-        candidates: 1-D tensor of token ids the wrong tokens are drawn from (at least two).
+        candidates: 1-D sorted tensor of distinct token ids the wrong tokens are drawn from (at least two).
         generator: The source of the draws (CPU).
 
     Returns:
@@ -39,22 +58,18 @@ def insert_backspace_noise(
     """
     if not 0.0 <= prob <= 1.0:
         raise ValueError(f"The backspace noise probability must be in [0, 1], got {prob}.")
-    if candidates.numel() < 2:
-        raise ValueError(f"Backspace noise needs at least two candidate tokens, got {candidates.numel()}.")
+    _check_candidates(candidates)
     targets = [int(t) for t in targets]
     if prob == 0.0 or not targets:
         return list(targets), list(targets)
     draws = torch.rand(len(targets), generator=generator) < prob
-    picks = torch.randint(0, candidates.numel() - 1, (len(targets),), generator=generator)
+    uniforms = torch.rand(len(targets), generator=generator, dtype=torch.float64)
+    wrongs = _wrong_tokens(torch.tensor(targets, dtype=torch.long), candidates, uniforms).tolist()
     actions: list[int] = []
     labels: list[int] = []
     for position, gold in enumerate(targets):
         if bool(draws[position]):
-            pick = int(picks[position])
-            wrong = int(candidates[pick])
-            if wrong == gold:  # uniform over the candidates other than gold
-                wrong = int(candidates[-1])
-            actions += [wrong, bksp_id]
+            actions += [wrongs[position], bksp_id]
             labels += [IGNORE_INDEX, bksp_id]
         actions.append(gold)
         labels.append(gold)
@@ -81,7 +96,7 @@ def insert_backspace_noise_batch(
         lengths: [B] gold actions per row.
         prob: Probability per position of inserting a wrong token and `<bksp>`, in [0, 1].
         bksp_id: The id of `<bksp>`.
-        candidates: 1-D tensor of token ids the wrong tokens are drawn from (at least two).
+        candidates: 1-D sorted tensor of distinct token ids the wrong tokens are drawn from (at least two).
         generators: One source of draws per row (CPU).
         pad_token_id: Fills the actions after each row's end.
 
@@ -90,8 +105,7 @@ def insert_backspace_noise_batch(
     """
     if not 0.0 <= prob <= 1.0:
         raise ValueError(f"The backspace noise probability must be in [0, 1], got {prob}.")
-    if candidates.numel() < 2:
-        raise ValueError(f"Backspace noise needs at least two candidate tokens, got {candidates.numel()}.")
+    _check_candidates(candidates)
     batch, width = targets.shape
     if len(generators) != batch:
         raise ValueError(f"{len(generators)} generators for {batch} rows; accepted: one per row.")
@@ -104,15 +118,13 @@ def insert_backspace_noise_batch(
         actions = targets.masked_fill(~valid, pad_token_id)
         return actions, targets.masked_fill(~valid, IGNORE_INDEX), lengths
     draws = torch.zeros((batch, width), dtype=torch.bool)
-    picks = torch.zeros((batch, width), dtype=torch.long)
+    uniforms = torch.zeros((batch, width), dtype=torch.float64)
     for row, (generator, length) in enumerate(zip(generators, lengths.tolist(), strict=True)):
         if length:  # the draws of insert_backspace_noise, in its order
             draws[row, :length] = torch.rand(length, generator=generator) < prob
-            picks[row, :length] = torch.randint(0, candidates.numel() - 1, (length,), generator=generator)
+            uniforms[row, :length] = torch.rand(length, generator=generator, dtype=torch.float64)
     noise = draws.to(device) & valid
-    candidates = candidates.to(device)
-    wrong = candidates[picks.to(device)]
-    wrong = torch.where(wrong == targets, candidates[-1], wrong)  # uniform over the candidates other than gold
+    wrong = _wrong_tokens(targets, candidates.to(device), uniforms.to(device))
     at = column + 2 * noise.long().cumsum(1)  # where gold action j lands
     num_actions = lengths + 2 * noise.long().sum(1)
     steps = int(num_actions.max()) if batch else 0

@@ -353,7 +353,7 @@ def row_seed(seed: int, global_step: int, row: int) -> int:
     return (mixed ^ (mixed >> 32)) & 0xFFFFFFFF
 
 
-def row_generators(objective: Objective, rows: int) -> list[torch.Generator]:
+def row_generators(objective: Objective, rows: int, micro_step: int | None = None) -> list[torch.Generator]:
     """One CPU generator per row of the current micro-batch, keyed by where the row sits in the global batch.
 
     The index of local row r is `(micro_step * processes + process_index) * block + r`, with `block` the
@@ -365,6 +365,8 @@ def row_generators(objective: Objective, rows: int) -> list[torch.Generator]:
         objective: The objective (its trainer gives the seed, the global step and the process layout; its
             `micro_step` the index of the micro-batch within the optimizer step).
         rows: Rows of the local micro-batch.
+        micro_step: The micro-batch's index within the optimizer step; default `objective.micro_step` (the one
+            being trained).
     """
     trainer = objective.trainer
     args, state = trainer.args, trainer.state
@@ -372,7 +374,8 @@ def row_generators(objective: Objective, rows: int) -> list[torch.Generator]:
     processes = getattr(accelerator, "num_processes", 1)
     process_index = getattr(accelerator, "process_index", 0)
     block = max(int(args.train_batch_size), rows)
-    first = (objective.micro_step * processes + process_index) * block
+    micro_step = objective.micro_step if micro_step is None else micro_step
+    first = (micro_step * processes + process_index) * block
     return [torch.Generator().manual_seed(row_seed(args.seed, state.global_step, first + row)) for row in range(rows)]
 
 

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers import GenerationConfig, Seq2SeqTrainer, Trainer
 
-from hf_seqobj.backspace import backspace_token_id, generate_with_backspace
+from hf_seqobj.backspace import backspace_token_id, generate_with_backspace, warn_on_two_cycles
 from hf_seqobj.callbacks import SampleGenerationsCallback
 from hf_seqobj.generation import gather_targets, split_prompts
 from hf_seqobj.model_card import trainer_model_card
@@ -196,8 +196,10 @@ class _SeqObjMixin:
     def _generate_with_backspace(
         self, model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, config
     ) -> torch.Tensor:
-        """Evaluation generation of a model that has `<bksp>`: backspace decoding; logs `backspace_rate`. Under
-        DeepSpeed ZeRO-3 and FSDP every process steps until all have finished (`synced_gpus`), as `generate` does."""
+        """Evaluation generation of a model that has `<bksp>`: backspace decoding (with the cycle guard of
+        `sm_cycle_guard`); logs `backspace_rate`, `two_cycle_rate` (warning once above 20%) and `truncated_rate`
+        (answers that reach the length limit without EOS). Under DeepSpeed ZeRO-3 and FSDP every process steps until
+        all have finished (`synced_gpus`), as `generate` does."""
         from transformers.distributed.fsdp import is_fsdp_managed_module
         from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
@@ -209,11 +211,27 @@ class _SeqObjMixin:
             config,
             return_actions=True,
             synced_gpus=synced,
+            cycle_guard=getattr(self.args, "sm_cycle_guard", True),
         )
         self.objective.record_metric(
             "backspace_rate", float(result.num_backspaces.sum()) / max(1, int(result.num_actions.sum()))
         )
+        share = float(result.two_cycles.float().mean())
+        self.objective.record_metric("two_cycle_rate", share)
+        warn_on_two_cycles(self, "evaluation", share)
+        eos = config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id]
+        ended = torch.isin(result.actions, torch.tensor(eos, device=result.actions.device)).any(1)
+        self.objective.record_metric("truncated_rate", float((~ended).float().mean()))
         return result.sequences
+
+    def get_batch_samples(self, epoch_iterator, num_batches: int, device: torch.device):
+        """The stock batches of an optimizer step, with the count of their targets adjusted by the objective (e.g.
+        SequenceMatch adds the `<bksp>` targets its backspace noise inserts)."""
+        batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        count_items = getattr(self.objective, "count_items", None)
+        if count_items is not None:
+            num_items_in_batch = count_items(batch_samples, num_items_in_batch)
+        return batch_samples, num_items_in_batch
 
     def _objective_metrics(self, metrics: dict[str, float], prefix: str | None) -> dict[str, float]:
         """The objective's metrics recorded since the last call (training ones if `prefix` is None, else evaluation
