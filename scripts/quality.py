@@ -98,7 +98,7 @@ TASKS = {
         "families": ["gpt2", "bart", "t5"],
         "sizes": {"gpt2": "mini", "bart": "mini", "t5": "mini"},
         "tokenizer": WORDLEVEL,
-        "warm_start": {"steps": 12000, "learning_rate": 1e-3, "eval_steps": 1000, "warmup_steps": 200},
+        "warm_start": {"steps": 15000, "learning_rate": 1e-3, "eval_steps": 1000, "warmup_steps": 200},
         "continuation": {"steps": 1000, "eval_steps": 200, "warmup_steps": 100},
         "eval_batch_size": 256,
         "methods": {
