@@ -99,7 +99,7 @@ TASKS = {
         "sizes": {"gpt2": "mini", "bart": "mini", "t5": "mini"},
         "tokenizer": WORDLEVEL,
         "warm_start": {"steps": 15000, "learning_rate": 1e-3, "eval_steps": 1000, "warmup_steps": 200},
-        "continuation": {"steps": 1000, "eval_steps": 200, "warmup_steps": 100},
+        "continuation": {"steps": 600, "eval_steps": 150, "warmup_steps": 60},
         "eval_batch_size": 256,
         "methods": {
             CONTROL: {"settings": {"objective": "mle"}, "grid": [{"learning_rate": 1e-4}, {"learning_rate": 3e-4}]},
@@ -131,7 +131,7 @@ TASKS = {
         "sizes": {"bart": "mini", "t5": "mini"},
         "tokenizer": BPE,
         "warm_start": {"steps": 6000, "learning_rate": 1e-3, "eval_steps": 1000, "warmup_steps": 200},
-        "continuation": {"steps": 600, "eval_steps": 200, "warmup_steps": 60},
+        "continuation": {"steps": 500, "eval_steps": 125, "warmup_steps": 50},
         "eval_batch_size": 64,
         "methods": {
             CONTROL: {"settings": {"objective": "mle"}, "grid": [{"learning_rate": 1e-4}, {"learning_rate": 3e-4}]},
@@ -178,7 +178,7 @@ TASKS = {
         "sizes": {"bart": "mini", "t5": "mini"},
         "tokenizer": BPE,
         "warm_start": {"steps": 10000, "learning_rate": 1e-3, "eval_steps": 1000, "warmup_steps": 200},
-        "continuation": {"steps": 1000, "eval_steps": 200, "warmup_steps": 100},
+        "continuation": {"steps": 600, "eval_steps": 150, "warmup_steps": 60},
         "eval_batch_size": 256,
         "methods": {
             CONTROL: {"settings": {"objective": "mle"}, "grid": [{"learning_rate": 1e-4}, {"learning_rate": 3e-4}]},

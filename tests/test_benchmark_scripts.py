@@ -216,6 +216,16 @@ def test_the_protocol_end_to_end_on_tiny_data(tmp_path, monkeypatch):
     assert warm["best_curve_value"] == max(p["value"] for p in warm["curve"])
     assert warm["best_step"] == next(p["step"] for p in warm["curve"] if p["value"] == warm["best_curve_value"])
     assert warm["examples"] == {"train": 120, "validation": 16, "test": 16}
+    # the saved model is the best checkpoint's (tied output layer included): its loss on the curve examples is the
+    # loss logged at the best step (F1 ties at 0 here, so the best is the first evaluation, not the last)
+    assert warm["best_step"] == 4 and warm["curve"][0]["loss"] != warm["curve"][-1]["loss"]
+    data_args, task, splits = benchmark._task()
+    model_args = quality.ModelArguments(model_name_or_path=str(benchmark.warm_dir("gpt2") / "best"))
+    model, tokenizer = quality.prepare_model(model_args, task, splits, str(tmp_path / "reload"), 0)
+    args = quality.training_arguments_class(model_args)(output_dir=str(tmp_path / "reload"), report_to="none")
+    curve = benchmark._eval_sets(quality.load_from_disk(str(benchmark.warm_dir("gpt2") / "tokenized")))["curve"][0]
+    trainer = build_trainer(model, tokenizer, task, quality.DatasetDict({"validation": curve}), args)
+    assert trainer.evaluate()["eval_loss"] == pytest.approx(warm["curve"][0]["loss"], rel=1e-5)
     monkeypatch.setattr(quality, "build_trainer", build_trainer)
 
     reports = tmp_path / "reports"
