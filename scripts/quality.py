@@ -855,12 +855,18 @@ def collect(benchmark: Benchmark) -> dict:
         chosen = {}
         control_lr = None
         for method in [CONTROL] + [m for m in benchmark.methods if m != CONTROL]:
-            grid_rows = [r for r in family_runs if r["method"] == method and r["role"] == "grid"]
-            if method != CONTROL:
-                grid_rows = [
-                    r for r in grid_rows if "learning_rate" in r["grid_point"] or r["learning_rate"] == control_lr
-                ]
-            if len(grid_rows) < len(benchmark.methods[method]["grid"]) or (method != CONTROL and control_lr is None):
+            if method != CONTROL and control_lr is None:
+                continue
+            grid = {
+                (r["point"], r["learning_rate"]): r
+                for r in family_runs
+                if r["method"] == method and r["role"] == "grid"
+            }
+            grid_rows = [  # in the grid's order, which breaks ties as the run did
+                grid.get((point_name(point), point.get("learning_rate", control_lr)))
+                for point in benchmark.methods[method]["grid"]
+            ]
+            if None in grid_rows:
                 continue
             best = max(grid_rows, key=lambda r: (r["validation"][metric], -grid_rows.index(r)))
             if method == CONTROL:

@@ -247,7 +247,9 @@ def test_the_protocol_end_to_end_on_tiny_data(tmp_path, monkeypatch):
     assert row["ci_low"] <= row["delta"] <= row["ci_high"] and row["commit"]
     control = [r for r in data["runs"] if r["method"] == quality.CONTROL]
     assert len(control) == 3  # two grid points with seed 0, and seed 1 at the chosen learning rate
-    chosen = max((r for r in control if r["role"] == "grid"), key=lambda r: r["validation"]["f1"])
+    grid = [next(r for r in control if r["learning_rate"] == lr and r["role"] == "grid") for lr in (1e-3, 3e-3)]
+    chosen = max(grid, key=lambda r: (r["validation"]["f1"], -grid.index(r)))  # a tie goes to the first point
+    assert data["choices"][0]["learning_rate"] == chosen["learning_rate"]
     seeds = [r for r in data["runs"] if "test" in r]
     assert {(r["method"], r["seed"]) for r in seeds} == {(m, s) for m in methods for s in (0, 1)}
     assert all(r["learning_rate"] == chosen["learning_rate"] for r in seeds)
