@@ -55,6 +55,12 @@ from hf_seqobj.tasks import get_task
 
 ROOT = Path(__file__).resolve().parents[1]
 
+
+def shared_data() -> Path:
+    """The folder of the real data sets: `HF_SEQOBJ_DATA`, else `../shared/data` beside the checkout."""
+    return Path(os.environ.get("HF_SEQOBJ_DATA", ROOT.parent / "shared" / "data"))
+
+
 CONTROL = "teacher_forcing"
 """The method every other method is compared with: teacher forcing continued from the same warm start."""
 
@@ -82,6 +88,17 @@ first. Greedy or sampled (temperature 1) roll-ins."""
 SCHEDULED_SAMPLING = {"objective": "scheduled_sampling", "ss_schedule": "linear", "ss_k": 1.0, "ss_c": 0.25}
 """eps (the probability of feeding the gold token) falls linearly from 1 to ss_eps_min over the first quarter of the
 run (ss_c given as a fraction of the run is resolved to the slope)."""
+
+SEQUENCEMATCH = {
+    "objective": "sequencematch",
+    "sm_bc_anneal_steps": 0.25,  # fractions of the run's steps are resolved per run
+    "sm_noise_prob": 0.1,
+    "rollin": "sample",
+    "sm_rollout_every": 4,
+    "sm_buffer_size": 256,
+}
+"""SequenceMatch's settings on arithmetic: behaviour cloning with backspace noise for the first half of the run
+(`sm_bc_steps`), then the chi^2 objective annealed in over a quarter of it, roll-ins refreshed every 4 steps."""
 
 TASKS = {
     "ner": {
@@ -205,6 +222,33 @@ TASKS = {
             "dagger_bleu": {
                 "settings": {"objective": "dagger", "oracle": "bleu"},
                 "grid": [DAGGER_GRID[0], DAGGER_GRID[2]],
+            },
+        },
+    },
+    "arithmetic": {
+        "data": {
+            "task": "arithmetic",
+            "dataset_name": "synthetic",
+            "synthetic_train_size": 10000,
+            "synthetic_eval_size": 1000,
+            "max_target_length": 16,
+        },
+        "files": None,
+        "metric": "accuracy",
+        "metric_label": "exact match",
+        "extra_metrics": ["well_formed_rate"],
+        "families": ["gpt2"],
+        "sizes": {"gpt2": "tiny"},
+        "tokenizer": {"tokenizer_type": "wordlevel", "vocab_size": 8000, "min_frequency": 1},
+        "warm_start": {"steps": 3000, "learning_rate": 1e-3, "eval_steps": 500, "warmup_steps": 100},
+        "continuation": {"steps": 600, "eval_steps": 150, "warmup_steps": 60},
+        "eval_batch_size": 256,
+        "methods": {
+            CONTROL: {"settings": {"objective": "mle"}, "grid": [{"learning_rate": 1e-4}, {"learning_rate": 3e-4}]},
+            "backspace_noise": {"settings": {**SEQUENCEMATCH, "sm_bc_steps": 10**9}, "grid": [{}]},
+            "sequencematch": {
+                "settings": {**SEQUENCEMATCH, "sm_bc_steps": 0.5},
+                "grid": [{"sm_alpha": 0.01}, {"sm_alpha": 1.0}],
             },
         },
     },
@@ -456,13 +500,21 @@ class Benchmark:
 
     # --- data -----------------------------------------------------------------------------------------------
     def data_arguments(self) -> DataArguments:
-        files = {}
-        for split, name in zip(("train", "validation", "test"), self.spec["files"]):
-            files[f"{split}_file"] = getattr(self, f"{split}_file") or name
+        """The task's data: the files given, else the task's files under the shared data folder (`HF_SEQOBJ_DATA`,
+        default `../shared/data`); arithmetic is generated and takes no files."""
+        given = {f"{split}_file": getattr(self, f"{split}_file") for split in ("train", "validation", "test")}
+        if self.spec["files"] is None:
+            named = [f"--{key.replace('_', '-')}" for key, path in given.items() if path]
+            if named:
+                raise ValueError(f"Task {self.task_name!r} generates its data; {named} cannot be used with it.")
+            files = {}
+        else:
+            files = {
+                key: path or str(shared_data() / name) for (key, path), name in zip(given.items(), self.spec["files"])
+            }
         for key, path in files.items():
-            probe = Path(path) if Path(path).exists() else Path(path).parent
-            if not probe.exists() or (Path(path).suffix and not Path(path).exists()):
-                raise FileNotFoundError(f"{key.replace('_', '-')} {path!r} does not exist.")
+            if not (Path(path).is_file() or list(Path(path).parent.glob(Path(path).name + ".*"))):
+                raise FileNotFoundError(f"--{key.replace('_', '-')} {path!r} does not exist (nor files {path}.*).")
         return DataArguments(
             **self.spec["data"],
             **files,
@@ -478,7 +530,9 @@ class Benchmark:
     # --- warm start ---------------------------------------------------------------------------------------
     def warm_settings(self, family: str) -> dict:
         data_args = self.data_arguments()
-        files = {k: getattr(data_args, k) for k in ("train_file", "validation_file", "test_file")}
+        files = {
+            k: getattr(data_args, k) for k in ("train_file", "validation_file", "test_file") if getattr(data_args, k)
+        }
         return {
             "task": self.task_name,
             "family": family,
@@ -947,6 +1001,7 @@ def speed_ratio(task_name: str, method: str, settings: dict) -> float | None:
 
 
 TASK_LABELS = {
+    "arithmetic": "Arithmetic (generated)",
     "ner": "CoNLL-2003 NER",
     "summarization": "SAMSum summarization",
     "translation": "Multi30k en-de translation",
@@ -1216,7 +1271,6 @@ def quality(options) -> Benchmark:
     workdir, resume, reports, report_only, quick, batch_size, device).
     """
     spec = TASKS[options.task]
-    shared = Path(os.environ.get("HF_SEQOBJ_DATA", ROOT.parent / "shared" / "data"))
     split = lambda text: [item.strip() for item in text.split(",") if item.strip()] if text else None  # noqa: E731
     families = split(options.families) or spec["families"]
     unknown = sorted(set(families) - set(spec["families"]))
@@ -1237,10 +1291,7 @@ def quality(options) -> Benchmark:
     continuation = dict(quick.get("continuation", {}))
     if options.steps:
         continuation["steps"] = options.steps
-    files = {
-        f"{name}_file": getattr(options, f"{name}_file") or str(shared / default)
-        for name, default in zip(("train", "validation", "test"), spec["files"])
-    }
+    files = {f"{name}_file": getattr(options, f"{name}_file") for name in ("train", "validation", "test")}
     workdir = Path(options.workdir) if options.workdir else Path(tempfile.mkdtemp(prefix=f"quality_{options.task}_"))
     if (workdir / "warm").exists() and not (options.resume or options.report_only):
         raise ValueError(f"--workdir {str(workdir)!r} already holds runs: pass --resume to continue them.")

@@ -274,3 +274,14 @@ def test_the_protocol_end_to_end_on_tiny_data(tmp_path, monkeypatch):
 
     monkeypatch.setattr(quality, "build_trainer", no_training)
     benchmark.run(["gpt2"], None, "all", reports)  # everything is kept in the workdir
+
+
+def test_accuracy_statistics_and_generated_data_take_no_files(tmp_path):
+    statistics = quality.example_statistics("arithmetic", ["1 2", "- 3", "4"], ["1 2", "3", " 4 "])
+    assert quality.corpus_metric("arithmetic", "accuracy", statistics, np.ones((1, 3)))[0] == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match=r"generates its data; \['--train-file'\]"):
+        quality.Benchmark("arithmetic", tmp_path, train_file="x.txt").data_arguments()
+    with pytest.raises(FileNotFoundError, match="--test-file"):
+        quality.Benchmark(
+            "ner", tmp_path, **{**_conll_files(tmp_path), "test_file": str(tmp_path / "no.txt")}
+        ).data_arguments()
