@@ -627,6 +627,7 @@ class Benchmark:
         )
         checkpoint = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
         trainer.train(resume_from_checkpoint=checkpoint)
+        _check_finished(trainer, steps, directory)
         trainer.save_model(str(directory / "best"))
         metric = f"eval_{self.spec['metric']}"
         curve = [
@@ -714,6 +715,7 @@ class Benchmark:
             model, tokenizer, task, DatasetDict({"train": train, "validation": eval_sets["curve"][0]}), args
         )
         trainer.train()
+        _check_finished(trainer, steps, directory)
         trainer.save_model(str(directory / "model"))
         metric = f"eval_{self.spec['metric']}"
         row = {
@@ -859,6 +861,13 @@ class Benchmark:
                     write_report(self, reports)
         if reports is not None:
             write_report(self, reports)
+
+
+def _check_finished(trainer, steps: int, directory: Path) -> None:
+    """Raises when training returned before its last step (a stop signal handled by the Trainer): the run is then not
+    recorded as finished, and running the command again resumes or repeats it."""
+    if trainer.state.global_step != steps:
+        raise RuntimeError(f"{directory}: training stopped at step {trainer.state.global_step} of {steps}; run again.")
 
 
 def ordered_train(train: Dataset, steps: int, batch_size: int, seed: int) -> Dataset:
