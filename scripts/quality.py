@@ -1156,9 +1156,26 @@ def write_report(benchmark: Benchmark, reports: Path) -> Path:
     plots = _plots(task_name, label, warm_rows, runs, choices, reports)
     lines += [f"![{name}]({name})" for name in plots]
     report = reports / f"quality_{task_name}.md"
+    notes = _kept_notes(report)
+    if notes:  # written by hand between the markers, kept across rewrites, shown after the protocol paragraph
+        lines[4:4] = [notes, ""]
     report.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
     update_readme(reports)
     return report
+
+
+NOTES_START = "<!-- notes:start -->"
+NOTES_END = "<!-- notes:end -->"
+
+
+def _kept_notes(report: Path) -> str:
+    """The hand-written findings of an existing report, markers included ('' when there are none)."""
+    if not report.exists():
+        return ""
+    text = report.read_text(encoding="utf-8")
+    if NOTES_START not in text or NOTES_END not in text:
+        return ""
+    return NOTES_START + text.split(NOTES_START, 1)[1].split(NOTES_END, 1)[0] + NOTES_END
 
 
 def _plots(task_name, label, warm_rows, runs, choices, reports: Path) -> list[str]:

@@ -273,7 +273,13 @@ def test_the_protocol_end_to_end_on_tiny_data(tmp_path, monkeypatch):
         raise AssertionError("a finished run was trained again")
 
     monkeypatch.setattr(quality, "build_trainer", no_training)
+    report = reports / "quality_ner.md"
+    report.write_text(
+        report.read_text().replace("## Warm starts", f"{quality.NOTES_START}\nFound: x.\n{quality.NOTES_END}")
+    )
     benchmark.run(["gpt2"], None, "all", reports)  # everything is kept in the workdir
+    text = report.read_text()
+    assert text.count("Found: x.") == 1 and "## Warm starts" in text  # hand-written notes survive a rewrite
 
 
 def test_accuracy_statistics_and_generated_data_take_no_files(tmp_path):
