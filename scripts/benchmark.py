@@ -548,7 +548,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["speed", "oracles", "quality"])
     parser.add_argument(
-        "--task", choices=["ner", "summarization", "translation", "arithmetic"], help="quality: the task."
+        "--task",
+        choices=["ner", "summarization", "translation", "arithmetic", "arithmetic_long"],
+        help="quality: the task.",
     )
     parser.add_argument("--seeds", type=int, default=3, help="quality: seeds of each method's chosen setting.")
     parser.add_argument("--families", help="quality: comma-separated model families (default: the task's).")
