@@ -50,6 +50,7 @@ SEPARATOR_TOKEN = "<sep>"
 # d_model, layers (per stack), attention heads, feed-forward width.
 MODEL_SIZES: dict[str, tuple[int, int, int, int]] = {
     "tiny": (64, 2, 4, 256),
+    "mini": (128, 3, 4, 512),
     "small": (256, 4, 4, 1024),
     "base": (512, 6, 8, 2048),
 }

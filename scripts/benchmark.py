@@ -2,7 +2,8 @@
 
     python scripts/benchmark.py speed [--quick] [--out FILE.json] [--repeats N] [--device cpu|cuda]
     python scripts/benchmark.py oracles [--quick] [--out FILE.json] [--device cpu|cuda]
-    python scripts/benchmark.py quality --task ner|translation|arithmetic [--seeds 3] [--budget-minutes M] [--quick]
+    python scripts/benchmark.py quality --task ner|summarization|translation --workdir DIR [--families ...]
+        [--methods ...] [--stage warm|grid|all] [--seeds 3] [--train-file F --validation-file F --test-file F]
 
 `speed` first teacher-forces a tiny BART for a few hundred steps (so that roll-ins have realistic lengths), then
 measures optimizer steps (forward, backward, roll-in and relabelling where the objective has them, optimizer
@@ -649,24 +650,36 @@ def environment() -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["speed", "oracles", "quality"])
-    parser.add_argument("--task", choices=["ner", "translation", "arithmetic"], help="quality: the task.")
-    parser.add_argument("--seeds", type=int, default=3, help="quality: seeds per method.")
     parser.add_argument(
-        "--budget-minutes", type=float, help="quality: training minutes per run instead of a fixed number of steps."
+        "--task",
+        choices=["ner", "summarization", "translation", "arithmetic", "arithmetic_long"],
+        help="quality: the task.",
     )
+    parser.add_argument("--seeds", type=int, default=3, help="quality: seeds of each method's chosen setting.")
     parser.add_argument("--families", help="quality: comma-separated model families (default: the task's).")
-    parser.add_argument(
-        "--warm-start-steps",
-        type=int,
-        default=0,
-        help="quality: first train each family by teacher forcing for this many steps; every method starts there.",
-    )
     parser.add_argument("--methods", help="quality: comma-separated method names (default: all of the task's).")
+    parser.add_argument(
+        "--stage",
+        default="all",
+        choices=["warm", "grid", "all"],
+        help="quality: stop after the warm starts, after the grids (seed 0, validation), or run everything.",
+    )
+    parser.add_argument("--train-file", help="quality: the training data (default: the task's file under the data).")
+    parser.add_argument("--validation-file", help="quality: the validation data (same format).")
+    parser.add_argument("--test-file", help="quality: the test data (same format).")
+    parser.add_argument("--sizes", help="quality: model size per family, e.g. gpt2=mini,bart=small (default: task's).")
+    parser.add_argument("--warm-start-steps", type=int, help="quality: steps of each warm start (default: task's).")
+    parser.add_argument("--warm-start-lr", type=float, help="quality: peak learning rate of the warm starts.")
+    parser.add_argument("--steps", type=int, help="quality: steps of every continuation run (default: task's).")
     parser.add_argument("--reports", default=str(ROOT / "benchmarks"), help="quality: where reports and JSON go.")
     parser.add_argument(
-        "--resume", action="store_true", help="quality: keep the runs already in the task's JSON; run the rest."
+        "--resume",
+        action="store_true",
+        help="quality: continue in a workdir that already holds runs of the task (finished runs are kept, an "
+        "interrupted warm start resumes from its last checkpoint).",
     )
-    parser.add_argument("--workdir", help="quality: keep initial models and warm starts here (default: a temp dir).")
+    parser.add_argument("--workdir", help="quality: where warm starts, runs and predictions are kept (default: temp).")
+    parser.add_argument("--report-only", action="store_true", help="quality: rewrite the reports from the workdir.")
     parser.add_argument("--quick", action="store_true", help="A reduced run (under 3 minutes on 2 CPU cores).")
     parser.add_argument("--out", help="Write the rows as a JSON list to this file.")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
@@ -684,27 +697,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     if options.command == "quality":
         if options.task is None:
-            parser.error("quality needs --task ner|translation|arithmetic")
+            parser.error("quality needs --task ner|summarization|translation")
         from quality import quality
 
-        split = lambda text: [item.strip() for item in text.split(",") if item.strip()] if text else None  # noqa: E731
-        quality(
-            options.task,
-            options.seeds,
-            options.budget_minutes,
-            options.quick,
-            SHARED,
-            Path(options.reports),
-            options.batch_size,
-            options.model_size,
-            split(options.families),
-            split(options.methods),
-            environment(),
-            options.warm_start_steps,
-            options.device,
-            options.resume,
-            Path(options.workdir) if options.workdir else None,
-        )
+        quality(options)
         print(f"done in {time.time() - started:.0f} s", file=sys.stderr)
         return 0
     rows = oracles(options.quick, options.device)

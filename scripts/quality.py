@@ -1,29 +1,93 @@
-"""`python scripts/benchmark.py quality --task ner|translation|arithmetic`: does each objective beat teacher forcing?
+"""`python scripts/benchmark.py quality --task ner|summarization|translation`: does each objective beat teacher forcing
+when it fine-tunes a converged model?
 
-Every applicable objective trains on the same data, from the same initial model (per seed) and for the same number
-of optimizer steps (or the same wall-clock budget with `--budget-minutes`); each is evaluated on the validation
-split during training (the curve of metric against training time) and on the validation and test splits at the
-end. Writes `benchmarks/results/quality_{task}.json` and `benchmarks/quality_{task}.md` with PNG plots.
+The protocol (one command per report; every finished piece is kept in `--workdir`, so the same command resumes):
+
+1. Warm start. Per model family, teacher forcing on the task's training split, evaluating on the first
+   `CURVE_EVAL_SIZE` validation examples every `eval_steps` steps with the task metric through generation, and keeping
+   the best checkpoint by that metric (the Trainer's `load_best_model_at_end` / `metric_for_best_model`,
+   `save_total_limit=2`). An interrupted warm start resumes from its last checkpoint. Warm starts are cached under
+   the workdir by their settings (family, size, tokenizer, data files, steps, learning rate, batch), so every method,
+   seed and restart reuses them.
+2. Continuation. Every method, teacher forcing (the control) included, starts from the best checkpoint and trains
+   for the same number of optimizer steps with the same schedule (warm-up, then linear decay to 0) and the same data
+   order per seed (the order is drawn from the seed before training, so objectives that sample do not change it).
+3. Settings chosen on validation. Each method has a grid of at most 4 points, run with seed 0 and scored on the whole
+   validation split; the control's grid (learning rates) runs first and its chosen learning rate is every other
+   method's, unless a method's grid sets its own. The chosen point then runs with the other seeds (seed 0 is reused),
+   and every seed of it is scored once on the test split.
+4. Statistics. Mean and standard deviation over seeds, per-seed differences to the control, and a paired bootstrap
+   95% confidence interval of the difference over test examples: resample examples (`RESAMPLES` times), compute the
+   corpus metric of method and control on the same indices for each seed, average over seeds, subtract. The corpus
+   metrics come from per-example sufficient statistics (NER: true positive, predicted and gold span counts per
+   sentence as seqeval counts them; BLEU: sacrebleu's per-sentence n-gram statistics; ROUGE: per-example F;
+   accuracy: per-example exact match), checked against the task's own metric on the whole split. Every run's
+   predictions are saved in the workdir, so the statistics can be recomputed without training.
+
+Writes `benchmarks/results/quality_{task}.json` (warm starts, per-run rows, the grid choices and a `summary` list of
+differences to the control), `benchmarks/quality_{task}.md` with PNG plots, and the headline table at the top of
+`benchmarks/README.md` from every task's summary.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 import statistics
+import subprocess
 import tempfile
-import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import TrainerCallback, set_seed
-from transformers.trainer_callback import ExportableState
+import numpy as np
+import torch
+from datasets import Dataset, DatasetDict, load_from_disk
+from transformers import set_seed
+from transformers.trainer_pt_utils import get_length_grouped_indices
 from transformers.trainer_utils import get_last_checkpoint
 
 from hf_seqobj.arguments import DataArguments, ModelArguments
-from hf_seqobj.modeling import describe_model
 from hf_seqobj.run import build_trainer, prepare_model, training_arguments_class
 from hf_seqobj.tasks import get_task
 
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_data() -> Path:
+    """The folder of the real data sets: `HF_SEQOBJ_DATA`, else `../shared/data` beside the checkout."""
+    return Path(os.environ.get("HF_SEQOBJ_DATA", ROOT.parent / "shared" / "data"))
+
+
+CONTROL = "teacher_forcing"
+"""The method every other method is compared with: teacher forcing continued from the same warm start."""
+
+CURVE_EVAL_SIZE = 500
+"""Evaluations during training (warm-start selection and the curves) use the first examples of the validation
+split; grid choices use the whole validation split, the final figures the whole test split."""
+
+RESAMPLES = 1000
+"""Paired bootstrap resamples of the test examples."""
+
+WORDLEVEL = {"tokenizer_type": "wordlevel", "vocab_size": 30000, "min_frequency": 2}
+"""CoNLL-2003 has about 21000 words; with the default 8000 most entity words became <unk>."""
+
+BPE = {"tokenizer_type": "bpe", "vocab_size": 8000, "min_frequency": 2}
+
+DAGGER_GRID = [
+    {"dagger_beta": 0.0, "dagger_beta_schedule": "constant", "rollin": "greedy"},
+    {"dagger_beta": 0.0, "dagger_beta_schedule": "constant", "rollin": "sample"},
+    {"dagger_beta": 0.5, "dagger_beta_schedule": "linear", "rollin": "greedy"},
+    {"dagger_beta": 0.5, "dagger_beta_schedule": "linear", "rollin": "sample"},
+]
+"""beta 0: every roll-in token is the model's; beta 0.5 (linear to 0 at the last step): half are the oracle's at
+first. Greedy or sampled (temperature 1) roll-ins."""
+
+SCHEDULED_SAMPLING = {"objective": "scheduled_sampling", "ss_schedule": "linear", "ss_k": 1.0, "ss_c": 0.25}
+"""eps (the probability of feeding the gold token) falls linearly from 1 to ss_eps_min over the first quarter of the
+run (ss_c given as a fraction of the run is resolved to the slope)."""
 
 SEQUENCEMATCH = {
     "objective": "sequencematch",
@@ -33,588 +97,1165 @@ SEQUENCEMATCH = {
     "sm_rollout_every": 4,
     "sm_buffer_size": 256,
 }
+"""SequenceMatch's settings on arithmetic: behaviour cloning with backspace noise (p = 0.1) for the first quarter of
+the run (`sm_bc_steps`), then the chi^2 objective annealed in over a quarter of it, sampled roll-ins refreshed every
+4 steps."""
 
 TASKS = {
-    "arithmetic": {
-        "families": ["gpt2"],
-        "metric": "accuracy",
-        "tokenizer": "wordlevel",
-        "steps": 3000,
-        "quick_steps": 300,
-        "methods": {
-            "mle": {"objective": "mle"},
-            "mle+backspace noise": {**SEQUENCEMATCH, "sm_bc_steps": 10**9},
-            "sequencematch": {**SEQUENCEMATCH, "sm_bc_steps": 0.5},
-            # ablation: the chi^2 weight of the paper's phi(x) = x - x^2/4 at temperature 1
-            "sequencematch (c=0.25)": {**SEQUENCEMATCH, "sm_bc_steps": 0.5, "sm_chi2_weight": 0.25},
-        },
-        "sampled_eval": True,
-    },
     "ner": {
-        "families": ["bart", "gpt2"],
+        "data": {
+            "task": "ner",
+            "max_source_length": 128,
+            "max_target_length": 128,
+            "truncate_long_examples": True,
+        },
+        "files": ("conll2003/train.txt", "conll2003/valid.txt", "conll2003/test.txt"),
         "metric": "f1",
-        "extra_metrics": ["partial_f1", "precision", "recall", "length_mismatch_rate"],
-        "tokenizer": "wordlevel",
-        # CoNLL sentences run from 1 to 124 words: batches of similar lengths halve the padding
-        "train_sampling_strategy": "group_by_length",
-        "steps": 2000,
-        "quick_steps": 200,
+        "metric_label": "span F1",
+        "extra_metrics": ["precision", "recall", "partial_f1", "length_mismatch_rate"],
+        "families": ["gpt2", "bart", "t5"],
+        "sizes": {"gpt2": "mini", "bart": "mini", "t5": "mini"},
+        "tokenizer": WORDLEVEL,
+        "warm_start": {"steps": 15000, "learning_rate": 1e-3, "eval_steps": 1000, "warmup_steps": 200},
+        "continuation": {"steps": 600, "eval_steps": 150, "warmup_steps": 60},
+        "eval_batch_size": 256,
         "methods": {
-            "mle": {"objective": "mle"},
+            CONTROL: {"settings": {"objective": "mle"}, "grid": [{"learning_rate": 1e-4}, {"learning_rate": 3e-4}]},
             "scheduled_sampling": {
-                "objective": "scheduled_sampling",
-                "ss_schedule": "linear",
-                "ss_k": 1.0,
-                "ss_c": 0.25,  # per cent of the run: eps falls from 1 to ss_eps_min over the first 25% of steps
-                "ss_eps_min": 0.75,
+                "settings": SCHEDULED_SAMPLING,
+                "grid": [{"ss_eps_min": 0.75}, {"ss_eps_min": 0.5}],
             },
-            "dagger span_f1": {
-                "objective": "dagger",
-                "oracle": "span_f1",
-                "dagger_warmup_steps": 0.5,
-                "dagger_beta": 0.0,
-                "dagger_beta_schedule": "constant",
+            "dagger_exact": {"settings": {"objective": "dagger", "oracle": "span_f1"}, "grid": DAGGER_GRID},
+            "dagger_partial": {
+                "settings": {"objective": "dagger", "oracle": "span_f1_partial"},
+                "grid": [DAGGER_GRID[0], DAGGER_GRID[2]],
             },
-            "dagger span_f1_partial": {
-                "objective": "dagger",
-                "oracle": "span_f1_partial",
-                "dagger_warmup_steps": 0.5,
-                "dagger_beta": 0.0,
-                "dagger_beta_schedule": "constant",
+        },
+    },
+    "summarization": {
+        "data": {
+            "task": "summarization",
+            "source_column": "dialogue",
+            "target_column": "summary",
+            "max_source_length": 384,
+            "max_target_length": 64,
+            "truncate_long_examples": True,
+        },
+        "files": ("samsum/train.jsonl", "samsum/validation.jsonl", "samsum/test.jsonl"),
+        "metric": "rouge2",
+        "metric_label": "ROUGE-2",
+        "extra_metrics": ["rouge1", "rougeL", "rougeLsum"],
+        "families": ["bart", "t5"],
+        "sizes": {"bart": "mini", "t5": "mini"},
+        "tokenizer": BPE,
+        "warm_start": {"steps": 6000, "learning_rate": 1e-3, "eval_steps": 1000, "warmup_steps": 200},
+        "continuation": {"steps": 500, "eval_steps": 125, "warmup_steps": 50},
+        "eval_batch_size": 64,
+        "methods": {
+            CONTROL: {"settings": {"objective": "mle"}, "grid": [{"learning_rate": 1e-4}, {"learning_rate": 3e-4}]},
+            "scheduled_sampling": {
+                "settings": SCHEDULED_SAMPLING,
+                "grid": [{"ss_eps_min": 0.75}],
+            },
+            "dagger_rouge2": {
+                "settings": {"objective": "dagger", "oracle": "rouge2"},
+                "grid": [DAGGER_GRID[0], DAGGER_GRID[2]],
+            },
+            "dagger_rougeL": {
+                "settings": {"objective": "dagger", "oracle": "rougeL"},
+                "grid": [DAGGER_GRID[0]],
+            },
+            "raml": {
+                "settings": {"objective": "raml", "raml_reward": "rouge2", "raml_num_samples": 5},
+                "grid": [{"raml_tau": 0.4}],
+            },
+            "interpolation": {
+                "settings": {
+                    "objective": "interpolation",
+                    "interp_reward": "rouge2",
+                    "interp_anneal_metric": "rouge2",
+                },
+                "grid": [{}],
             },
         },
     },
     "translation": {
-        "families": ["bart"],
+        "data": {
+            "task": "translation",
+            "source_lang": "en",
+            "target_lang": "de",
+            "max_source_length": 64,
+            "max_target_length": 64,
+            "truncate_long_examples": True,
+        },
+        "files": ("multi30k/train", "multi30k/val", "multi30k/test_2016_flickr"),
         "metric": "bleu",
+        "metric_label": "BLEU",
         "extra_metrics": ["chrf"],
-        "tokenizer": "bpe",
-        "steps": 3000,
-        "quick_steps": 200,
+        "families": ["bart", "t5"],
+        "sizes": {"bart": "mini", "t5": "mini"},
+        "tokenizer": BPE,
+        "warm_start": {"steps": 10000, "learning_rate": 1e-3, "eval_steps": 1000, "warmup_steps": 200},
+        "continuation": {"steps": 600, "eval_steps": 150, "warmup_steps": 60},
+        "eval_batch_size": 256,
         "methods": {
-            "mle": {"objective": "mle"},
+            CONTROL: {"settings": {"objective": "mle"}, "grid": [{"learning_rate": 1e-4}, {"learning_rate": 3e-4}]},
             "scheduled_sampling": {
-                "objective": "scheduled_sampling",
-                "ss_schedule": "linear",
-                "ss_k": 1.0,
-                "ss_c": 0.25,
-                "ss_eps_min": 0.75,
+                "settings": SCHEDULED_SAMPLING,
+                "grid": [{"ss_eps_min": 0.75}],
             },
-            "raml": {"objective": "raml", "raml_reward": "bleu"},
-            "data_noising": {"objective": "data_noising", "noising_prob": 0.1},
-            "spg": {"objective": "spg", "spg_reward": "bleu"},
-            # ablation: the reward increments of reference tokens are ~0.05 BLEU, so W = 10 barely moves the sampler
-            "spg (W=300)": {"objective": "spg", "spg_reward": "bleu", "spg_reward_scale": 300.0},
-            "interpolation": {"objective": "interpolation", "interp_reward": "bleu", "interp_anneal_metric": "bleu"},
-            "dagger bleu": {
-                "objective": "dagger",
-                "oracle": "bleu",
-                "dagger_warmup_steps": 0.5,
-                "dagger_beta": 0.0,
-                "dagger_beta_schedule": "constant",
+            "raml": {
+                "settings": {"objective": "raml", "raml_reward": "bleu", "raml_num_samples": 5},
+                "grid": [{"raml_tau": 0.4}],
+            },
+            "data_noising": {
+                "settings": {"objective": "data_noising"},
+                "grid": [{"noising_prob": 0.1}],
+            },
+            "spg": {
+                "settings": {"objective": "spg", "spg_reward": "bleu"},
+                "grid": [{"spg_reward_scale": 10.0}, {"spg_reward_scale": 300.0}],
+            },
+            "interpolation": {
+                "settings": {"objective": "interpolation", "interp_reward": "bleu", "interp_anneal_metric": "bleu"},
+                "grid": [{}],
+            },
+            "dagger_bleu": {
+                "settings": {"objective": "dagger", "oracle": "bleu"},
+                "grid": [DAGGER_GRID[0], DAGGER_GRID[2]],
+            },
+        },
+    },
+    "arithmetic": {
+        "data": {
+            "task": "arithmetic",
+            "dataset_name": "synthetic",
+            "synthetic_train_size": 10000,
+            "synthetic_eval_size": 1000,
+            "max_target_length": 16,
+        },
+        "files": None,
+        "metric": "accuracy",
+        "metric_label": "exact match",
+        "extra_metrics": [
+            "well_formed_rate",
+            "sampled_accuracy",
+            "backspace_rate",
+            "two_cycle_rate",
+            "sampled_two_cycle_rate",
+            "truncated_rate",
+        ],
+        "sampled_eval": True,
+        # batches grouped by length are batches of one problem size here: the warm start then reached 0.16 exact
+        # match in 20000 steps, against 0.58 with random batches
+        "group_by_length": False,
+        "families": ["gpt2"],
+        "sizes": {"gpt2": "tiny"},
+        "tokenizer": {"tokenizer_type": "wordlevel", "vocab_size": 8000, "min_frequency": 1},
+        "warm_start": {"steps": 20000, "learning_rate": 1e-3, "eval_steps": 2000, "warmup_steps": 200},
+        "continuation": {"steps": 2000, "eval_steps": 500, "warmup_steps": 100},
+        "eval_batch_size": 256,
+        "methods": {
+            CONTROL: {"settings": {"objective": "mle"}, "grid": [{"learning_rate": 1e-4}, {"learning_rate": 3e-4}]},
+            "backspace_noise": {"settings": {**SEQUENCEMATCH, "sm_bc_steps": 10**9}, "grid": [{}]},
+            "sequencematch": {
+                "settings": {**SEQUENCEMATCH, "sm_bc_steps": 0.25},
+                "grid": [
+                    {"sm_chi2_weight": 0.0025},
+                    {"sm_chi2_weight": 0.025},
+                    {"sm_chi2_weight": 0.25, "sm_chi2_on": "data"},
+                    {"sm_chi2_weight": 0.0025, "sm_cycle_guard": False},
+                ],
+            },
+            "sequencematch_defaults": {"settings": {"objective": "sequencematch"}, "grid": [{}]},
+        },
+    },
+    "arithmetic_long": {
+        "data": {
+            "task": "arithmetic",
+            "dataset_name": "synthetic",
+            "synthetic_train_size": 10000,
+            "synthetic_eval_size": 1000,
+            "arithmetic_max_digits": 6,
+            "max_target_length": 16,
+        },
+        "files": None,
+        "metric": "accuracy",
+        "metric_label": "exact match",
+        "extra_metrics": [
+            "well_formed_rate",
+            "sampled_accuracy",
+            "backspace_rate",
+            "two_cycle_rate",
+            "sampled_two_cycle_rate",
+            "truncated_rate",
+        ],
+        "sampled_eval": True,
+        # batches grouped by length are batches of one problem size here: the warm start then reached 0.16 exact
+        # match in 20000 steps, against 0.58 with random batches
+        "group_by_length": False,
+        "families": ["gpt2"],
+        "sizes": {"gpt2": "tiny"},
+        "tokenizer": {"tokenizer_type": "wordlevel", "vocab_size": 8000, "min_frequency": 1},
+        "warm_start": {"steps": 20000, "learning_rate": 1e-3, "eval_steps": 2000, "warmup_steps": 200},
+        "continuation": {"steps": 1500, "eval_steps": 500, "warmup_steps": 100},
+        "eval_batch_size": 256,
+        "methods": {
+            CONTROL: {"settings": {"objective": "mle"}, "grid": [{"learning_rate": 3e-4}]},
+            "backspace_noise": {"settings": {**SEQUENCEMATCH, "sm_bc_steps": 10**9}, "grid": [{}]},
+            "sequencematch": {
+                "settings": {**SEQUENCEMATCH, "sm_bc_steps": 0.25},
+                "grid": [{"sm_chi2_weight": 0.0025}, {"sm_chi2_weight": 0.025}],
             },
         },
     },
 }
-"""Per task: model families, the headline metric (and others reported on test), steps, and the settings of each
-method. Step-valued settings given as a fraction (< 1 where the setting counts steps) are that fraction of the run's
-steps; with a wall-clock budget, of the steps teacher forcing (`mle`, run first) took in that budget."""
+"""Per task: the data settings and default files (under the shared data folder), the headline metric and the others
+reported on test, the model families and sizes, the tokenizer, the warm start, the continuation, and per method its
+base settings and its grid (at most 4 points of overrides; `learning_rate` may be one of them). SAMSum and Multi30k
+grids are cut to the points that fit a 2-core machine shared with other work (grid points go before seeds)."""
 
-CONTINUATION_LR = 3e-4
-"""The peak learning rate of runs that start from a warm start (1e-3 from a fresh model)."""
-
-CURVE_EVAL_SIZE = 500
-"""Evaluations during training (the curves) use the first examples of the validation split; the final figures use
-the whole validation and test splits."""
-
-EVAL_BATCH_SIZE = 256
-"""Sentences per generation batch in evaluation: greedy decoding of the tiny models costs about the same per step for
-64 or 256 sentences on a CPU, and a batch decodes until its longest output stops."""
+SPEED_ROWS = {
+    ("ner", "scheduled_sampling"): "ner/scheduled_sampling",
+    ("ner", "dagger_exact", 0.0): "ner/dagger+span_f1 (beta=0)",
+    ("ner", "dagger_exact", 0.5): "ner/dagger+span_f1 (beta=0.5)",
+    ("ner", "dagger_partial", 0.0): "ner/dagger+span_f1_partial (beta=0)",
+    ("translation", "scheduled_sampling"): "translation/scheduled_sampling",
+    ("translation", "dagger_bleu", 0.0): "translation/dagger+bleu k=5",
+    ("translation", "raml"): "translation/raml",
+    ("translation", "data_noising"): "translation/data_noising",
+    ("translation", "spg"): "translation/spg",
+    ("translation", "interpolation"): "translation/interpolation",
+}
+"""The row of `benchmarks/results/speed_cpu.json` (tiny BART, batch 32; see speed.md) whose step-time ratio to
+teacher forcing is cited beside a method; DAgger's depends on its beta."""
 
 _STEP_SETTINGS = ("sm_bc_steps", "sm_bc_anneal_steps", "dagger_warmup_steps")
 
 
-def data_arguments(task: str, shared: Path, quick: bool) -> tuple[DataArguments, str]:
-    """The data of a task's benchmark, and a description of it. Raises FileNotFoundError without the real data."""
-    eval_size = 200 if quick else None
-    if task == "arithmetic":
-        args = DataArguments(
-            task="arithmetic",
-            dataset_name="synthetic",
-            synthetic_train_size=2000 if quick else 10000,
-            synthetic_eval_size=200 if quick else 1000,
-            max_target_length=16,
-        )
-        return args, "arithmetic, generated by the package (base 10, operands of 1 to 3 digits, + and -)"
-    if task == "ner":
-        folder = shared / "conll2003"
-        if not (folder / "train.txt").exists():
-            raise FileNotFoundError(f"CoNLL-2003 not found at {folder} (set HF_SEQOBJ_DATA)")
-        args = DataArguments(
-            task="ner",
-            train_file=str(folder / "train.txt"),
-            validation_file=str(folder / "valid.txt"),
-            test_file=str(folder / "test.txt"),
-            max_train_samples=2000 if quick else None,
-            max_eval_samples=eval_size,
-            max_source_length=128,
-            max_target_length=128,
-            truncate_long_examples=True,
-        )
-        return args, f"CoNLL-2003 ({folder}: train.txt, valid.txt, test.txt)"
-    folder = shared / "multi30k"
-    if not (folder / "train.en").exists():
-        raise FileNotFoundError(f"Multi30k not found at {folder} (set HF_SEQOBJ_DATA)")
-    args = DataArguments(
-        task="translation",
-        train_file=str(folder / "train"),
-        validation_file=str(folder / "val"),
-        test_file=str(folder / "test_2016_flickr"),
-        source_lang="en",
-        target_lang="de",
-        max_train_samples=2000 if quick else None,
-        max_eval_samples=eval_size,
-        max_source_length=64,
-        max_target_length=64,
-        truncate_long_examples=True,
-    )
-    return args, f"Multi30k en-de ({folder}: train, val, test_2016_flickr)"
-
-
-class _Clock(TrainerCallback, ExportableState):
-    """Training time (evaluation excluded), the curve of the validation metric, and the wall-clock budget.
-
-    Its state goes into the Trainer's checkpoints (`ExportableState`), so that a resumed run keeps its time and curve.
-    """
-
-    def __init__(self, metric: str, budget_seconds: float | None, eval_points: int = 5):
-        self.metric_name = metric
-        self.metric = f"eval_{metric}"
-        self.budget = budget_seconds
-        self.eval_points = eval_points
-        self.eval_every = None if budget_seconds is None else budget_seconds / eval_points
-        self.next_eval = self.eval_every
-        self.seconds = 0.0
-        self.start = None
-        self.curve: list[dict] = []
-
-    def state(self) -> dict:
-        return {
-            "args": {"metric": self.metric_name, "budget_seconds": self.budget, "eval_points": self.eval_points},
-            "attributes": {"seconds": self.seconds, "next_eval": self.next_eval, "curve": self.curve},
-        }
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        self.start = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.seconds += time.perf_counter() - self.start
-        if self.budget is None:
-            return
-        if self.seconds >= self.next_eval:  # with a budget, the curve's points are evenly spaced in time
-            control.should_evaluate = True
-            self.next_eval += self.eval_every
-        if self.seconds >= self.budget:
-            control.should_training_stop = True
-            control.should_evaluate = True
-
-    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        if metrics and self.metric in metrics:
-            self.curve.append({"step": state.global_step, "seconds": self.seconds, "value": metrics[self.metric]})
-
-
 def resolve(settings: dict, steps: int) -> dict:
-    """Step-valued settings given as fractions of the run become step counts."""
+    """Step-valued settings given as fractions of the run become step counts; a linear scheduled-sampling `ss_c`
+    given as a fraction of the run becomes the slope that takes eps from `ss_k` to `ss_eps_min` in that fraction."""
     resolved = dict(settings)
     for key in _STEP_SETTINGS:
         if key in resolved and isinstance(resolved[key], float) and resolved[key] < 1:
             resolved[key] = int(resolved[key] * steps)
-    if resolved.get("ss_schedule") == "linear" and "ss_c" in resolved:  # eps falls over a fraction of the run
+    if resolved.get("ss_schedule") == "linear" and "ss_c" in resolved:
         resolved["ss_c"] = (resolved.get("ss_k", 1.0) - resolved.get("ss_eps_min", 0.0)) / (resolved["ss_c"] * steps)
     return resolved
 
 
-def run_one(
-    *,
-    family: str,
-    method: str,
-    settings: dict,
-    seed: int,
-    steps: int,
-    budget: float | None,
-    schedule_steps: int,
-    task_name: str,
-    data_args: DataArguments,
-    spec: dict,
-    workdir: Path,
-    batch_size: int,
-    size: str,
-    device: str = "cpu",
-    start_from: Path | None = None,
-    save_to: Path | None = None,
-):
-    """Trains one method from the seed's initial model; returns its row (metrics, times, curve).
+def point_name(point: dict) -> str:
+    """A grid point as a short, path-safe name: `dagger_beta=0.5,rollin=sample`; `default` for no overrides."""
+    shown = {k: v for k, v in point.items() if k != "dagger_beta_schedule"}
+    return ",".join(f"{k}={v}" for k, v in shown.items()) or "default"
 
-    `task_name` to `device` are the same for every run of a benchmark. `schedule_steps` is the run length that
-    step-valued settings given as fractions refer to: `steps`, or with a budget the number of steps teacher forcing
-    took in it. `start_from`: a warm-start checkpoint to train from instead of the seed's fresh model; `save_to`:
-    where to save the trained model (a warm start). A warm start saves a checkpoint every tenth of its steps under
-    `workdir/runs` and, run again, resumes from the last one (its `train_seconds` and curve included).
+
+def git_commit(root: Path = ROOT) -> str:
+    """The commit the script runs at, with `+dirty` when tracked files differ from it; `unknown` outside git."""
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
+
+
+def _digest(value) -> str:
+    return hashlib.sha1(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def _file_digest(path: str) -> str:
+    """The content hash of a data file, or of every file of a translation prefix (PREFIX.SRC and PREFIX.TGT)."""
+    files = [Path(path)] if Path(path).is_file() else sorted(Path(path).parent.glob(Path(path).name + ".*"))
+    digest = hashlib.sha1()
+    for file in files:
+        digest.update(file.name.encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def _write_json(path: Path, value) -> None:
+    """Writes JSON atomically (a reader, or another benchmark process, never sees half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(handle, "w", encoding="utf-8") as stream:
+        stream.write(json.dumps(value, indent=2) + "\n")
+    os.replace(temporary, path)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Per-example statistics and the paired bootstrap
+
+
+def _is_tag(tag: str) -> bool:
+    return tag == "O" or (len(tag) > 2 and tag[:2] in ("B-", "I-"))
+
+
+def example_statistics(task_name: str, predictions: list[str], references: list[str]) -> np.ndarray:
+    """Per-example sufficient statistics of the task's corpus metric, one row per example.
+
+    - ner: `[true positive spans, predicted spans, gold spans]`, spans read as seqeval reads them (default mode)
+      after the task's alignment (a prediction padded with `O` or cut to its reference's length; non-tags are `O`);
+    - translation: sacrebleu's BLEU statistics `[hypothesis length, reference length, matches 1-4, totals 1-4]`;
+    - summarization: ROUGE-1/2/L/Lsum F-measure x 100 (rouge-score, stemming), the task's per-example scores;
+    - arithmetic: `[exact match]`.
     """
-    set_seed(seed)
-    task = get_task(data_args)
-    splits = task.load()
-    model_args = ModelArguments(architecture=family, model_size=size, tokenizer_type=spec["tokenizer"])
-    initial = workdir / f"{family}_seed{seed}"
-    if not (initial / "initial_model").exists():
-        prepare_model(model_args, task, splits, str(initial), seed)
-    model_args = ModelArguments(model_name_or_path=str(start_from or initial / "initial_model"))
-    model, tokenizer = prepare_model(model_args, task, splits, str(initial), seed)
-    tokenized = task.tokenize(splits, tokenizer, decoder_only=not model.config.is_encoder_decoder)
-    args_class = training_arguments_class(model_args)
-    generation = (
-        {"generation_max_new_tokens": data_args.max_target_length}
-        if family == "gpt2"
-        else {"generation_max_length": data_args.max_target_length}
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} references.")
+    if task_name == "ner":
+        from seqeval.metrics.sequence_labeling import get_entities
+
+        rows = []
+        for predicted, reference in zip(predictions, references, strict=True):
+            gold = reference.split()
+            tags = [tag if _is_tag(tag) else "O" for tag in predicted.split()]
+            tags = (tags + ["O"] * len(gold))[: len(gold)]
+            gold_spans, predicted_spans = set(get_entities(gold)), set(get_entities(tags))
+            rows.append([len(gold_spans & predicted_spans), len(predicted_spans), len(gold_spans)])
+        return np.array(rows, dtype=np.float64).reshape(-1, 3)
+    if task_name == "translation":
+        from sacrebleu.metrics import BLEU
+
+        return np.array(BLEU()._extract_corpus_statistics(predictions, [references]), dtype=np.float64)
+    if task_name == "summarization":
+        from rouge_score import rouge_scorer
+
+        types = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+        scorer = rouge_scorer.RougeScorer(list(types), use_stemmer=True)
+        scores = [scorer.score(reference, predicted) for predicted, reference in zip(predictions, references)]
+        return np.array([[100.0 * s[t].fmeasure for t in types] for s in scores], dtype=np.float64).reshape(-1, 4)
+    if task_name.startswith("arithmetic"):
+        return np.array(
+            [[float(p.split() == r.split())] for p, r in zip(predictions, references, strict=True)], dtype=np.float64
+        ).reshape(-1, 1)
+    raise ValueError(
+        f"No per-example statistics for task {task_name!r}; known: ner, translation, summarization, arithmetic."
     )
-    args = args_class(
-        output_dir=str(workdir / "runs" / f"{family}_{method.replace(' ', '_')}_seed{seed}"),
-        max_steps=steps if budget is None else 10**7,
-        per_device_train_batch_size=batch_size,
-        per_device_eval_batch_size=EVAL_BATCH_SIZE,
-        learning_rate=CONTINUATION_LR if start_from is not None else 1e-3,
-        warmup_steps=min(100, steps // 10),
-        lr_scheduler_type="linear" if budget is None else "constant_with_warmup",
-        seed=seed,
-        train_sampling_strategy=spec.get("train_sampling_strategy", "random"),
-        eval_strategy="steps",
-        eval_steps=max(1, steps // 5) if budget is None else 10**7,  # with a budget, `_Clock` evaluates
-        logging_steps=max(1, schedule_steps // 20),
-        # a warm start (long) saves checkpoints in the workdir and resumes from the last one
-        save_strategy="no" if save_to is None else "steps",
-        save_steps=max(1, steps // 10),
-        save_total_limit=1,
-        restore_callback_states_from_checkpoint=True,
-        report_to="none",
-        disable_tqdm=True,
-        use_cpu=device == "cpu",
-        predict_with_generate=True,
-        **generation,
-        **resolve(settings, schedule_steps),
-    )
-    clock = _Clock(spec["metric"], budget)
-    trainer = build_trainer(model, tokenizer, task, tokenized, args)
-    trainer.eval_dataset = tokenized["validation"].select(range(min(CURVE_EVAL_SIZE, len(tokenized["validation"]))))
-    trainer.add_callback(clock)
-    checkpoint = None
-    if save_to is not None and Path(args.output_dir).is_dir():
-        checkpoint = get_last_checkpoint(args.output_dir)
-    started = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=checkpoint)
-    clock = next(c for c in trainer.callback_handler.callbacks if isinstance(c, _Clock))  # restored: a new one
-    wall = time.perf_counter() - started
-    row = {
-        "task": task_name,
-        "family": family,
-        "method": method,
-        "seed": seed,
-        "settings": resolve(settings, schedule_steps),
-        "train_sampling_strategy": args.train_sampling_strategy,
-        "steps": result.global_step,
-        "train_seconds": clock.seconds,
-        "wall_seconds": wall,
-        "seconds_per_step": clock.seconds / max(1, result.global_step),
-        "curve": clock.curve,
-    }
-    if checkpoint is not None:  # wall_seconds covers this session's part; train_seconds the whole run
-        row["resumed_from"] = Path(checkpoint).name
-    trainer.remove_callback(clock)  # the curve holds the evaluations during training only
-    if save_to is not None:
-        trainer.save_model(str(save_to))
-    row["validation"] = trainer.evaluate(tokenized["validation"])
-    row["test"] = trainer.evaluate(tokenized["test"], metric_key_prefix="test")
-    if spec.get("sampled_eval") and family == "gpt2":
-        trainer.args.generation_do_sample = True
-        row["test_sampled"] = trainer.evaluate(tokenized["test"], metric_key_prefix="test_sampled")
-        trainer.args.generation_do_sample = False
-    extras = [e for e in trainer.state.log_history if "eval_backspace_rate" in e or "test_backspace_rate" in e]
-    row["logged_eval"] = extras[-3:]
-    row["examples"] = {split: len(dataset) for split, dataset in splits.items()}
-    return row
 
 
-def quality(
-    task_name: str,
-    seeds: int,
-    budget_minutes: float | None,
-    quick: bool,
-    shared: Path,
-    out_dir: Path,
-    batch_size: int,
-    size: str,
-    families: list[str] | None,
-    methods: list[str] | None,
-    environment: dict,
-    warm_start_steps: int = 0,
-    device: str = "cpu",
-    resume: bool = False,
-    workdir: Path | None = None,
-) -> list[dict]:
-    """Runs the benchmark of a task and writes its JSON and report (see the module docstring).
+_ROUGE_COLUMNS = {"rouge1": 0, "rouge2": 1, "rougeL": 2, "rougeLsum": 3}
 
-    With `resume`, the runs already in the task's JSON (same family, method and seed) are kept and not run again,
-    so a long benchmark can be spread over several sessions; `workdir` keeps the initial models and warm starts
-    between them (they are otherwise rebuilt, identically, from the seeds), and an interrupted warm start resumes
-    there from its last checkpoint.
 
-    With `warm_start_steps`, each family is first trained by teacher forcing for that many steps (linear decay)
-    from seed 0's fresh model; every method and seed then starts from that checkpoint, and DAgger's warm-up is 0
-    (the warm start is its warm-up). The seeds then vary the continuation (data order, sampling), not the start.
+def corpus_metric(task_name: str, metric: str, statistics_: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """The corpus metric of each weighting of the examples.
+
+    Args:
+        statistics_: `[n, k]` per-example statistics (:func:`example_statistics`).
+        weights: `[b, n]` how often each example counts in each of b resamples (a row of ones: the whole set).
+
+    Returns:
+        `[b]` values on the task's scale (span F1 in [0, 1], BLEU and ROUGE x 100, accuracy in [0, 1]).
     """
-    spec = TASKS[task_name]
-    data_args, data_name = data_arguments(task_name, shared, quick)
-    steps = spec["quick_steps"] if quick else spec["steps"]
-    budget = budget_minutes * 60 if budget_minutes else None
-    if workdir is None:
-        workdir = Path(tempfile.mkdtemp(prefix=f"hf_seqobj_quality_{task_name}_"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    partial = out_dir / "results" / f"quality_{task_name}{'_quick' if quick else ''}.json"
-    done = json.loads(partial.read_text(encoding="utf-8")) if resume and partial.exists() else []
-    chosen = {name: s for name, s in spec["methods"].items() if methods is None or name in methods}
-    if budget is not None and "mle" not in chosen:
-        raise ValueError(
-            f"--budget-minutes needs the method 'mle' (its step count in the budget scales the other methods' "
-            f"schedules); --methods gave {sorted(chosen)}."
+    sums = weights @ statistics_
+    if task_name == "ner":
+        tp, predicted, gold = sums[:, 0], sums[:, 1], sums[:, 2]
+        denominator = predicted + gold
+        return np.divide(2 * tp, denominator, out=np.zeros_like(tp), where=denominator > 0)
+    if task_name == "translation":
+        from sacrebleu.metrics import BLEU
+
+        bleu = BLEU()
+        return np.array([bleu._compute_score_from_stats(row.tolist()).score for row in sums])
+    counts = weights.sum(axis=1)
+    if task_name == "summarization":
+        return sums[:, _ROUGE_COLUMNS[metric]] / counts
+    return sums[:, 0] / counts
+
+
+def paired_bootstrap(
+    task_name: str,
+    metric: str,
+    method: list[np.ndarray],
+    control: list[np.ndarray],
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+) -> dict:
+    """The difference method - control of the seed-averaged corpus metric, with a paired bootstrap 95% interval.
+
+    `method[s]` and `control[s]` are the per-example statistics of seed s on the same examples. Each resample draws n
+    examples with replacement; on those indices the corpus metric of every seed's method and control runs is
+    computed, averaged over seeds, and subtracted. The interval is the 2.5 and 97.5 percentiles of the differences.
+    """
+    if not method or len(method) != len(control):
+        raise ValueError(f"Paired seeds needed: {len(method)} method runs, {len(control)} control runs.")
+    n = len(method[0])
+    if any(len(s) != n for s in (*method, *control)):
+        raise ValueError("Every run must be scored on the same examples.")
+    generator = np.random.default_rng(seed)
+    weights = np.zeros((resamples, n))
+    np.add.at(weights, (np.repeat(np.arange(resamples), n), generator.integers(0, n, size=resamples * n)), 1.0)
+    ones = np.ones((1, n))
+
+    def averaged(runs, w):
+        return np.mean([corpus_metric(task_name, metric, s, w) for s in runs], axis=0)
+
+    delta = float(averaged(method, ones)[0] - averaged(control, ones)[0])
+    deltas = averaged(method, weights) - averaged(control, weights)
+    low, high = np.percentile(deltas, [2.5, 97.5])
+    return {"delta": delta, "ci_low": float(low), "ci_high": float(high), "resamples": resamples}
+
+
+def verdict(ci_low: float, ci_high: float) -> str:
+    """helps / hurts when the interval lies above / below 0; no difference when it contains 0."""
+    if ci_low > 0:
+        return "helps"
+    if ci_high < 0:
+        return "hurts"
+    return "no difference"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Runs
+
+
+@dataclass
+class Benchmark:
+    """One task's benchmark: data, sizes and the settings of warm starts and continuations; runs are kept in
+    `workdir`."""
+
+    task_name: str
+    workdir: Path
+    train_file: str | None = None
+    validation_file: str | None = None
+    test_file: str | None = None
+    seeds: int = 3
+    sizes: dict = field(default_factory=dict)
+    warm_start: dict = field(default_factory=dict)
+    continuation: dict = field(default_factory=dict)
+    batch_size: int = 32
+    device: str = "cpu"
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    curve_eval_size: int = CURVE_EVAL_SIZE
+    resamples: int = RESAMPLES
+    methods: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.task_name not in TASKS:
+            raise ValueError(f"Unknown task {self.task_name!r}; the quality benchmark has {sorted(TASKS)}.")
+        if self.seeds < 1:
+            raise ValueError(f"seeds must be >= 1, got {self.seeds}.")
+        self.spec = TASKS[self.task_name]
+        self.sizes = {**self.spec["sizes"], **self.sizes}
+        self.warm_start = {**self.spec["warm_start"], **self.warm_start}
+        self.continuation = {**self.spec["continuation"], **self.continuation}
+        self.methods = self.methods or self.spec["methods"]
+        for name, method in self.methods.items():
+            if not 1 <= len(method["grid"]) <= 4:
+                raise ValueError(f"Method {name!r} has a grid of {len(method['grid'])} points; 1 to 4 are allowed.")
+        if CONTROL not in self.methods:
+            raise ValueError(f"The methods must include the control {CONTROL!r}; got {sorted(self.methods)}.")
+        self.workdir = Path(self.workdir)
+        self.commit = git_commit()
+
+    # --- data -----------------------------------------------------------------------------------------------
+    def data_arguments(self) -> DataArguments:
+        """The task's data: the files given, else the task's files under the shared data folder (`HF_SEQOBJ_DATA`,
+        default `../shared/data`); arithmetic is generated and takes no files."""
+        given = {f"{split}_file": getattr(self, f"{split}_file") for split in ("train", "validation", "test")}
+        if self.spec["files"] is None:
+            named = [f"--{key.replace('_', '-')}" for key, path in given.items() if path]
+            if named:
+                raise ValueError(f"Task {self.task_name!r} generates its data; {named} cannot be used with it.")
+            files = {}
+        else:
+            files = {
+                key: path or str(shared_data() / name) for (key, path), name in zip(given.items(), self.spec["files"])
+            }
+        for key, path in files.items():
+            if not (Path(path).is_file() or list(Path(path).parent.glob(Path(path).name + ".*"))):
+                raise FileNotFoundError(f"--{key.replace('_', '-')} {path!r} does not exist (nor files {path}.*).")
+        return DataArguments(
+            **self.spec["data"],
+            **files,
+            max_train_samples=self.max_train_samples,
+            max_eval_samples=self.max_eval_samples,
         )
-    rows = list(done)
-    bench = dict(
-        task_name=task_name,
-        data_args=data_args,
-        spec=spec,
-        workdir=workdir,
-        batch_size=batch_size,
-        size=size,
-        device=device,
-    )
-    for family in families or spec["families"]:
-        described = describe_model(family, size)
-        start_from = None
-        if warm_start_steps:
-            start_from = workdir / f"{family}_warm_start"
-        if warm_start_steps and not (start_from / "config.json").exists():
-            row = run_one(
-                family=family,
-                method="warm start (mle)",
-                settings={"objective": "mle"},
-                seed=0,
-                steps=warm_start_steps,
-                budget=None,
-                schedule_steps=warm_start_steps,
-                save_to=start_from,
-                **bench,
+
+    def _task(self):
+        data_args = self.data_arguments()
+        task = get_task(data_args)
+        return data_args, task, task.load()
+
+    # --- warm start ---------------------------------------------------------------------------------------
+    def warm_settings(self, family: str) -> dict:
+        data_args = self.data_arguments()
+        files = {
+            k: getattr(data_args, k) for k in ("train_file", "validation_file", "test_file") if getattr(data_args, k)
+        }
+        return {
+            "task": self.task_name,
+            "family": family,
+            "size": self.sizes[family],
+            "tokenizer": self.spec["tokenizer"],
+            "data": {**self.spec["data"], "max_train_samples": self.max_train_samples},
+            "files": {k: {"path": str(v), "sha1": _file_digest(v)} for k, v in files.items()},
+            "max_eval_samples": self.max_eval_samples,
+            "curve_eval_size": self.curve_eval_size,
+            "batch_size": self.batch_size,
+            **({} if self.spec.get("group_by_length", True) else {"group_by_length": False}),
+            **self.warm_start,
+        }
+
+    def warm_dir(self, family: str) -> Path:
+        """`workdir/warm/{family}_{size}_{digest}`: the digest covers every setting and the data files' contents
+        (not their paths)."""
+        settings = self.warm_settings(family)
+        keyed = {**settings, "files": {k: v["sha1"] for k, v in settings["files"].items()}}
+        return self.workdir / "warm" / f"{family}_{settings['size']}_{_digest(keyed)}"
+
+    def _generation(self, family: str, data_args: DataArguments) -> dict:
+        if family == "gpt2":
+            return {"generation_max_new_tokens": data_args.max_target_length}
+        return {"generation_max_length": data_args.max_target_length}
+
+    def _eval_sets(self, tokenized: DatasetDict) -> dict[str, tuple[Dataset, list[int]]]:
+        """The evaluation sets, each sorted by length (longest first) for batched generation, with the original index
+        of each sorted row: `curve` (the first `curve_eval_size` validation examples), `validation`, `test`."""
+        sets = {}
+        sources = {
+            "curve": tokenized["validation"].select(range(min(self.curve_eval_size, len(tokenized["validation"])))),
+            "validation": tokenized["validation"],
+            "test": tokenized["test"],
+        }
+        for name, dataset in sources.items():
+            lengths = [len(ids) for ids in dataset["input_ids"]]
+            order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+            sets[name] = (dataset.select(order), order)
+        return sets
+
+    def run_warm_start(self, family: str) -> dict:
+        """Trains (or resumes, or reuses) the family's warm start; returns its row."""
+        directory = self.warm_dir(family)
+        if (directory / "result.json").exists():
+            return json.loads((directory / "result.json").read_text(encoding="utf-8"))
+        settings = self.warm_settings(family)
+        _write_json(directory / "settings.json", settings)
+        set_seed(0)
+        data_args, task, splits = self._task()
+        if not (directory / "initial_model" / "config.json").exists():
+            model_args = ModelArguments(architecture=family, model_size=settings["size"], **self.spec["tokenizer"])
+            prepare_model(model_args, task, splits, str(directory), 0)
+        model_args = ModelArguments(model_name_or_path=str(directory / "initial_model"))
+        model, tokenizer = prepare_model(model_args, task, splits, str(directory), 0)
+        if not (directory / "tokenized" / "dataset_dict.json").exists():
+            task.tokenize(splits, tokenizer, decoder_only=not model.config.is_encoder_decoder).save_to_disk(
+                str(directory / "tokenized")
             )
-            row.update(role="warm_start", data=data_name, model=described, environment=environment)
-            rows = [r for r in rows if (r.get("role"), r["family"]) != ("warm_start", family)] + [row]
-            print(f"{task_name} {family} warm start: val {row['validation']}", flush=True)
-            partial.parent.mkdir(parents=True, exist_ok=True)
-            partial.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
-        for seed in range(seeds):
-            schedule_steps = steps
-            for method, settings in sorted(chosen.items(), key=lambda item: item[0] != "mle"):
-                previous = [
-                    r
-                    for r in done
-                    if (r["family"], r["method"], r["seed"], r.get("role")) == (family, method, seed, None)
-                ]
-                if previous:
-                    print(f"{task_name} {family} {method} seed {seed}: kept from {partial}", flush=True)
-                    if budget is not None and method == "mle":
-                        schedule_steps = previous[0]["steps"]
-                    continue
-                if warm_start_steps and "dagger_warmup_steps" in settings:
-                    settings = {**settings, "dagger_warmup_steps": 0}
-                row = run_one(
-                    family=family,
-                    method=method,
-                    settings=settings,
-                    seed=seed,
-                    steps=steps,
-                    budget=budget,
-                    schedule_steps=schedule_steps,
-                    start_from=start_from,
-                    **bench,
-                )
-                if budget is not None and method == "mle":
-                    schedule_steps = row["steps"]
-                row["data"] = data_name
-                row["model"] = described
-                row["budget_minutes"] = budget_minutes
-                row["warm_start_steps"] = warm_start_steps
-                row["environment"] = environment
-                rows.append(row)
-                metric = spec["metric"]
-                print(
-                    f"{task_name} {family} {method:<24} seed {seed}: val {metric} "
-                    f"{row['validation'].get('eval_' + metric, float('nan')):.4f}  test "
-                    f"{row['test'].get('test_' + metric, float('nan')):.4f}  {row['seconds_per_step'] * 1000:.0f} "
-                    "ms/step",
-                    flush=True,
-                )
-                partial.parent.mkdir(parents=True, exist_ok=True)
-                partial.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
-    write_report(task_name, rows, spec, out_dir, quick, budget_minutes, steps, batch_size)
-    return rows
+        tokenized = load_from_disk(str(directory / "tokenized"))
+        eval_sets = self._eval_sets(tokenized)
+        steps, eval_steps = self.warm_start["steps"], self.warm_start["eval_steps"]
+        args = training_arguments_class(model_args)(
+            output_dir=str(directory / "run"),
+            max_steps=steps,
+            per_device_train_batch_size=self.batch_size,
+            per_device_eval_batch_size=self.spec["eval_batch_size"],
+            learning_rate=self.warm_start["learning_rate"],
+            lr_scheduler_type="linear",
+            warmup_steps=self.warm_start["warmup_steps"],
+            seed=0,
+            train_sampling_strategy="sequential",  # the order is drawn below, grouped by length
+            eval_strategy="steps",
+            eval_steps=eval_steps,
+            save_strategy="steps",
+            save_steps=eval_steps,
+            save_total_limit=2,  # the best and the last
+            load_best_model_at_end=True,
+            metric_for_best_model=self.spec["metric"],
+            greater_is_better=True,
+            logging_steps=eval_steps,
+            report_to="none",
+            disable_tqdm=True,
+            use_cpu=self.device == "cpu",
+            predict_with_generate=True,
+            objective="mle",
+            **self._generation(family, data_args),
+        )
+        train = ordered_train(
+            tokenized["train"], steps, self.batch_size, seed=0, by_length=self.spec.get("group_by_length", True)
+        )
+        trainer = build_trainer(
+            model, tokenizer, task, DatasetDict({"train": train, "validation": eval_sets["curve"][0]}), args
+        )
+        checkpoint = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+        trainer.train(resume_from_checkpoint=checkpoint)
+        _check_finished(trainer, steps, directory)
+        trainer.save_model(str(directory / "best"))
+        metric = f"eval_{self.spec['metric']}"
+        curve = [
+            {"step": e["step"], "value": e[metric], "loss": e.get("eval_loss")}
+            for e in trainer.state.log_history
+            if metric in e
+        ]
+        best_step = int(Path(trainer.state.best_model_checkpoint).name.split("-")[-1])
+        row = {
+            "task": self.task_name,
+            "family": family,
+            "role": "warm_start",
+            "size": settings["size"],
+            "model": describe(model, family, settings["size"]),
+            "key": directory.name,
+            "settings": settings,
+            "steps": steps,
+            "best_step": best_step,
+            "best_curve_value": trainer.state.best_metric,
+            "curve": curve,
+            "examples": {split: len(dataset) for split, dataset in tokenized.items()},
+            "commit": self.commit,
+        }
+        if checkpoint is not None:
+            row["resumed_from"] = Path(checkpoint).name
+        for split in ("validation", "test"):
+            row[split] = self._predict(trainer, task, eval_sets[split], directory, split)
+        _write_json(directory / "result.json", row)
+        return row
+
+    # --- continuation -------------------------------------------------------------------------------------
+    def run_dir(self, family: str, method: str, point: dict, seed: int, learning_rate: float) -> Path:
+        continuation = {**self.continuation, "batch_size": self.batch_size, "learning_rate": learning_rate}
+        return (
+            self.workdir
+            / "runs"
+            / self.warm_dir(family).name
+            / f"c{_digest(continuation)}"
+            / method
+            / point_name(point)
+            / f"seed{seed}"
+        )
+
+    def run_continuation(
+        self, family: str, method: str, point: dict, seed: int, learning_rate: float, role: str
+    ) -> dict:
+        """Continues the family's warm start with one method at one grid point and seed (or reuses the finished run);
+        scores it on the whole validation split when `role` is `grid`. Returns its row."""
+        directory = self.run_dir(family, method, point, seed, learning_rate)
+        if (directory / "result.json").exists():
+            return json.loads((directory / "result.json").read_text(encoding="utf-8"))
+        warm = self.warm_dir(family)
+        steps = self.continuation["steps"]
+        settings = resolve({**self.methods[method]["settings"], **point}, steps)
+        settings.pop("learning_rate", None)
+        set_seed(seed)
+        data_args, task, splits = self._task()
+        model_args = ModelArguments(model_name_or_path=str(warm / "best"))
+        model, tokenizer = prepare_model(model_args, task, splits, str(directory), seed)
+        tokenized = load_from_disk(str(warm / "tokenized"))
+        eval_sets = self._eval_sets(tokenized)
+        args = training_arguments_class(model_args)(
+            output_dir=str(directory / "run"),
+            max_steps=steps,
+            per_device_train_batch_size=self.batch_size,
+            per_device_eval_batch_size=self.spec["eval_batch_size"],
+            learning_rate=learning_rate,
+            lr_scheduler_type="linear",
+            warmup_steps=self.continuation["warmup_steps"],
+            seed=seed,
+            train_sampling_strategy="sequential",
+            eval_strategy="steps",
+            eval_steps=self.continuation["eval_steps"],
+            save_strategy="no",
+            logging_steps=self.continuation["eval_steps"],
+            report_to="none",
+            disable_tqdm=True,
+            use_cpu=self.device == "cpu",
+            predict_with_generate=True,
+            **self._generation(family, data_args),
+            **settings,
+        )
+        train = ordered_train(
+            tokenized["train"], steps, self.batch_size, seed=1 + seed, by_length=self.spec.get("group_by_length", True)
+        )
+        trainer = build_trainer(
+            model, tokenizer, task, DatasetDict({"train": train, "validation": eval_sets["curve"][0]}), args
+        )
+        trainer.train()
+        _check_finished(trainer, steps, directory)
+        trainer.save_model(str(directory / "model"))
+        metric = f"eval_{self.spec['metric']}"
+        row = {
+            "task": self.task_name,
+            "family": family,
+            "method": method,
+            "point": point_name(point),
+            "grid_point": point,
+            "settings": settings,
+            "learning_rate": learning_rate,
+            "seed": seed,
+            "role": role,
+            "steps": trainer.state.global_step,
+            "warm_start": warm.name,
+            "continuation": {**self.continuation, "batch_size": self.batch_size},
+            "curve": [{"step": e["step"], "value": e[metric]} for e in trainer.state.log_history if metric in e],
+            "commit": self.commit,
+        }
+        if role == "grid":
+            row["validation"] = self._predict(trainer, task, eval_sets["validation"], directory, "validation")
+        _write_json(directory / "result.json", row)
+        return row
+
+    def score_test(self, family: str, row: dict) -> dict:
+        """Scores a finished continuation's saved model on the whole test split (once: kept in its result.json)."""
+        directory = self.run_dir(family, row["method"], row["grid_point"], row["seed"], row["learning_rate"])
+        if "test" in row:
+            return row
+        data_args, task, splits = self._task()
+        model_args = ModelArguments(model_name_or_path=str(directory / "model"))
+        model, tokenizer = prepare_model(model_args, task, splits, str(directory), row["seed"])
+        tokenized = load_from_disk(str(self.warm_dir(family) / "tokenized"))
+        args = training_arguments_class(model_args)(
+            output_dir=str(directory / "run"),
+            per_device_eval_batch_size=self.spec["eval_batch_size"],
+            train_sampling_strategy="sequential",
+            report_to="none",
+            disable_tqdm=True,
+            use_cpu=self.device == "cpu",
+            predict_with_generate=True,
+            **self._generation(family, data_args),
+        )
+        test = self._eval_sets(tokenized)["test"]
+        trainer = build_trainer(model, tokenizer, task, DatasetDict({"test": test[0]}), args)
+        row = {**row, "test": self._predict(trainer, task, test, directory, "test")}
+        _write_json(directory / "result.json", row)
+        return row
+
+    def _predict(self, trainer, task, sorted_set: tuple[Dataset, list[int]], directory: Path, split: str) -> dict:
+        """Generates on a whole split; saves the predictions (in the split's order) and their per-example statistics
+        next to the run, checks that the statistics give the task's metric, and returns the task's metrics."""
+        dataset, order = sorted_set
+        recorded = {}
+        score = task.score
+
+        def recording_score(predictions, references):
+            recorded["predictions"], recorded["references"] = list(predictions), list(references)
+            return score(predictions, references)
+
+        task.score = recording_score  # the trainer's compute_metrics decodes, then calls task.score
+        try:
+            metrics = trainer.predict(dataset, metric_key_prefix=split).metrics
+        finally:
+            del task.score
+        predictions, references = [None] * len(order), [None] * len(order)
+        for position, index in enumerate(order):
+            predictions[index] = recorded["predictions"][position]
+            references[index] = recorded["references"][position]
+        with open(directory / f"predictions_{split}.jsonl", "w", encoding="utf-8") as stream:
+            for index, (prediction, reference) in enumerate(zip(predictions, references, strict=True)):
+                stream.write(json.dumps({"index": index, "prediction": prediction, "reference": reference}) + "\n")
+        stats = example_statistics(self.task_name, predictions, references)
+        np.save(directory / f"statistics_{split}.npy", stats)
+        metric = self.spec["metric"]
+        value = float(corpus_metric(self.task_name, metric, stats, np.ones((1, len(stats))))[0])
+        if not math.isclose(value, metrics[f"{split}_{metric}"], rel_tol=1e-6, abs_tol=1e-9):
+            expected = metrics[f"{split}_{metric}"]
+            raise RuntimeError(
+                f"Per-example statistics give {metric} {value} on {split}; the task's metric: {expected}."
+            )
+        result = {key.removeprefix(f"{split}_"): value for key, value in metrics.items()}
+        if self.spec.get("sampled_eval"):  # the same split sampled at temperature 1 (seeded)
+            set_seed(0)
+            trainer.args.generation_do_sample, trainer.args.generation_temperature = True, 1.0
+            try:
+                sampled = trainer.predict(dataset, metric_key_prefix=f"{split}_sampled").metrics
+            finally:
+                trainer.args.generation_do_sample = False
+            result.update({key.removeprefix(f"{split}_"): value for key, value in sampled.items()})
+        return result
+
+    # --- the protocol -----------------------------------------------------------------------------------------
+    def grid(self, family: str, method: str, learning_rate: float) -> tuple[list[dict], dict]:
+        """Runs (or reuses) a method's grid with seed 0; returns the rows and the chosen one (best whole-validation
+        metric; the first point on a tie)."""
+        rows = []
+        for point in self.methods[method]["grid"]:
+            lr = point.get("learning_rate", learning_rate)
+            rows.append(self.run_continuation(family, method, point, 0, lr, "grid"))
+            print(
+                f"{self.task_name} {family} {method} [{rows[-1]['point']}] lr {lr}: validation {self.spec['metric']} "
+                f"{rows[-1]['validation'][self.spec['metric']]:.4f}",
+                flush=True,
+            )
+        chosen = max(rows, key=lambda r: (r["validation"][self.spec["metric"]], -rows.index(r)))
+        return rows, chosen
+
+    def seeds_of(self, family: str, chosen: dict) -> list[dict]:
+        """The chosen point with every seed, each scored on test (seed 0 is the grid's run)."""
+        rows = [self.score_test(family, chosen)]
+        for seed in range(1, self.seeds):
+            row = self.run_continuation(
+                family, chosen["method"], chosen["grid_point"], seed, chosen["learning_rate"], "seed"
+            )
+            rows.append(self.score_test(family, row))
+        for row in rows:
+            print(
+                f"{self.task_name} {family} {row['method']} seed {row['seed']}: test {self.spec['metric']} "
+                f"{row['test'][self.spec['metric']]:.4f}",
+                flush=True,
+            )
+        return rows
+
+    def run(self, families: list[str], methods: list[str] | None, stage: str, reports: Path | None) -> None:
+        """Warm starts; then (stage `grid` or `all`) the control's grid and every method's; then (stage `all`) the
+        chosen points' seeds and test scores. After each method the task's report is rewritten (`reports`)."""
+        names = [CONTROL] + [m for m in (methods or self.methods) if m != CONTROL]
+        unknown = sorted(set(names) - set(self.methods))
+        if unknown:
+            raise ValueError(f"Unknown methods {unknown} for task {self.task_name!r}; known: {sorted(self.methods)}.")
+        for family in families:
+            row = self.run_warm_start(family)
+            print(
+                f"{self.task_name} {family} warm start: best step {row['best_step']}, validation "
+                f"{self.spec['metric']} {row['validation'][self.spec['metric']]:.4f}, test "
+                f"{row['test'][self.spec['metric']]:.4f}",
+                flush=True,
+            )
+            if reports is not None:
+                write_report(self, reports)
+        if stage == "warm":
+            return
+        for family in families:
+            _, control = self.grid(family, CONTROL, learning_rate=math.nan)
+            if stage == "all":
+                self.seeds_of(family, control)
+            for method in names[1:]:
+                _, chosen = self.grid(family, method, learning_rate=control["learning_rate"])
+                if stage == "all":
+                    self.seeds_of(family, chosen)
+                if reports is not None:
+                    write_report(self, reports)
+        if reports is not None:
+            write_report(self, reports)
 
 
-def _at_equal_steps(row: dict, rows: list[dict]) -> float | None:
-    """The row's last curve value minus teacher forcing's (same family and seed) at the same step count.
+def _check_finished(trainer, steps: int, directory: Path) -> None:
+    """Raises when training returned before its last step (a stop signal handled by the Trainer): the run is then not
+    recorded as finished, and running the command again resumes or repeats it."""
+    if trainer.state.global_step != steps:
+        raise RuntimeError(f"{directory}: training stopped at step {trainer.state.global_step} of {steps}; run again.")
 
-    Teacher forcing's curve is interpolated linearly between its points; None where it did not reach the step.
-    """
-    base = next(
-        (r for r in rows if (r["family"], r["seed"], r["method"]) == (row["family"], row["seed"], "mle")), None
-    )
-    if base is None or not row["curve"] or not base["curve"]:
+
+def ordered_train(train: Dataset, steps: int, batch_size: int, seed: int, by_length: bool = True) -> Dataset:
+    """The training examples of `steps` batches in the order they are used: per epoch a permutation grouped by length
+    (the Trainer's `group_by_length` order; with `by_length=False` a plain random permutation), drawn from (seed,
+    epoch) alone; the run reads it sequentially."""
+    lengths = [len(ids) for ids in train["input_ids"]]
+    order: list[int] = []
+    epoch = 0
+    while len(order) < steps * batch_size:
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        if by_length:
+            order += get_length_grouped_indices(lengths, batch_size, generator=generator)
+        else:
+            order += torch.randperm(len(lengths), generator=generator).tolist()
+        epoch += 1
+    return train.select(order[: steps * batch_size])
+
+
+def describe(model, family: str, size: str) -> str:
+    """`bart mini (d_model 128, 3 encoder + 3 decoder layers, 5.1M parameters)`."""
+    config = model.config
+    d_model = getattr(config, "d_model", None) or getattr(config, "n_embd", None)
+    layers = getattr(config, "num_layers", None) or getattr(config, "encoder_layers", None) or config.n_layer
+    stack = f"{layers} layers" if family == "gpt2" else f"{layers} encoder + {layers} decoder layers"
+    return f"{family} {size} (d_model {d_model}, {stack}, {model.num_parameters() / 1e6:.1f}M parameters)"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reports
+
+
+def collect(benchmark: Benchmark) -> dict:
+    """Every finished warm start and run of the task in the workdir, the grid choices and the summary rows."""
+    spec, metric = benchmark.spec, benchmark.spec["metric"]
+    warm_rows = [
+        json.loads(p.read_text(encoding="utf-8")) for p in sorted((benchmark.workdir / "warm").glob("*/result.json"))
+    ]
+    current = {benchmark.warm_dir(f).name for f in spec["families"] if f in benchmark.sizes}
+    warm_rows = [w for w in warm_rows if w["key"] in current]
+    runs = []
+    continuation = {**benchmark.continuation, "batch_size": benchmark.batch_size}
+    for warm in warm_rows:
+        for path in sorted((benchmark.workdir / "runs" / warm["key"]).glob("*/*/*/seed*/result.json")):
+            row = json.loads(path.read_text(encoding="utf-8"))
+            if row.get("continuation") == continuation:  # runs of other continuation settings stay out
+                row["directory"] = str(path.parent)
+                runs.append(row)
+    choices, summary = [], []
+    for warm in warm_rows:
+        family = warm["family"]
+        family_runs = [r for r in runs if r["family"] == family]
+        chosen = {}
+        control_lr = None
+        for method in [CONTROL] + [m for m in benchmark.methods if m != CONTROL]:
+            if method != CONTROL and control_lr is None:
+                continue
+            grid = {
+                (r["point"], r["learning_rate"]): r
+                for r in family_runs
+                if r["method"] == method and r["role"] == "grid"
+            }
+            grid_rows = [  # in the grid's order, which breaks ties as the run did
+                grid.get((point_name(point), point.get("learning_rate", control_lr)))
+                for point in benchmark.methods[method]["grid"]
+            ]
+            if None in grid_rows:
+                continue
+            best = max(grid_rows, key=lambda r: (r["validation"][metric], -grid_rows.index(r)))
+            if method == CONTROL:
+                control_lr = best["learning_rate"]
+            seeds = [
+                r
+                for r in family_runs
+                if (r["method"], r["point"], r["learning_rate"]) == (method, best["point"], best["learning_rate"])
+                and "test" in r
+            ]
+            seeds.sort(key=lambda r: r["seed"])
+            chosen[method] = seeds
+            choices.append(
+                {
+                    "family": family,
+                    "method": method,
+                    "grid": [
+                        {
+                            "point": r["point"],
+                            "learning_rate": r["learning_rate"],
+                            f"validation_{metric}": r["validation"][metric],
+                        }
+                        for r in grid_rows
+                    ],
+                    "chosen": best["point"],
+                    "learning_rate": best["learning_rate"],
+                    "test_seeds": [r["seed"] for r in seeds],
+                }
+            )
+        control = chosen.get(CONTROL, [])
+        for method, seeds in chosen.items():
+            if method == CONTROL or not seeds or not control:
+                continue
+            paired = sorted({r["seed"] for r in seeds} & {r["seed"] for r in control})
+            if len(paired) < min(benchmark.seeds, 3) and len(paired) < benchmark.seeds:
+                continue
+
+            def load(rows, paired=paired):
+                return [np.load(Path(r["directory"]) / "statistics_test.npy") for r in rows if r["seed"] in paired]
+
+            stats = paired_bootstrap(benchmark.task_name, metric, load(seeds), load(control), benchmark.resamples)
+            by_seed = {r["seed"]: r["test"][metric] for r in seeds}
+            control_by_seed = {r["seed"]: r["test"][metric] for r in control}
+            summary.append(
+                {
+                    "task": benchmark.task_name,
+                    "family": family,
+                    "method": method,
+                    "metric": metric,
+                    "split": "test",
+                    "control": CONTROL,
+                    "delta": stats["delta"],
+                    "ci_low": stats["ci_low"],
+                    "ci_high": stats["ci_high"],
+                    "verdict": verdict(stats["ci_low"], stats["ci_high"]),
+                    "seeds": len(paired),
+                    "steps": seeds[0]["steps"],
+                    "commit": ",".join(sorted({r["commit"] for r in seeds + control})),
+                    "per_seed_delta": [by_seed[s] - control_by_seed[s] for s in paired],
+                    "method_mean": statistics.mean(by_seed[s] for s in paired),
+                    "control_mean": statistics.mean(control_by_seed[s] for s in paired),
+                    "setting": seeds[0]["point"],
+                    "model": warm["model"],
+                    "step_time_ratio": speed_ratio(benchmark.task_name, method, seeds[0]["settings"]),
+                }
+            )
+    return {"warm_starts": warm_rows, "runs": runs, "choices": choices, "summary": summary}
+
+
+def speed_ratio(task_name: str, method: str, settings: dict) -> float | None:
+    """The step-time ratio to teacher forcing from speed_cpu.json (tiny BART, 2 cores), where speed.md measured it."""
+    name = SPEED_ROWS.get((task_name, method, settings.get("dagger_beta"))) or SPEED_ROWS.get((task_name, method))
+    path = ROOT / "benchmarks" / "results" / "speed_cpu.json"
+    if name is None or not path.exists():
         return None
-    step, value = row["curve"][-1]["step"], row["curve"][-1]["value"]
-    points = [(0, 0.0)] + [(p["step"], p["value"]) for p in base["curve"]]
-    for (s0, v0), (s1, v1) in zip(points, points[1:]):
-        if s0 <= step <= s1:
-            return value - (v0 if s1 == s0 else v0 + (v1 - v0) * (step - s0) / (s1 - s0))
-    return None
+    rows = {r.get("name"): r for r in json.loads(path.read_text(encoding="utf-8"))}
+    return rows.get(name, {}).get("ratio_to_mle")
 
 
-def _mean_std(values: list[float], signed: bool = False) -> str:
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    sign = "+" if signed else ""
+TASK_LABELS = {
+    "arithmetic": "Arithmetic (generated)",
+    "arithmetic_long": "Arithmetic, long answers (generated)",
+    "ner": "CoNLL-2003 NER",
+    "summarization": "SAMSum summarization",
+    "translation": "Multi30k en-de translation",
+}
+
+README_START = "<!-- quality-summary:start -->"
+README_END = "<!-- quality-summary:end -->"
+
+
+def _mean_std(values: list[float], digits: int) -> str:
+    values = [v for v in values if v is not None]
     if not values:
-        return "n/a"
+        return ""
     if len(values) == 1:
-        return f"{values[0]:{sign}.4f}"
-    return f"{statistics.mean(values):{sign}.4f} ± {statistics.stdev(values):.4f}"
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
-def write_report(task_name, rows, spec, out_dir: Path, quick, budget_minutes, steps, batch_size) -> Path:
-    """The markdown report with its tables and PNG plots (matplotlib, when installed)."""
-    metric = spec["metric"]
-    suffix = "_quick" if quick else ""
-    lines = [f"# Quality: {task_name}{' (quick)' if quick else ''}", ""]
-    warm = [row for row in rows if row.get("role") == "warm_start"]
-    rows = [row for row in rows if row.get("role") != "warm_start"]
-    first = rows[0]
-    env = first["environment"]
-    seeds = sorted({row["seed"] for row in rows})
-    peak = CONTINUATION_LR if warm else 1e-3
+def _digits(metric: str) -> int:
+    return 4 if metric in ("f1", "accuracy") else 2
+
+
+def write_report(benchmark: Benchmark, reports: Path) -> Path:
+    """Writes `results/quality_{task}.json`, `quality_{task}.md` with its plots, and the README's headline table."""
+    collected = collect(benchmark)
+    spec, metric, task_name = benchmark.spec, benchmark.spec["metric"], benchmark.task_name
+    digits = _digits(metric)
+    results = reports / "results" / f"quality_{task_name}.json"
+    _write_json(
+        results,
+        {
+            "task": task_name,
+            "protocol": {
+                "control": CONTROL,
+                "seeds": benchmark.seeds,
+                "curve_eval_size": benchmark.curve_eval_size,
+                "warm_start": benchmark.warm_start,
+                "continuation": {**benchmark.continuation, "batch_size": benchmark.batch_size},
+                "resamples": benchmark.resamples,
+            },
+            **collected,
+        },
+    )
+    warm_rows, runs, choices, summary = (collected[k] for k in ("warm_starts", "runs", "choices", "summary"))
+    label = spec["metric_label"]
+    lines = [f"# Quality: {TASK_LABELS.get(task_name, task_name)}", ""]
     lines += [
-        f"- Data: {first['data']}; examples: {first['examples']}.",
-        f"- Models: {', '.join(sorted({row['model'] for row in rows}))}, trained from scratch; "
-        + (
-            f"each family first by teacher forcing for {warm[0]['steps']} steps (linear decay) from seed 0's fresh "
-            "model: this warm start is shared by every method and seed, and the seeds vary the continuation (data "
-            f"order, sampling); they train at a peak learning rate of {CONTINUATION_LR}. DAgger's warm-up is 0 "
-            "after it. Warm start: "
-            + "; ".join(
-                f"{w['family']} val {metric} {w['validation'].get('eval_' + metric, float('nan')):.4f}, test "
-                f"{metric} {w['test'].get('test_' + metric, float('nan')):.4f} ({w['train_seconds'] / 60:.1f} min)"
-                for w in warm
-            )
-            + "."
-            if warm
-            else "one initial model per seed, shared by every method."
-        ),
-        f"- Seeds: {seeds}. Budget: "
-        + (
-            f"{budget_minutes} minutes of training per run (evaluation excluded), batch {batch_size}, learning rate "
-            f"{peak} (constant after warm-up); step-valued settings given as fractions are fractions of the steps "
-            "teacher forcing took in the budget (same family and seed)"
-            if budget_minutes
-            else f"{steps} optimizer steps per run, batch {batch_size}, learning rate {peak} (linear decay, warm-up)"
-        )
-        + ".",
-        f"- Training batches: {first.get('train_sampling_strategy', 'random')} sampling.",
-        f"- Curves: validation {metric} on the first {CURVE_EVAL_SIZE} validation examples, "
-        + ("5 times in each run's budget" if budget_minutes else "every fifth of the run")
-        + "; the tables use the whole validation and test splits. Greedy decoding.",
-        "- Settings per method: "
-        + "; ".join(
-            f"{method}: "
-            + ", ".join(f"{k}={v}" for k, v in next(r for r in rows if r["method"] == method)["settings"].items())
-            for method in dict.fromkeys(row["method"] for row in rows)
-        )
-        + " (as resolved for the first run).",
-        f"- Machine: {env.get('processor') or env.get('machine')}, {env.get('cpu_count')} cores"
-        + (f", GPU {env['gpu']}" if env.get("gpu") else ", CPU only")
-        + f"; python {env.get('python')}, torch {env.get('torch')}, transformers {env.get('transformers')}.",
-        f"- Reproduce: `python scripts/benchmark.py quality --task {task_name} --seeds {len(seeds)}"
-        + (" --quick" if quick else "")
-        + (f" --budget-minutes {budget_minutes}" if budget_minutes else "")
-        + (f" --warm-start-steps {warm[0]['steps']}" if warm else "")
-        + (
-            f" --families {','.join(sorted({row['family'] for row in rows}))}"
-            if sorted({row["family"] for row in rows}) != sorted(spec["families"])
-            else ""
-        )
-        + "`.",
+        "Protocol (issue 15): each family is first trained by teacher forcing from scratch (the warm start), keeping "
+        f"the checkpoint with the best validation {label} (first {benchmark.curve_eval_size} validation examples, "
+        "greedy decoding). Every method, teacher forcing included (the control), then continues from that checkpoint "
+        "for the same optimizer steps, schedule and per-seed data order. Each method's grid runs with seed 0 and is "
+        "scored on the whole validation split; the chosen point runs with every seed and is scored once on test. "
+        f"Δ is the seed-averaged test {label} minus the control's, with a paired bootstrap 95% interval over test "
+        f"examples ({benchmark.resamples} resamples); verdict: helps / hurts when the interval is above / below 0.",
         "",
     ]
-    sampled = any("test_sampled" in row for row in rows)
-    extra = spec.get("extra_metrics", [])
-    header = ["family", "method", f"val {metric}", f"test {metric}", *[f"test {name}" for name in extra]]
-    if sampled:
-        header.append(f"test {metric} (sampled, T=1)")
-    backspace = any("test_backspace_rate" in row["test"] for row in rows)
-    if backspace:
-        header.append("backspace rate (test, greedy" + (" / sampled)" if sampled else ")"))
-    header += ["steps", "s/step", f"vs mle (test {metric}, mean)"]
-    if budget_minutes:
-        header.append(f"vs mle at equal steps (val {metric}, first {CURVE_EVAL_SIZE})")
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for family in sorted({row["family"] for row in rows}):
-        base = [r["test"].get(f"test_{metric}") for r in rows if r["family"] == family and r["method"] == "mle"]
-        base_mean = statistics.mean(base) if base else None
-        for method in dict.fromkeys(row["method"] for row in rows if row["family"] == family):
-            group = [r for r in rows if r["family"] == family and r["method"] == method]
-            val = [r["validation"].get(f"eval_{metric}") for r in group]
-            test = [r["test"].get(f"test_{metric}") for r in group]
-            cells = [family, method, _mean_std(val), _mean_std(test)]
-            cells += [_mean_std([r["test"].get(f"test_{name}") for r in group]) for name in extra]
-            if sampled:
-                cells.append(_mean_std([r.get("test_sampled", {}).get(f"test_sampled_{metric}") for r in group]))
-            if backspace:
-                rates = [_mean_std([r["test"].get("test_backspace_rate") for r in group])]
-                if sampled:
-                    rates.append(
-                        _mean_std([r.get("test_sampled", {}).get("test_sampled_backspace_rate") for r in group])
-                    )
-                cells.append(" / ".join(rates))
-            cells.append(f"{statistics.mean(r['steps'] for r in group):.0f}")
-            cells.append(f"{statistics.mean(r['seconds_per_step'] for r in group):.3f}")
-            delta = statistics.mean(test) - base_mean if base_mean is not None and test else None
-            cells.append("" if delta is None or method == "mle" else f"{delta:+.4f}")
-            if budget_minutes:
-                equal = [_at_equal_steps(r, rows) for r in group]
-                cells.append("" if method == "mle" else _mean_std(equal, signed=True))
-            lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Per seed (test):", "", "| family | method | " + " | ".join(f"seed {s}" for s in seeds) + " |"]
-    lines.append("|---|---|" + "---|" * len(seeds))
-    for family in sorted({row["family"] for row in rows}):
-        for method in dict.fromkeys(row["method"] for row in rows if row["family"] == family):
-            group = [r for r in rows if (r["family"], r["method"]) == (family, method)]
-            by_seed = {r["seed"]: r["test"].get(f"test_{metric}") for r in group}
+    if warm_rows:
+        first = warm_rows[0]
+        files = first["settings"]["files"]
+        lines += [
+            "- Data: "
+            + ", ".join(f"{k.removesuffix('_file')} `{v['path']}`" for k, v in files.items())
+            + f"; examples: {first['examples']}.",
+            f"- Tokenizer: {first['settings']['tokenizer']} (trained on the training split).",
+            f"- Warm start: {benchmark.warm_start['steps']} steps, batch {benchmark.batch_size}, learning rate "
+            f"{benchmark.warm_start['learning_rate']} (linear warm-up over {benchmark.warm_start['warmup_steps']} "
+            f"steps, then linear decay to 0), evaluated every {benchmark.warm_start['eval_steps']} steps.",
+            f"- Continuation: {benchmark.continuation['steps']} steps per run, batch {benchmark.batch_size}, linear "
+            f"warm-up over {benchmark.continuation['warmup_steps']} steps then linear decay to 0, validation curve "
+            f"every {benchmark.continuation['eval_steps']} steps; seeds: {benchmark.seeds}. Cost is compared at "
+            "equal optimizer steps; the step-time ratios are speed.md's (tiny BART, 2 CPU cores), not measured here.",
+            "- Commits: " + ", ".join(sorted({r["commit"] for r in warm_rows + runs})) + ".",
+            "",
+            "## Warm starts",
+            "",
+            f"| family | model | best step | validation {label} (first {benchmark.curve_eval_size}) | validation "
+            f"{label} | test {label} | " + " | ".join(f"test {m}" for m in spec["extra_metrics"]) + " |",
+            "|---|---|---|---|---|---|" + "---|" * len(spec["extra_metrics"]),
+        ]
+        for warm in warm_rows:
             lines.append(
-                f"| {family} | {method} | "
-                + " | ".join("" if by_seed.get(s) is None else f"{by_seed[s]:.4f}" for s in seeds)
+                f"| {warm['family']} | {warm['model']} | {warm['best_step']} of {warm['steps']} | "
+                f"{warm['best_curve_value']:.{digits}f} | {warm['validation'][metric]:.{digits}f} | "
+                f"{warm['test'][metric]:.{digits}f} | "
+                + " | ".join(f"{warm['test'].get(m, math.nan):.{_digits(m)}f}" for m in spec["extra_metrics"])
                 + " |"
             )
-    plots = _plots(task_name, rows, metric, out_dir, suffix)
-    if plots:
-        lines += ["", *[f"![{name}]({name})" for name in plots]]
-    report = out_dir / f"quality_{task_name}{suffix}.md"
-    report.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        lines.append("")
+    if summary or choices:
+        lines += [
+            f"## Test {label}, chosen settings",
+            "",
+            f"| family | method | setting | seeds | test {label} | "
+            + " | ".join(f"test {m}" for m in spec["extra_metrics"])
+            + f" | Δ vs {CONTROL} [95% CI] | verdict | Δ per seed | step-time ratio |",
+            "|---|---|---|---|---|" + "---|" * len(spec["extra_metrics"]) + "---|---|---|---|",
+        ]
+        for choice in choices:
+            seeds = [
+                r
+                for r in runs
+                if (r["family"], r["method"], r["point"], r["learning_rate"])
+                == (choice["family"], choice["method"], choice["chosen"], choice["learning_rate"])
+                and "test" in r
+            ]
+            if not seeds:
+                continue
+            row = next(
+                (s for s in summary if (s["family"], s["method"]) == (choice["family"], choice["method"])), None
+            )
+            setting = choice["chosen"] + (
+                "" if "learning_rate" in choice["chosen"] else f", lr {choice['learning_rate']}"
+            )
+            cells = [choice["family"], choice["method"], setting, str(len(seeds))]
+            cells.append(_mean_std([r["test"][metric] for r in seeds], digits))
+            cells += [_mean_std([r["test"].get(m) for r in seeds], _digits(m)) for m in spec["extra_metrics"]]
+            if row is None:
+                cells += ["(control)" if choice["method"] == CONTROL else "", "", "", ""]
+            else:
+                cells += [
+                    f"{row['delta']:+.{digits}f} [{row['ci_low']:+.{digits}f}, {row['ci_high']:+.{digits}f}]",
+                    row["verdict"],
+                    " / ".join(f"{d:+.{digits}f}" for d in row["per_seed_delta"]),
+                    "" if row["step_time_ratio"] is None else f"{row['step_time_ratio']:.2f}x",
+                ]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines += [
+            "",
+            f"## Grids (seed 0, whole validation split, {label})",
+            "",
+            "| family | method | point | learning rate | validation | chosen |",
+            "|---|---|---|---|---|---|",
+        ]
+        for choice in choices:
+            for point in choice["grid"]:
+                chosen = (point["point"], point["learning_rate"]) == (choice["chosen"], choice["learning_rate"])
+                lines.append(
+                    f"| {choice['family']} | {choice['method']} | {point['point']} | {point['learning_rate']} | "
+                    f"{point[f'validation_{metric}']:.{digits}f} | {'yes' if chosen else ''} |"
+                )
+        lines.append("")
+    plots = _plots(task_name, label, warm_rows, runs, choices, reports)
+    lines += [f"![{name}]({name})" for name in plots]
+    report = reports / f"quality_{task_name}.md"
+    notes = _kept_notes(report)
+    if notes:  # written by hand between the markers, kept across rewrites, shown after the protocol paragraph
+        lines[4:4] = [notes, ""]
+    report.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
+    update_readme(reports)
     return report
 
 
-def _plots(task_name, rows, metric, out_dir: Path, suffix: str) -> list[str]:
+NOTES_START = "<!-- notes:start -->"
+NOTES_END = "<!-- notes:end -->"
+
+
+def _kept_notes(report: Path) -> str:
+    """The hand-written findings of an existing report, markers included ('' when there are none)."""
+    if not report.exists():
+        return ""
+    text = report.read_text(encoding="utf-8")
+    if NOTES_START not in text or NOTES_END not in text:
+        return ""
+    return NOTES_START + text.split(NOTES_START, 1)[1].split(NOTES_END, 1)[0] + NOTES_END
+
+
+def _plots(task_name, label, warm_rows, runs, choices, reports: Path) -> list[str]:
+    """Validation curves of the warm starts, and of each method's chosen point from the warm start on."""
     try:
         import matplotlib
 
@@ -623,39 +1264,160 @@ def _plots(task_name, rows, metric, out_dir: Path, suffix: str) -> list[str]:
     except ImportError:
         return []
     names = []
-    families = sorted({row["family"] for row in rows})
-    figure, axes = plt.subplots(1, len(families), figsize=(6 * len(families), 4), squeeze=False)
-    for axis, family in zip(axes[0], families, strict=True):
-        for method in dict.fromkeys(row["method"] for row in rows if row["family"] == family):
-            for index, row in enumerate(r for r in rows if (r["family"], r["method"]) == (family, method)):
-                points = row["curve"]
-                axis.plot(
-                    [p["seconds"] for p in points],
-                    [p["value"] for p in points],
-                    color=f"C{list(dict.fromkeys(r['method'] for r in rows)).index(method)}",
-                    alpha=0.8,
-                    label=method if index == 0 else None,
-                )
-        axis.set_title(f"{task_name}, {family}: validation {metric} against training time")
-        axis.set_xlabel("training seconds (evaluation excluded)")
-        axis.set_ylabel(metric)
+    if warm_rows:
+        figure, axis = plt.subplots(figsize=(6, 4))
+        for warm in warm_rows:
+            axis.plot(
+                [p["step"] for p in warm["curve"]],
+                [p["value"] for p in warm["curve"]],
+                marker=".",
+                label=warm["family"],
+            )
+            axis.axvline(warm["best_step"], color=axis.lines[-1].get_color(), linestyle=":", alpha=0.6)
+        axis.set_title(f"{task_name}: warm starts (teacher forcing), best step dotted")
+        axis.set_xlabel("optimizer step")
+        axis.set_ylabel(f"validation {label} (first {CURVE_EVAL_SIZE})")
         axis.legend(fontsize="small")
-    name = f"quality_{task_name}{suffix}_curves.png"
-    figure.tight_layout()
-    figure.savefig(out_dir / name, dpi=100)
-    plt.close(figure)
-    names.append(name)
-    figure, axes = plt.subplots(1, len(families), figsize=(6 * len(families), 4), squeeze=False)
-    for axis, family in zip(axes[0], families, strict=True):
-        methods = list(dict.fromkeys(row["method"] for row in rows if row["family"] == family))
-        for position, method in enumerate(methods):
-            values = [r["test"].get(f"test_{metric}") for r in rows if (r["family"], r["method"]) == (family, method)]
-            axis.scatter([position] * len(values), values, color=f"C{position}")
-        axis.set_xticks(range(len(methods)), methods, rotation=20, fontsize="small")
-        axis.set_title(f"{task_name}, {family}: test {metric} per seed")
-    name = f"quality_{task_name}{suffix}_seeds.png"
-    figure.tight_layout()
-    figure.savefig(out_dir / name, dpi=100)
-    plt.close(figure)
-    names.append(name)
+        names.append(f"quality_{task_name}_warm_start.png")
+        figure.tight_layout()
+        figure.savefig(reports / names[-1], dpi=100)
+        plt.close(figure)
+    families = [w["family"] for w in warm_rows if any(c["family"] == w["family"] for c in choices)]
+    if families:
+        figure, axes = plt.subplots(1, len(families), figsize=(6 * len(families), 4), squeeze=False)
+        for axis, family in zip(axes[0], families, strict=True):
+            warm = next(w for w in warm_rows if w["family"] == family)
+            methods = [c for c in choices if c["family"] == family]
+            for position, choice in enumerate(methods):
+                group = [
+                    r
+                    for r in runs
+                    if (r["family"], r["method"], r["point"], r["learning_rate"])
+                    == (family, choice["method"], choice["chosen"], choice["learning_rate"])
+                ]
+                for index, row in enumerate(sorted(group, key=lambda r: r["seed"])):
+                    axis.plot(
+                        [0] + [p["step"] for p in row["curve"]],
+                        [warm["best_curve_value"]] + [p["value"] for p in row["curve"]],
+                        color=f"C{position}",
+                        alpha=0.7,
+                        label=choice["method"] if index == 0 else None,
+                    )
+            axis.set_title(f"{task_name}, {family}: continuation from the warm start")
+            axis.set_xlabel("continuation step")
+            axis.set_ylabel(f"validation {label} (first {CURVE_EVAL_SIZE})")
+            axis.legend(fontsize="small")
+        names.append(f"quality_{task_name}_curves.png")
+        figure.tight_layout()
+        figure.savefig(reports / names[-1], dpi=100)
+        plt.close(figure)
     return names
+
+
+def headline_table(reports: Path) -> list[str]:
+    """The table of every task's summary rows: task x architecture x method, Δ with its interval, and the verdict."""
+    lines = [
+        "| task | architecture | method | metric | Δ vs teacher forcing [95% CI] | verdict | seeds | steps | "
+        "step-time ratio |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for task_name in TASKS:
+        path = reports / "results" / f"quality_{task_name}.json"
+        if not path.exists():
+            continue
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):  # a report of the earlier protocol
+            continue
+        for row in data.get("summary", []):
+            digits = _digits(row["metric"])
+            ratio = row.get("step_time_ratio")
+            lines.append(
+                f"| {TASK_LABELS.get(task_name, task_name)} | {row['family']} | {row['method']} | test "
+                f"{TASKS[task_name]['metric_label']} | {row['delta']:+.{digits}f} [{row['ci_low']:+.{digits}f}, "
+                f"{row['ci_high']:+.{digits}f}] | {row['verdict']} | {row['seeds']} | {row['steps']} | "
+                + ("" if ratio is None else f"{ratio:.2f}x")
+                + " |"
+            )
+    return lines
+
+
+def update_readme(reports: Path) -> None:
+    """Rewrites the table between the README's quality-summary markers (left alone when they are absent)."""
+    readme = reports / "README.md"
+    if not readme.exists():
+        return
+    text = readme.read_text(encoding="utf-8")
+    if README_START not in text or README_END not in text:
+        return
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    readme.write_text(
+        head + README_START + "\n" + "\n".join(headline_table(reports)) + "\n" + README_END + tail, encoding="utf-8"
+    )
+
+
+QUICK = {
+    "max_train_samples": 2000,
+    "max_eval_samples": 200,
+    "curve_eval_size": 100,
+    "warm_start": {"steps": 300, "eval_steps": 100, "warmup_steps": 30},
+    "continuation": {"steps": 60, "eval_steps": 20, "warmup_steps": 6},
+    "resamples": 200,
+}
+"""`--quick`: a reduced run that checks the whole pipeline in minutes (its figures mean nothing)."""
+
+
+def quality(options) -> Benchmark:
+    """`scripts/benchmark.py quality`: runs the protocol for the families and methods asked, then writes the reports.
+
+    `options` are benchmark.py's parsed arguments (task, families, methods, stage, seeds, data files, sizes, steps,
+    workdir, resume, reports, report_only, quick, batch_size, device).
+    """
+    spec = TASKS[options.task]
+    split = lambda text: [item.strip() for item in text.split(",") if item.strip()] if text else None  # noqa: E731
+    families = split(options.families) or spec["families"]
+    unknown = sorted(set(families) - set(spec["families"]))
+    if unknown:
+        raise ValueError(f"--families {unknown} not in task {options.task!r}'s families {spec['families']}.")
+    sizes = {}
+    for item in split(options.sizes) or []:
+        family, _, size = item.partition("=")
+        if family not in spec["families"] or not size:
+            raise ValueError(f"--sizes item {item!r}: expected FAMILY=SIZE with FAMILY in {spec['families']}.")
+        sizes[family] = size
+    quick = QUICK if options.quick else {}
+    warm_start = dict(quick.get("warm_start", {}))
+    if options.warm_start_steps:
+        warm_start["steps"] = options.warm_start_steps
+    if options.warm_start_lr:
+        warm_start["learning_rate"] = options.warm_start_lr
+    continuation = dict(quick.get("continuation", {}))
+    if options.steps:
+        continuation["steps"] = options.steps
+    files = {f"{name}_file": getattr(options, f"{name}_file") for name in ("train", "validation", "test")}
+    workdir = Path(options.workdir) if options.workdir else Path(tempfile.mkdtemp(prefix=f"quality_{options.task}_"))
+    if (workdir / "warm").exists() and not (options.resume or options.report_only):
+        raise ValueError(f"--workdir {str(workdir)!r} already holds runs: pass --resume to continue them.")
+    benchmark = Benchmark(
+        task_name=options.task,
+        workdir=workdir,
+        seeds=options.seeds,
+        sizes=sizes,
+        warm_start=warm_start,
+        continuation=continuation,
+        batch_size=options.batch_size,
+        device=options.device,
+        max_train_samples=quick.get("max_train_samples"),
+        max_eval_samples=quick.get("max_eval_samples"),
+        curve_eval_size=quick.get("curve_eval_size", CURVE_EVAL_SIZE),
+        resamples=quick.get("resamples", RESAMPLES),
+        **files,
+    )
+    reports = Path(options.reports) if not options.quick else workdir / "reports"
+    reports.mkdir(parents=True, exist_ok=True)
+    if options.report_only:
+        write_report(benchmark, reports)
+        return benchmark
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
+    benchmark.run(families, split(options.methods), options.stage, reports)
+    return benchmark

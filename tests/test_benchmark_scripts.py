@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
+import random
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
+import numpy as np
 import pytest
+import sacrebleu
 import torch
+from transformers import TrainerCallback
+
+from hf_seqobj.arguments import DataArguments
+from hf_seqobj.tasks import get_task, synthetic_ner_splits, tag_metrics
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
@@ -55,133 +60,234 @@ def test_fractions_of_the_run_become_step_counts():
     assert settings["dagger_warmup_steps"] == 0.5  # the task's table is not modified
 
 
-def test_the_budget_clock_evaluates_evenly_in_time_and_stops_at_the_budget(monkeypatch):
-    now = [0.0]
-    monkeypatch.setattr(quality.time, "perf_counter", lambda: now[0])
-    clock = quality._Clock("bleu", budget_seconds=10.0, eval_points=5)
-    evaluations, stopped_at = [], None
-    for step in range(1, 100):
-        control = SimpleNamespace(should_evaluate=False, should_training_stop=False)
-        clock.on_step_begin(None, None, control)
-        now[0] += 0.75  # 0.75 s of training per step
-        clock.on_step_end(None, None, control)
-        if control.should_evaluate:
-            evaluations.append(round(clock.seconds, 2))
-        if control.should_training_stop:
-            stopped_at = step
-            break
-    assert evaluations == [2.25, 4.5, 6.0, 8.25, 10.5]  # the first step past each fifth of the budget
-    assert stopped_at == 14
-    clock.on_evaluate(None, SimpleNamespace(global_step=14), None, metrics={"eval_bleu": 3.0})
-    assert clock.curve == [{"step": 14, "seconds": 10.5, "value": 3.0}]
+def _random_tags(generator: random.Random, length: int) -> list[str]:
+    tags = ["O", "O", "B-PER", "I-PER", "B-LOC", "I-LOC", "<invalid>"]
+    return [generator.choice(tags) for _ in range(length)]
 
 
-def test_a_budget_needs_teacher_forcing_to_scale_the_schedules(tmp_path):
-    (tmp_path / "multi30k").mkdir()
-    (tmp_path / "multi30k" / "train.en").write_text("a\n")  # found; the check comes before any loading
-    with pytest.raises(ValueError, match=r"--budget-minutes needs the method 'mle'.*\['spg'\]"):
-        quality.quality("translation", 1, 1.0, True, tmp_path, tmp_path, 32, "tiny", None, ["spg"], {})
+def test_ner_statistics_per_sentence_sum_to_seqeval_span_f1():
+    generator = random.Random(0)
+    references = [
+        " ".join(_random_tags(generator, generator.randint(1, 9))).replace("<invalid>", "O") for _ in range(300)
+    ]
+    # predictions of the wrong length (padded with O or cut, as the task does), with non-tags (scored as O)
+    predictions = [
+        " ".join(_random_tags(generator, len(r.split()) + generator.choice([-2, 0, 0, 0, 1]))) for r in references
+    ]
+    statistics = quality.example_statistics("ner", predictions, references)
+    assert statistics.shape == (300, 3)
+    expected = tag_metrics([p.split() for p in predictions], [r.split() for r in references])["f1"]
+    value = quality.corpus_metric("ner", "f1", statistics, np.ones((1, 300)))[0]
+    assert value == pytest.approx(expected, abs=1e-12)
+    assert 0 < expected < 1
 
 
-def test_a_method_is_compared_with_teacher_forcing_at_its_own_step_count():
-    mle = {
-        "family": "bart",
-        "seed": 0,
-        "method": "mle",
-        "curve": [{"step": 100, "value": 2.0}, {"step": 300, "value": 6.0}],
-    }
-    slow = {"family": "bart", "seed": 0, "method": "spg", "curve": [{"step": 200, "value": 3.0}]}
-    early = {"family": "bart", "seed": 0, "method": "raml", "curve": [{"step": 50, "value": 1.5}]}
-    past = {"family": "bart", "seed": 0, "method": "data_noising", "curve": [{"step": 400, "value": 7.0}]}
-    other_seed = {"family": "bart", "seed": 1, "method": "spg", "curve": [{"step": 200, "value": 3.0}]}
-    rows = [mle, slow, early, past, other_seed]
-    assert quality._at_equal_steps(slow, rows) == pytest.approx(3.0 - 4.0)  # mle's curve at step 200 is 4.0
-    assert quality._at_equal_steps(early, rows) == pytest.approx(1.5 - 1.0)  # from (0, 0) to (100, 2)
-    assert quality._at_equal_steps(past, rows) is None  # teacher forcing never got that far
-    assert quality._at_equal_steps(other_seed, rows) is None  # no teacher forcing run of that seed
+def test_bleu_statistics_give_sacrebleu_corpus_bleu():
+    generator = random.Random(1)
+    words = "ein Mann mit einem Hund läuft auf der Straße im Park".split()
+    references = [" ".join(generator.choices(words, k=generator.randint(3, 12))) for _ in range(100)]
+    predictions = [" ".join(generator.choices(words, k=generator.randint(1, 12))) for _ in range(100)]
+    statistics = quality.example_statistics("translation", predictions, references)
+    value = quality.corpus_metric("translation", "bleu", statistics, np.ones((1, 100)))[0]
+    assert value == pytest.approx(sacrebleu.corpus_bleu(predictions, [references]).score, abs=1e-9)
 
 
-def _fake_row(family, method, seed, steps, schedule_steps=None):
-    return {
-        "task": "translation",
-        "family": family,
-        "method": method,
-        "seed": seed,
-        "settings": {"objective": method},
-        "steps": steps,
-        "train_seconds": 60.0,
-        "wall_seconds": 70.0,
-        "seconds_per_step": 60.0 / steps,
-        "curve": [{"step": steps, "seconds": 60.0, "value": 1.0}],
-        "validation": {"eval_bleu": 1.0},
-        "test": {"test_bleu": 1.0, "test_chrf": 10.0},
-        "examples": {"train": 2000},
-        "train_sampling_strategy": "random",
-        "schedule_steps": schedule_steps,
-    }
+def test_rouge_statistics_are_the_task_scores_per_example(tmp_path):
+    (tmp_path / "train.jsonl").write_text(json.dumps({"document": "a b", "summary": "a"}) + "\n")
+    task = get_task(DataArguments(task="summarization", train_file=str(tmp_path / "train.jsonl")))
+    predictions = ["the cat sat on the mat", "dogs are running", "a b c", "nothing in common"]
+    references = ["a cat sat on a mat", "the dog runs", "a b c d", "something else"]
+    statistics = quality.example_statistics("summarization", predictions, references)
+    expected = task.score(predictions, references)
+    for metric in ("rouge1", "rouge2", "rougeL", "rougeLsum"):
+        value = quality.corpus_metric("summarization", metric, statistics, np.ones((1, 4)))[0]
+        assert value == pytest.approx(expected[metric], abs=1e-9)
 
 
-def test_resume_keeps_the_finished_runs_and_takes_the_schedule_from_the_kept_teacher_forcing_run(
-    tmp_path, monkeypatch
-):
-    (tmp_path / "multi30k").mkdir()
-    (tmp_path / "multi30k" / "train.en").write_text("a\n")
-    results = tmp_path / "results" / "quality_translation_quick.json"
-    results.parent.mkdir()
-    kept = {**_fake_row("bart", "mle", 0, 77), "data": "d", "model": "m", "environment": {}}
-    results.write_text(json.dumps([kept]))
-    calls = []
-
-    def fake_run_one(*, family, method, seed, schedule_steps, **kwargs):
-        calls.append((family, method, seed, schedule_steps))
-        return _fake_row(family, method, seed, 50, schedule_steps)
-
-    monkeypatch.setattr(quality, "run_one", fake_run_one)
-    rows = quality.quality(
-        "translation", 1, 1.0, True, tmp_path, tmp_path, 32, "tiny", ["bart"], ["mle", "spg"], {}, resume=True
-    )
-    assert calls == [("bart", "spg", 0, 77)]  # mle seed 0 was kept; spg's schedule refers to its 77 steps
-    assert [(r["method"], r["steps"]) for r in rows] == [("mle", 77), ("spg", 50)]
-    assert [r["method"] for r in json.loads(results.read_text())] == ["mle", "spg"]
-    assert (tmp_path / "quality_translation_quick.md").exists()
+def test_paired_bootstrap_interval():
+    generator = np.random.default_rng(0)
+    n = 400
+    predicted, gold = generator.integers(0, 4, n), generator.integers(1, 4, n)
+    correct = np.minimum(generator.integers(0, 3, n), np.minimum(predicted, gold))
+    control = [np.stack([correct, predicted, gold], 1).astype(float)] * 3
+    same = quality.paired_bootstrap("ner", "f1", control, control, resamples=200)
+    assert same["delta"] == 0 and same["ci_low"] == 0 and same["ci_high"] == 0
+    better = [c.copy() for c in control]
+    for b in better:
+        b[:, 0] = np.minimum(b[:, 0] + 1, np.minimum(b[:, 1], b[:, 2]))  # one more correct span where possible
+    result = quality.paired_bootstrap("ner", "f1", better, control, resamples=200)
+    assert result["ci_low"] > 0 and result["ci_low"] <= result["delta"] <= result["ci_high"]
+    assert quality.verdict(result["ci_low"], result["ci_high"]) == "helps"
+    worse = quality.paired_bootstrap("ner", "f1", control, better, resamples=200)
+    assert worse["delta"] == pytest.approx(-result["delta"]) and worse["ci_high"] < 0
+    assert quality.verdict(-0.1, 0.2) == "no difference"
+    assert quality.paired_bootstrap("ner", "f1", better, control, resamples=200) == result  # seeded
+    with pytest.raises(ValueError, match="Paired seeds"):
+        quality.paired_bootstrap("ner", "f1", better[:2], control, resamples=10)
 
 
-def test_an_interrupted_warm_start_resumes_from_its_last_checkpoint(tmp_path, monkeypatch):
-    data_args, _ = quality.data_arguments("arithmetic", tmp_path, quick=True)
-    data_args = dataclasses.replace(data_args, synthetic_train_size=64, synthetic_eval_size=8)
-    ticks = iter(range(10**6))  # every reading of the clock is one second later: a step lasts one second
-    monkeypatch.setattr(quality, "time", SimpleNamespace(perf_counter=lambda: float(next(ticks))))
-    interrupted = []
-    on_step_end = quality._Clock.on_step_end
+def test_training_order_depends_on_the_seed_alone():
+    from datasets import Dataset
 
-    def interrupt_at_step_7(self, args, state, control, **kwargs):
-        if state.global_step == 7 and not interrupted:
-            interrupted.append(True)
+    train = Dataset.from_dict({"input_ids": [[1] * (1 + i % 17) for i in range(100)]})
+    torch.manual_seed(123)
+    first = quality.ordered_train(train, steps=10, batch_size=8, seed=1)
+    torch.rand(1000)  # an objective that samples moves the global generator: the order does not change
+    again = quality.ordered_train(train, steps=10, batch_size=8, seed=1)
+    other = quality.ordered_train(train, steps=10, batch_size=8, seed=2)
+    assert len(first) == 80 and first["input_ids"] == again["input_ids"]
+    assert first["input_ids"] != other["input_ids"]
+
+
+def test_a_grid_has_one_to_four_points_and_the_methods_include_the_control(tmp_path):
+    methods = {quality.CONTROL: {"settings": {"objective": "mle"}, "grid": [{}]}}
+    too_many = {**methods, "scheduled_sampling": {"settings": {}, "grid": [{}] * 5}}
+    with pytest.raises(ValueError, match="grid of 5 points"):
+        quality.Benchmark("ner", tmp_path, methods=too_many)
+    with pytest.raises(ValueError, match="must include the control"):
+        quality.Benchmark("ner", tmp_path, methods={"dagger_exact": {"settings": {}, "grid": [{}]}})
+
+
+def _conll_files(folder: Path) -> dict:
+    files = {}
+    for split, dataset in synthetic_ner_splits(120, 16, 0).items():
+        path = folder / f"{split}.txt"
+        path.write_text(
+            "\n".join(
+                "\n".join(f"{w} {t}" for w, t in zip(ex["source"].split(), ex["target"].split())) + "\n"
+                for ex in dataset
+            )
+        )
+        files[f"{split}_file"] = str(path)
+    return files
+
+
+class _InterruptOnce(TrainerCallback):
+    """Stops the first warm start with a KeyboardInterrupt after `step` (as a killed process would stop)."""
+
+    fired = False
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step and not _InterruptOnce.fired:
+            _InterruptOnce.fired = True
             raise KeyboardInterrupt
-        return on_step_end(self, args, state, control, **kwargs)
 
-    monkeypatch.setattr(quality._Clock, "on_step_end", interrupt_at_step_7)
-    run = dict(
-        family="gpt2",
-        method="warm start (mle)",
-        settings={"objective": "mle"},
-        seed=0,
-        steps=10,
-        budget=None,
-        schedule_steps=10,
-        task_name="arithmetic",
-        data_args=data_args,
-        spec={**quality.TASKS["arithmetic"], "sampled_eval": False},
-        workdir=tmp_path,
-        batch_size=4,
-        size="tiny",
-        save_to=tmp_path / "warm_start",
+
+def test_the_protocol_end_to_end_on_tiny_data(tmp_path, monkeypatch):
+    methods = {
+        quality.CONTROL: {
+            "settings": {"objective": "mle"},
+            "grid": [{"learning_rate": 1e-3}, {"learning_rate": 3e-3}],
+        },
+        "dagger_exact": {
+            "settings": {"objective": "dagger", "oracle": "span_f1"},
+            "grid": [{"dagger_beta": 0.0, "dagger_beta_schedule": "constant"}],
+        },
+    }
+    benchmark = quality.Benchmark(
+        "ner",
+        tmp_path / "work",
+        seeds=2,
+        sizes={"gpt2": "tiny"},
+        warm_start={"steps": 12, "eval_steps": 4, "warmup_steps": 2},
+        continuation={"steps": 6, "eval_steps": 3, "warmup_steps": 1},
+        batch_size=8,
+        curve_eval_size=8,
+        resamples=50,
+        methods=methods,
+        **_conll_files(tmp_path),
     )
+    build_trainer = quality.build_trainer
+
+    def interrupted_build_trainer(*args, **kwargs):
+        trainer = build_trainer(*args, **kwargs)
+        trainer.add_callback(_InterruptOnce(6))
+        return trainer
+
+    monkeypatch.setattr(quality, "build_trainer", interrupted_build_trainer)
     with pytest.raises(KeyboardInterrupt):
-        quality.run_one(**run)
-    assert not (tmp_path / "warm_start").exists()
-    row = quality.run_one(**run)
-    assert row["resumed_from"] == "checkpoint-6" and row["steps"] == 10
-    assert row["train_seconds"] == 10.0  # 6 steps restored with the checkpoint, 4 after it
-    assert [point["step"] for point in row["curve"]] == [2, 4, 6, 8, 10]
-    assert (tmp_path / "warm_start" / "config.json").exists()
+        benchmark.run_warm_start("gpt2")
+    warm = benchmark.run_warm_start("gpt2")  # resumes from checkpoint-4 (saved with each evaluation)
+    assert warm["resumed_from"] == "checkpoint-4"
+    assert [p["step"] for p in warm["curve"]] == [4, 8, 12]
+    assert warm["best_curve_value"] == max(p["value"] for p in warm["curve"])
+    assert warm["best_step"] == next(p["step"] for p in warm["curve"] if p["value"] == warm["best_curve_value"])
+    assert warm["examples"] == {"train": 120, "validation": 16, "test": 16}
+    # the saved model is the best checkpoint's (tied output layer included): its loss on the curve examples is the
+    # loss logged at the best step (F1 ties at 0 here, so the best is the first evaluation, not the last)
+    assert warm["best_step"] == 4 and warm["curve"][0]["loss"] != warm["curve"][-1]["loss"]
+    data_args, task, splits = benchmark._task()
+    model_args = quality.ModelArguments(model_name_or_path=str(benchmark.warm_dir("gpt2") / "best"))
+    model, tokenizer = quality.prepare_model(model_args, task, splits, str(tmp_path / "reload"), 0)
+    args = quality.training_arguments_class(model_args)(output_dir=str(tmp_path / "reload"), report_to="none")
+    curve = benchmark._eval_sets(quality.load_from_disk(str(benchmark.warm_dir("gpt2") / "tokenized")))["curve"][0]
+    trainer = build_trainer(model, tokenizer, task, quality.DatasetDict({"validation": curve}), args)
+    assert trainer.evaluate()["eval_loss"] == pytest.approx(warm["curve"][0]["loss"], rel=1e-5)
+    monkeypatch.setattr(quality, "build_trainer", build_trainer)
+
+    reports = tmp_path / "reports"
+    (reports / "results").mkdir(parents=True)
+    (reports / "README.md").write_text(f"# Benchmarks\n\n{quality.README_START}\nold\n{quality.README_END}\n\nrest\n")
+    benchmark.run(["gpt2"], None, "all", reports)
+    data = json.loads((reports / "results" / "quality_ner.json").read_text())
+    (row,) = data["summary"]
+    assert {k: row[k] for k in ("task", "family", "method", "metric", "split", "control", "seeds", "steps")} == {
+        "task": "ner",
+        "family": "gpt2",
+        "method": "dagger_exact",
+        "metric": "f1",
+        "split": "test",
+        "control": "teacher_forcing",
+        "seeds": 2,
+        "steps": 6,
+    }
+    assert row["ci_low"] <= row["delta"] <= row["ci_high"] and row["commit"]
+    control = [r for r in data["runs"] if r["method"] == quality.CONTROL]
+    assert len(control) == 3  # two grid points with seed 0, and seed 1 at the chosen learning rate
+    grid = [next(r for r in control if r["learning_rate"] == lr and r["role"] == "grid") for lr in (1e-3, 3e-3)]
+    chosen = max(grid, key=lambda r: (r["validation"]["f1"], -grid.index(r)))  # a tie goes to the first point
+    assert data["choices"][0]["learning_rate"] == chosen["learning_rate"]
+    seeds = [r for r in data["runs"] if "test" in r]
+    assert {(r["method"], r["seed"]) for r in seeds} == {(m, s) for m in methods for s in (0, 1)}
+    assert all(r["learning_rate"] == chosen["learning_rate"] for r in seeds)
+    dagger = [r for r in seeds if r["method"] == "dagger_exact"]
+    assert row["delta"] == pytest.approx(
+        np.mean([r["test"]["f1"] for r in dagger])
+        - np.mean([r["test"]["f1"] for r in seeds if r["method"] == quality.CONTROL])
+    )
+    for run in data["runs"]:
+        lines = (
+            (Path(run["directory"]) / "predictions_validation.jsonl").read_text().splitlines()
+            if run["role"] == "grid"
+            else []
+        )
+        assert len(lines) in (0, 16)
+    readme = (reports / "README.md").read_text()
+    assert "old" not in readme and "| CoNLL-2003 NER | gpt2 | dagger_exact |" in readme and readme.endswith("rest\n")
+    assert "## Grids" in (reports / "quality_ner.md").read_text()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(quality, "build_trainer", no_training)
+    report = reports / "quality_ner.md"
+    report.write_text(
+        report.read_text().replace("## Warm starts", f"{quality.NOTES_START}\nFound: x.\n{quality.NOTES_END}")
+    )
+    benchmark.run(["gpt2"], None, "all", reports)  # everything is kept in the workdir
+    text = report.read_text()
+    assert text.count("Found: x.") == 1 and "## Warm starts" in text  # hand-written notes survive a rewrite
+
+
+def test_accuracy_statistics_and_generated_data_take_no_files(tmp_path):
+    statistics = quality.example_statistics("arithmetic", ["1 2", "- 3", "4"], ["1 2", "3", " 4 "])
+    assert quality.corpus_metric("arithmetic", "accuracy", statistics, np.ones((1, 3)))[0] == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match=r"generates its data; \['--train-file'\]"):
+        quality.Benchmark("arithmetic", tmp_path, train_file="x.txt").data_arguments()
+    with pytest.raises(FileNotFoundError, match="--test-file"):
+        quality.Benchmark(
+            "ner", tmp_path, **{**_conll_files(tmp_path), "test_file": str(tmp_path / "no.txt")}
+        ).data_arguments()
