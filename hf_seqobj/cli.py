@@ -12,9 +12,10 @@ with TRL's parser, the YAML file's values become the parser's defaults and flags
 values. A YAML value of the wrong type, or an unknown key, is an error that names it (with close matches). A config
 with a `compare` mapping (run name -> settings that override the rest of the file, e.g. `{dagger: {objective:
 dagger}}`) trains one run per entry, each in `output_dir/NAME` from the same initial model, and prints one table of
-their results. `--accelerate_config` runs the same command under `accelerate launch` with that config (a packaged
-name: cpu_2proc, single_gpu, multi_gpu, fsdp, fsdp1, zero2, zero3; or a file path); every other `accelerate launch`
-flag on the command line goes to it.
+their results; a run with `start_from: OTHER` continues OTHER's trained model instead, and `compare_baseline: NAME`
+adds each run's difference to run NAME to the table. `--accelerate_config` runs the same command under `accelerate
+launch` with that config (a packaged name: cpu_2proc, single_gpu, multi_gpu, fsdp, fsdp1, zero2, zero3; or a file
+path); every other `accelerate launch` flag on the command line goes to it.
 
 `evaluate`: scores a model written by `train` on one split with generation, reusing its saved data settings (flags
 override them, e.g. `--test_file`).
@@ -579,7 +580,7 @@ def train_command(argv: list[str], debug: bool = False) -> int:
     config = load_yaml_config(config_path) if config_path is not None else {}
     source = config_path or "the command line"
     if "-h" in flags or "--help" in flags:
-        help_config = {key: value for key, value in config.items() if key != "compare"}
+        help_config = {key: value for key, value in config.items() if key not in ("compare", "compare_baseline")}
         train_parser(help_config, source).print_help()
         return 0
     if "compare" in config:
@@ -628,26 +629,57 @@ def _pop_accelerate_config(flags: list[str]) -> str | None:
     return None
 
 
+FROM_SCRATCH_KEYS = ("architecture", "model_size", "tokenizer_type", "vocab_size", "min_frequency")
+"""The model settings that only build a model from scratch: a run that continues another's model drops them."""
+
+
 def expand_compare(config: dict[str, Any], source: str) -> dict[str, dict[str, Any]]:
     """The runs of a config with a `compare` mapping: name -> the config's settings, the run's overrides on top,
     and `output_dir` = the config's output_dir / name. A config without `compare` is one run named "".
+
+    A run may name `start_from: OTHER`, an earlier run of the mapping: it then continues OTHER's trained model (see
+    :func:`continue_from`); the key stays in the run's settings for :func:`compare_runs`. The config's
+    `compare_baseline: NAME` (a run of the mapping) is the run the table compares the others with; it is not a run
+    setting and is left out.
     """
     if "compare" not in config:
         return {"": dict(config)}
-    base = {key: value for key, value in config.items() if key != "compare"}
+    base = {key: value for key, value in config.items() if key not in ("compare", "compare_baseline")}
     runs = config["compare"]
     if not isinstance(runs, dict) or not runs or not all(isinstance(v, dict | None) for v in runs.values()):
         raise ConfigError(f"compare in {source} must map run names to mappings of settings, got {runs!r}.")
+    baseline = config.get("compare_baseline")
+    if baseline is not None and baseline not in runs:
+        raise ConfigError(
+            f"compare_baseline in {source} must name a run of compare ({', '.join(runs)}), got {baseline!r}."
+        )
     base_dir = Path(base.get("output_dir", "outputs"))
-    return {
-        name: {**base, **(overrides or {}), "output_dir": str(base_dir / name)} for name, overrides in runs.items()
-    }
+    expanded: dict[str, dict[str, Any]] = {}
+    for name, overrides in runs.items():
+        run = {**base, **(overrides or {}), "output_dir": str(base_dir / name)}
+        start = run.get("start_from")
+        if start is not None and start not in expanded:
+            earlier = ", ".join(expanded) or "none comes before it"
+            raise ConfigError(
+                f"start_from of run {name!r} in {source} must name an earlier run of compare ({earlier}), "
+                f"got {start!r}."
+            )
+        expanded[name] = run
+    return expanded
+
+
+def continue_from(run_config: dict[str, Any], start_dir: str | Path) -> dict[str, Any]:
+    """The settings of a run that continues the model trained in `start_dir`: `model_name_or_path` is that folder,
+    and the settings that only build a model from scratch (:data:`FROM_SCRATCH_KEYS`) and `start_from` are dropped."""
+    kept = {key: value for key, value in run_config.items() if key not in (*FROM_SCRATCH_KEYS, "start_from")}
+    return {**kept, "model_name_or_path": str(start_dir)}
 
 
 def compare_runs(config: dict[str, Any], flags: list[str], source: str) -> int:
     """Trains every run of `config["compare"]` and prints one table (see the module docstring).
 
-    Every run's settings and output folder are checked before the first run starts.
+    Every run's settings and output folder are checked before the first run starts (a run that continues another
+    run's model is checked as the model it continues from is built).
     """
     from hf_seqobj.run import check_settings, format_comparison_table, prepare_output_dir, resolve_resume, train
 
@@ -659,19 +691,27 @@ def compare_runs(config: dict[str, Any], flags: list[str], source: str) -> int:
     flag_dir = output_parser.parse_known_args(flags, Namespace(output_dir=None))[0].output_dir
     base_dir = Path(flag_dir or config.get("output_dir", "outputs"))
     settings = {}
+    run_flags = {}
     for name, run_config in runs.items():
-        run_flags = _without_flag(flags, "output_dir") + ["--output_dir", str(base_dir / name)]
-        settings[name] = parse_run(run_config, run_flags, f"{source} (run {name!r})")
+        run_flags[name] = _without_flag(flags, "output_dir") + ["--output_dir", str(base_dir / name)]
+        checked = {key: value for key, value in run_config.items() if key != "start_from"}
+        settings[name] = parse_run(checked, run_flags[name], f"{source} (run {name!r})")
     for run in settings.values():
         check_settings(run.model, run.data, run.training)
         resume = resolve_resume(run.training) is not None
         prepare_output_dir(run.training.output_dir, run.run.overwrite_output_dir, resume, delete=False)
     results = {}
+    starts = {}
     for name, run in settings.items():
+        start = runs[name].get("start_from")
+        if start is not None:
+            continued = continue_from(runs[name], base_dir / start)
+            run = parse_run(continued, run_flags[name], f"{source} (run {name!r}, from {start!r})")
+            starts[name] = start
         overwrite = run.run.overwrite_output_dir
         metrics = train(run.model, run.data, run.training, config=run.given, overwrite_output_dir=overwrite)
         results[name] = (run.training.objective, metrics)
-    table = format_comparison_table(results)
+    table = format_comparison_table(results, baseline=config.get("compare_baseline"), starts=starts)
     print(f"\nComparison ({source}; outputs in {base_dir}):")
     print(table)
     base_dir.mkdir(parents=True, exist_ok=True)

@@ -577,18 +577,25 @@ def format_metrics_table(results: dict[str, dict[str, float]], keys: list[str] |
     return "\n".join(lines)
 
 
-def format_comparison_table(results: dict[str, tuple[str, dict[str, dict[str, float]]]]) -> str:
+def format_comparison_table(
+    results: dict[str, tuple[str, dict[str, dict[str, float]]]],
+    baseline: str | None = None,
+    starts: dict[str, str] | None = None,
+) -> str:
     """A markdown table with one row per run: its objective, the main metrics of each split and seconds per step.
 
     Args:
         results: run name -> (objective, `train`'s results). The metrics shown are F1 / precision / recall when the
             runs report them (ner), else every metric of the test (or validation) split except runtimes.
+        baseline: A run name: each other run's difference to it in the first metric shown (and in eval F1) is added.
+        starts: run name -> the run whose trained model it continued (runs not in it started from scratch).
     """
 
     def split_metrics(metrics: dict[str, dict[str, float]], split: str) -> dict[str, float]:
         prefix = f"{split}_"
         return {k[len(prefix) :]: v for k, v in metrics.get(split, {}).items() if k.startswith(prefix)}
 
+    starts = starts or {}
     first = next(iter(results.values()))[1]
     shown_split = "test" if "test" in first else "eval"
     available = split_metrics(first, shown_split)
@@ -596,16 +603,30 @@ def format_comparison_table(results: dict[str, tuple[str, dict[str, dict[str, fl
         names = ["f1", "precision", "recall"]
     else:
         names = [k for k in available if k != "loss" and not k.endswith(("runtime", "per_second"))]
-    header = ["run", "objective", *(f"{shown_split} {name}" for name in names)]
-    if shown_split == "test" and "eval" in first and "f1" in names:
+    with_eval_f1 = shown_split == "test" and "eval" in first and "f1" in names
+    header = ["run", "objective", "starts from", *(f"{shown_split} {name}" for name in names)]
+    if baseline is not None and names:
+        header.append(f"{shown_split} {names[0]} - {baseline}")
+    if with_eval_f1:
         header.append("eval f1")
+        if baseline is not None:
+            header.append(f"eval f1 - {baseline}")
     header += ["steps", "s/step"]
+    base = results.get(baseline, (None, {}))[1] if baseline is not None else {}
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, (objective, metrics) in results.items():
         shown = split_metrics(metrics, shown_split)
-        cells = [name, objective, *(f"{shown.get(metric, float('nan')):.4f}" for metric in names)]
-        if shown_split == "test" and "eval" in first and "f1" in names:
-            cells.append(f"{split_metrics(metrics, 'eval').get('f1', float('nan')):.4f}")
+        cells = [name, objective, starts.get(name, "scratch")]
+        cells += [f"{shown.get(metric, float('nan')):.4f}" for metric in names]
+        if baseline is not None and names:
+            reference = split_metrics(base, shown_split).get(names[0], float("nan"))
+            cells.append("" if name == baseline else f"{shown.get(names[0], float('nan')) - reference:+.4f}")
+        if with_eval_f1:
+            eval_f1 = split_metrics(metrics, "eval").get("f1", float("nan"))
+            cells.append(f"{eval_f1:.4f}")
+            if baseline is not None:
+                reference = split_metrics(base, "eval").get("f1", float("nan"))
+                cells.append("" if name == baseline else f"{eval_f1 - reference:+.4f}")
         train_metrics = metrics.get("train", {})
         steps = int(train_metrics.get("global_step", 0)) or None
         runtime = train_metrics.get("train_runtime")

@@ -10,6 +10,7 @@ import yaml
 
 from hf_seqobj.cli import (
     ConfigError,
+    continue_from,
     expand_compare,
     load_yaml_config,
     main,
@@ -72,14 +73,56 @@ def test_yaml_must_be_a_mapping(tmp_path):
 
 
 def test_quickstart_config_is_valid():
-    runs = expand_compare(load_yaml_config(QUICKSTART), str(QUICKSTART))
-    objectives = []
-    for name, config in runs.items():
-        model_args, data_args, training_args = parse_settings(config, [], str(QUICKSTART))
+    """The main job: a teacher-forced warm start, then the control, scheduled sampling and DAgger from its model."""
+    config = load_yaml_config(QUICKSTART)
+    runs = expand_compare(config, str(QUICKSTART))
+    assert list(runs) == ["warm_start", "teacher_forcing", "scheduled_sampling", "dagger"]
+    assert config["compare_baseline"] == "teacher_forcing"
+    objectives, steps = [], set()
+    for name, run in runs.items():
+        if name != "warm_start":
+            assert run["start_from"] == "warm_start"
+            run = continue_from(run, "outputs/quickstart/warm_start")
+            assert "architecture" not in run and run["model_name_or_path"].endswith("warm_start")
+            steps.add((run["max_steps"], run["learning_rate"], run["warmup_steps"]))
+        model_args, data_args, training_args = parse_settings(
+            {**run, "model_name_or_path": None, "architecture": "bart"} if name != "warm_start" else run,
+            [],
+            str(QUICKSTART),
+        )
         assert data_args.dataset_name == "synthetic" and training_args.predict_with_generate
         assert training_args.use_cpu and training_args.output_dir.endswith(name)
         objectives.append(training_args.objective)
-    assert objectives == ["mle", "scheduled_sampling", "dagger"]
+    assert objectives == ["mle", "mle", "scheduled_sampling", "dagger"]
+    assert len(steps) == 1  # every continuation: the same steps and schedule as the control
+
+
+def test_compare_runs_that_continue_an_earlier_run(tmp_path, capsys):
+    """`start_from` continues the named run's trained model; `compare_baseline` adds the differences to the table."""
+    config = {**BASE, "output_dir": str(tmp_path / "cmp"), "synthetic_train_size": 48, "synthetic_eval_size": 8}
+    config.update({"use_cpu": True, "predict_with_generate": True, "disable_tqdm": True, "generation_max_length": 40})
+    config["compare_baseline"] = "control"
+    config["compare"] = {
+        "warm": {"max_steps": 3},
+        "control": {"start_from": "warm", "max_steps": 2},
+        "dagger": {"start_from": "warm", "max_steps": 2, "objective": "dagger", "dagger_beta": 0.0},
+    }
+    path = tmp_path / "cmp.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    assert main(["train", str(path)]) == 0
+    for name in ("control", "dagger"):
+        saved = yaml.safe_load((tmp_path / "cmp" / name / "hf_seqobj_run.yaml").read_text())
+        assert saved["model"]["model_name_or_path"] == str(tmp_path / "cmp" / "warm")
+        assert saved["model"]["architecture"] is None
+        assert json.loads((tmp_path / "cmp" / name / "trainer_state.json").read_text())["global_step"] == 2
+    table = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert (
+        "test f1 - control" in table and "| dagger | dagger | warm |" in table and "| warm | mle | scratch |" in table
+    )
+    with pytest.raises(ConfigError, match=r"start_from of run 'a' in c\.yaml must name an earlier run .*got 'b'"):
+        expand_compare({**BASE, "compare": {"a": {"start_from": "b"}, "b": {}}}, "c.yaml")
+    with pytest.raises(ConfigError, match=r"compare_baseline in c\.yaml must name a run of compare \(a\), got 'z'"):
+        expand_compare({**BASE, "compare_baseline": "z", "compare": {"a": {}}}, "c.yaml")
 
 
 def test_train_then_evaluate_end_to_end(tmp_path, capsys):
@@ -102,9 +145,15 @@ def test_train_then_evaluate_end_to_end(tmp_path, capsys):
     ]
     assert main(["train", str(QUICKSTART), *flags]) == 0
     printed = capsys.readouterr().out
-    assert "| run | objective | test f1 | test precision | test recall | eval f1 | steps | s/step |" in printed
-    for name in ("teacher_forcing", "scheduled_sampling", "dagger"):
-        assert f"| {name} |" in printed
+    header = "| run | objective | starts from | test f1 | test precision | test recall | test f1 - teacher_forcing | "
+    assert header + "eval f1 | eval f1 - teacher_forcing | steps | s/step |" in printed
+    assert "| warm_start | mle | scratch |" in printed
+    for name, objective in (
+        ("teacher_forcing", "mle"),
+        ("scheduled_sampling", "scheduled_sampling"),
+        ("dagger", "dagger"),
+    ):
+        assert f"| {name} | {objective} | warm_start |" in printed
     assert (out / "comparison.md").read_text().strip() in printed
     dagger_state = json.loads((out / "dagger" / "trainer_state.json").read_text())
     assert any("oracle_agreement" in entry for entry in dagger_state["log_history"])
@@ -134,6 +183,7 @@ def test_train_then_evaluate_end_to_end(tmp_path, capsys):
 @pytest.mark.parametrize("path", sorted((QUICKSTART.parent).glob("*.yaml")), ids=lambda p: p.name)
 def test_every_packaged_config_parses(path):
     for config in expand_compare(load_yaml_config(path), str(path)).values():
+        config = {key: value for key, value in config.items() if key != "start_from"}  # checked as built from scratch
         model_args, data_args, training_args = parse_settings(config, [], str(path))
         assert training_args.predict_with_generate
         expected = SeqObjTrainingArguments if model_args.architecture == "gpt2" else SeqObjSeq2SeqTrainingArguments

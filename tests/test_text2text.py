@@ -175,9 +175,9 @@ def test_every_objective_trains_on_prompt_completion_files(tmp_path, capsys, arc
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     assert main(["train", str(path)]) == 0
     printed = capsys.readouterr().out
-    assert "| run | objective | test bleu | test chrf | test rouge1 |" in printed
+    assert "| run | objective | starts from | test bleu | test chrf | test rouge1 |" in printed
     for name, settings in RUNS.items():
-        assert f"| {name} | {settings['objective']} |" in printed
+        assert f"| {name} | {settings['objective']} | scratch |" in printed
         state = json.loads((out / name / "trainer_state.json").read_text())
         assert state["global_step"] == 2
         train_logs = {key: value for entry in state["log_history"] if "loss" in entry for key, value in entry.items()}
