@@ -670,6 +670,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", help="quality: model size per family, e.g. gpt2=mini,bart=small (default: task's).")
     parser.add_argument("--warm-start-steps", type=int, help="quality: steps of each warm start (default: task's).")
     parser.add_argument("--warm-start-lr", type=float, help="quality: peak learning rate of the warm starts.")
+    parser.add_argument(
+        "--warm-start-patience",
+        type=int,
+        help="quality: stop a warm start when the validation metric has not improved on its best for this many "
+        "evaluations (transformers' EarlyStoppingCallback; default: train every step).",
+    )
     parser.add_argument("--steps", type=int, help="quality: steps of every continuation run (default: task's).")
     parser.add_argument("--reports", default=str(ROOT / "benchmarks"), help="quality: where reports and JSON go.")
     parser.add_argument(

@@ -6,9 +6,10 @@ The protocol (one command per report; every finished piece is kept in `--workdir
 1. Warm start. Per model family, teacher forcing on the task's training split, evaluating on the first
    `CURVE_EVAL_SIZE` validation examples every `eval_steps` steps with the task metric through generation, and keeping
    the best checkpoint by that metric (the Trainer's `load_best_model_at_end` / `metric_for_best_model`,
-   `save_total_limit=2`). An interrupted warm start resumes from its last checkpoint. Warm starts are cached under
-   the workdir by their settings (family, size, tokenizer, data files, steps, learning rate, batch), so every method,
-   seed and restart reuses them.
+   `save_total_limit=2`). With `--warm-start-patience N` it stops once the metric has not improved on its best for N
+   evaluations (transformers' `EarlyStoppingCallback`). An interrupted warm start resumes from its last checkpoint.
+   Warm starts are cached under the workdir by their settings (family, size, tokenizer, data files, steps, learning
+   rate, batch, patience), so every method, seed and restart reuses them.
 2. Continuation. Every method, teacher forcing (the control) included, starts from the best checkpoint and trains
    for the same number of optimizer steps with the same schedule (warm-up, then linear decay to 0) and the same data
    order per seed (the order is drawn from the seed before training, so objectives that sample do not change it).
@@ -44,7 +45,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from datasets import Dataset, DatasetDict, load_from_disk
-from transformers import set_seed
+from transformers import EarlyStoppingCallback, set_seed
 from transformers.trainer_pt_utils import get_length_grouped_indices
 from transformers.trainer_utils import get_last_checkpoint
 
@@ -685,9 +686,13 @@ class Benchmark:
         trainer = build_trainer(
             model, tokenizer, task, DatasetDict({"train": train, "validation": eval_sets["curve"][0]}), args
         )
+        patience = self.warm_start.get("patience")
+        stopper = EarlyStoppingCallback(early_stopping_patience=patience) if patience else None
+        if stopper is not None:
+            trainer.add_callback(stopper)
         checkpoint = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
         trainer.train(resume_from_checkpoint=checkpoint)
-        _check_finished(trainer, steps, directory)
+        _check_finished(trainer, steps, directory, stopper)
         trainer.save_model(str(directory / "best"))
         metric = f"eval_{self.spec['metric']}"
         curve = [
@@ -705,6 +710,7 @@ class Benchmark:
             "key": directory.name,
             "settings": settings,
             "steps": steps,
+            "trained_steps": trainer.state.global_step,
             "best_step": best_step,
             "best_curve_value": trainer.state.best_metric,
             "curve": curve,
@@ -934,10 +940,12 @@ class Benchmark:
             write_report(self, reports)
 
 
-def _check_finished(trainer, steps: int, directory: Path) -> None:
-    """Raises when training returned before its last step (a stop signal handled by the Trainer): the run is then not
-    recorded as finished, and running the command again resumes or repeats it."""
-    if trainer.state.global_step != steps:
+def _check_finished(trainer, steps: int, directory: Path, stopper: EarlyStoppingCallback | None = None) -> None:
+    """Raises when training returned before its last step (a stop signal handled by the Trainer) other than by
+    `stopper` (early stopping: the validation metric did not improve on its best for `patience` evaluations): the run
+    is then not recorded as finished, and running the command again resumes or repeats it."""
+    stopped_early = stopper is not None and stopper.early_stopping_patience_counter >= stopper.early_stopping_patience
+    if trainer.state.global_step != steps and not stopped_early:
         raise RuntimeError(f"{directory}: training stopped at step {trainer.state.global_step} of {steps}; run again.")
 
 
@@ -1391,6 +1399,11 @@ def quality(options) -> Benchmark:
         warm_start["steps"] = options.warm_start_steps
     if options.warm_start_lr:
         warm_start["learning_rate"] = options.warm_start_lr
+    patience = getattr(options, "warm_start_patience", None)
+    if patience is not None:
+        if patience < 1:
+            raise ValueError(f"--warm-start-patience must be >= 1 evaluations, got {patience}.")
+        warm_start["patience"] = patience
     continuation = dict(quick.get("continuation", {}))
     if options.steps:
         continuation["steps"] = options.steps

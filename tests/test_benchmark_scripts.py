@@ -291,3 +291,25 @@ def test_accuracy_statistics_and_generated_data_take_no_files(tmp_path):
         quality.Benchmark(
             "ner", tmp_path, **{**_conll_files(tmp_path), "test_file": str(tmp_path / "no.txt")}
         ).data_arguments()
+
+
+def test_a_warm_start_with_patience_stops_early_and_is_recorded_as_finished(tmp_path):
+    settings = dict(
+        sizes={"gpt2": "tiny"},
+        continuation={"steps": 6, "eval_steps": 3, "warmup_steps": 1},
+        batch_size=8,
+        curve_eval_size=8,
+        **_conll_files(tmp_path),
+    )
+    warm_start = {"steps": 16, "eval_steps": 4, "warmup_steps": 2}
+    plain = quality.Benchmark("ner", tmp_path / "work", warm_start=warm_start, **settings)
+    patient = quality.Benchmark("ner", tmp_path / "work", warm_start={**warm_start, "patience": 1}, **settings)
+    assert plain.warm_dir("gpt2") != patient.warm_dir("gpt2")  # the patience is part of the cache key
+    warm = patient.run_warm_start("gpt2")
+    # F1 stays 0 on this data, so the first evaluation is the best and the next one exhausts a patience of 1
+    assert (warm["steps"], warm["trained_steps"], warm["best_step"]) == (16, 8, 4)
+    assert [p["step"] for p in warm["curve"]] == [4, 8]
+    assert (patient.warm_dir("gpt2") / "result.json").exists()
+    with pytest.raises(RuntimeError, match="stopped at step 3 of 16"):
+        trainer = type("T", (), {"state": type("S", (), {"global_step": 3})()})()
+        quality._check_finished(trainer, 16, tmp_path, None)
