@@ -40,7 +40,7 @@ import types
 import typing
 from argparse import ArgumentParser, Namespace
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, Union
+from typing import Any, BinaryIO, Literal, NamedTuple, Union
 
 import yaml
 from transformers import HfArgumentParser
@@ -523,20 +523,33 @@ def launch_with_accelerate(
     command += ["--debug"] if debug else []
     logging.getLogger(__name__).info("Running %s", " ".join(command))
     process = subprocess.Popen(command, stderr=subprocess.PIPE, env={**os.environ, _UNDER_ACCELERATE_ENV: "1"})
+    error_line = relay_stderr(process.stderr, sys.stderr.buffer, debug)
+    returncode = process.wait()
+    return 2 if error_line is not None else returncode
+
+
+def relay_stderr(stream: BinaryIO, out: BinaryIO, debug: bool = False) -> str | None:
+    """Copies the launched processes' `stream` to `out` as it comes (progress bars included) and returns the first
+    `hf-seqobj train: error: ...` line in it (None without one). After that line, the rest is dropped unless `debug`:
+    it is the other processes' copies of the error and `accelerate launch`'s own traceback of the failed process, so
+    the user's last line is the one error line."""
     error_line, partial = None, b""
-    for chunk in iter(lambda: process.stderr.read1(4096), b""):
-        sys.stderr.buffer.write(chunk)
-        sys.stderr.flush()
+    for chunk in iter(lambda: stream.read1(4096), b""):
+        previous = partial
         lines = (partial + chunk).split(b"\n")
         partial = lines.pop()
-        for line in lines:
-            if line.startswith(b"hf-seqobj train: error:"):
-                error_line = line.decode("utf-8", "replace")
-    returncode = process.wait()
-    if error_line is not None:
-        print(error_line, file=sys.stderr)
-        return 2
-    return returncode
+        if error_line is None:
+            for index, line in enumerate(lines):
+                if line.startswith(b"hf-seqobj train: error:"):
+                    error_line = line.decode("utf-8", "replace")
+                    if not debug:  # the chunk up to the end of the error line (`partial` was written before)
+                        chunk = chunk[: len(b"\n".join(lines[: index + 1])) + 1 - len(previous)]
+                    break
+        elif not debug:
+            continue
+        out.write(chunk)
+        out.flush()
+    return error_line
 
 
 def _without_flag(flags: list[str], key: str) -> list[str]:

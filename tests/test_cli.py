@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from hf_seqobj.cli import (
     main,
     parse_run,
     parse_settings,
+    relay_stderr,
     resolve_accelerate_config,
     split_accelerate_flags,
 )
@@ -243,3 +245,28 @@ def test_config_flag_list_flags_and_given_values_are_parsed(tiny_checkpoints):
     flags = ["--architecture", "none", "--model_name_or_path", tiny_checkpoints["gpt2"]]
     unset = parse_run(BASE, flags, "c.yaml")  # `--key none` unsets an optional setting of the config
     assert unset.model.architecture is None and isinstance(unset.training, SeqObjTrainingArguments)
+
+
+class _Chunks(io.RawIOBase):
+    """A pipe that returns the given byte chunks one `read1` at a time."""
+
+    def __init__(self, chunks):
+        self.chunks = list(chunks)
+
+    def read1(self, size=-1):
+        return self.chunks.pop(0) if self.chunks else b""
+
+
+@pytest.mark.parametrize("cut", [1, 5, 17, 40, 1000])
+@pytest.mark.parametrize("debug", [False, True])
+def test_launched_processes_output_is_relayed_up_to_the_first_error_line(cut, debug):
+    progress = b"step 1/4\r step 2/4\r"
+    error = b"hf-seqobj train: error: --train_file 'x.txt' line 3: not UTF-8.\n"
+    rest = error + b"Traceback (most recent call last):\n  accelerate ...\nCalledProcessError: returned 2\n"
+    text = progress + b"log line\n" + error + rest
+    out = io.BytesIO()
+    found = relay_stderr(_Chunks(text[i : i + cut] for i in range(0, len(text), cut)), out, debug=debug)
+    assert found == error.decode().rstrip("\n")
+    assert out.getvalue() == (text if debug else progress + b"log line\n" + error)
+    clean = io.BytesIO()
+    assert relay_stderr(_Chunks([progress, b"done\n"]), clean) is None and clean.getvalue() == progress + b"done\n"
