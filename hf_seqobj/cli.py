@@ -529,25 +529,32 @@ def launch_with_accelerate(
 
 
 def relay_stderr(stream: BinaryIO, out: BinaryIO, debug: bool = False) -> str | None:
-    """Copies the launched processes' `stream` to `out` as it comes (progress bars included) and returns the first
-    `hf-seqobj train: error: ...` line in it (None without one). After that line, the rest is dropped unless `debug`:
-    it is the other processes' copies of the error and `accelerate launch`'s own traceback of the failed process, so
-    the user's last line is the one error line."""
-    error_line, partial = None, b""
+    """Copies the launched processes' `stream` to `out` as it comes (a piece at each line end or carriage return, so
+    progress bars move) and returns the first `hf-seqobj train: error: ...` line in it (None without one).
+
+    Without `debug`, that line is the last thing copied: what follows is the other processes' copies of the error
+    and `accelerate launch`'s own traceback of the failed process. Two processes that fail at once may write their
+    error lines into one line; the line returned and shown is the first of them.
+    """
+    prefix = b"hf-seqobj train: error:"
+    error_line, buffer = None, b""
     for chunk in iter(lambda: stream.read1(4096), b""):
-        previous = partial
-        lines = (partial + chunk).split(b"\n")
-        partial = lines.pop()
-        if error_line is None:
-            for index, line in enumerate(lines):
-                if line.startswith(b"hf-seqobj train: error:"):
-                    error_line = line.decode("utf-8", "replace")
-                    if not debug:  # the chunk up to the end of the error line (`partial` was written before)
-                        chunk = chunk[: len(b"\n".join(lines[: index + 1])) + 1 - len(previous)]
-                    break
-        elif not debug:
-            continue
-        out.write(chunk)
+        buffer += chunk
+        end = max(buffer.rfind(b"\n"), buffer.rfind(b"\r")) + 1
+        ready, buffer = buffer[:end], buffer[end:]
+        for piece in re.split(rb"(?<=[\r\n])", ready):
+            if error_line is None and piece.startswith(prefix):
+                text = piece.rstrip(b"\r\n")
+                second = text.find(prefix, len(prefix))
+                text = text[:second] if second > 0 else text
+                error_line = text.decode("utf-8", "replace")
+                piece = piece if debug else text + b"\n"
+            elif error_line is not None and not debug:
+                continue
+            out.write(piece)
+        out.flush()
+    if error_line is None or debug:
+        out.write(buffer)
         out.flush()
     return error_line
 

@@ -268,5 +268,8 @@ def test_launched_processes_output_is_relayed_up_to_the_first_error_line(cut, de
     found = relay_stderr(_Chunks(text[i : i + cut] for i in range(0, len(text), cut)), out, debug=debug)
     assert found == error.decode().rstrip("\n")
     assert out.getvalue() == (text if debug else progress + b"log line\n" + error)
+    both = io.BytesIO()  # two processes that fail at once can interleave their lines
+    relay_stderr(_Chunks([b"x\n", error.rstrip(b"\n") + error + b"tail"]), both)
+    assert both.getvalue() == b"x\n" + error
     clean = io.BytesIO()
     assert relay_stderr(_Chunks([progress, b"done\n"]), clean) is None and clean.getvalue() == progress + b"done\n"
