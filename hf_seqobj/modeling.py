@@ -264,17 +264,31 @@ def model_fingerprint(path: str | Path) -> str:
     return "sha256:" + digest.hexdigest()
 
 
+def hub_commit(name: str) -> str | None:
+    """The Hub commit that the local cache holds for the model `name` at its main revision (the one a run that
+    loaded `name` used), or None when `name` is not in the cache."""
+    from huggingface_hub import try_to_load_from_cache
+    from transformers.utils.hub import extract_commit_hash
+
+    try:
+        path = try_to_load_from_cache(name, "config.json")
+    except ValueError:  # not a valid repository id
+        return None
+    return extract_commit_hash(path, None) if isinstance(path, str) else None
+
+
 def base_model_record(base: str | Path, run_dir: str | Path) -> dict[str, Any]:
     """What a run that trains an adapter records about its base model, so that the adapter finds exactly it again.
 
     Returns:
         `name_or_path`: the Hub name, or the absolute path of a local base; `in_run`: for a local base inside
         `run_dir` (a model built offline, `initial_model`), its path relative to `run_dir`, so that a moved or
-        copied run folder uses its own copy; `fingerprint`: :func:`model_fingerprint` of a local base.
+        copied run folder uses its own copy; `fingerprint`: :func:`model_fingerprint` of a local base;
+        `revision`: for a Hub base, the commit it was loaded at (:func:`hub_commit`), which the adapter loads again.
     """
     path = Path(base).expanduser()
     if not path.is_dir():
-        return {"name_or_path": str(base), "in_run": None, "fingerprint": None}
+        return {"name_or_path": str(base), "in_run": None, "fingerprint": None, "revision": hub_commit(str(base))}
     path = path.resolve()
     run_dir = Path(run_dir).resolve()
     in_run = str(path.relative_to(run_dir)) if path.is_relative_to(run_dir) else None
@@ -282,11 +296,19 @@ def base_model_record(base: str | Path, run_dir: str | Path) -> dict[str, Any]:
 
 
 def resolve_adapter_base(adapter_dir: str | Path) -> str:
-    """The base model of the adapter in `adapter_dir`: exactly the one it was trained on.
+    """The base model of the adapter in `adapter_dir` (see :func:`resolve_adapter_base_revision`), without the Hub
+    revision."""
+    return resolve_adapter_base_revision(adapter_dir)[0]
+
+
+def resolve_adapter_base_revision(adapter_dir: str | Path) -> tuple[str, str | None]:
+    """The base model of the adapter in `adapter_dir`: exactly the one it was trained on, as `(name_or_path,
+    revision)`.
 
     With the record that `hf-seqobj train` writes (:func:`base_model_record`, in `RUN_CONFIG_NAME`): the base inside
-    the run folder (wherever the folder now is), else the recorded Hub name or absolute path; a local base must have
-    the recorded fingerprint. Without a record: the `base_model_name_or_path` of `adapter_config.json` (PEFT's).
+    the run folder (wherever the folder now is), else the recorded Hub name at the recorded commit, or the recorded
+    absolute path, which must have the recorded fingerprint. Without a record: the `base_model_name_or_path` of
+    `adapter_config.json` (PEFT's), with no revision.
 
     Raises:
         ValueError: the recorded base is gone, or a local base is not the one the adapter was trained on.
@@ -297,11 +319,11 @@ def resolve_adapter_base(adapter_dir: str | Path) -> str:
         with open(adapter_dir / RUN_CONFIG_NAME, encoding="utf-8") as handle:
             record = (yaml.safe_load(handle) or {}).get("base_model")
     if not record:
-        return adapter_base_model(adapter_dir)
+        return adapter_base_model(adapter_dir), None
     if record.get("in_run") and (adapter_dir / record["in_run"]).is_dir():
         base = adapter_dir / record["in_run"]
     elif record.get("fingerprint") is None:
-        return record["name_or_path"]
+        return record["name_or_path"], record.get("revision")
     else:
         base = Path(record["name_or_path"])
         if not base.is_dir():
@@ -314,7 +336,7 @@ def resolve_adapter_base(adapter_dir: str | Path) -> str:
             f"The base model at {base} is not the one the adapter in {adapter_dir} was trained on: its config or "
             f"weights changed since ({RUN_CONFIG_NAME} records fingerprint {record['fingerprint'][:19]}...)."
         )
-    return str(base)
+    return str(base), None
 
 
 def is_encoder_decoder(name_or_path: str | Path) -> bool:
@@ -325,7 +347,10 @@ def is_encoder_decoder(name_or_path: str | Path) -> bool:
 
 
 def load_model_and_tokenizer(
-    name_or_path: str | Path, extra_tokens: Sequence[str] = (), config_overrides: dict | None = None
+    name_or_path: str | Path,
+    extra_tokens: Sequence[str] = (),
+    config_overrides: dict | None = None,
+    revision: str | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Loads a checkpoint (a Hub name such as `gpt2`, `facebook/bart-base`, `t5-small`, or a local path).
 
@@ -340,6 +365,8 @@ def load_model_and_tokenizer(
         extra_tokens: Tokens that must each be one id (added where the tokenizer lacks them).
         config_overrides: Config attributes to change before the model is built (for instance
             `{"dropout": 0.0}`); each must be an attribute the config has.
+        revision: For a Hub name, the branch, tag or commit to load (`from_pretrained(revision=...)`; default: the
+            newest).
 
     Returns:
         `(model, tokenizer)`.
@@ -347,14 +374,15 @@ def load_model_and_tokenizer(
     if is_adapter_dir(name_or_path):
         return load_adapter_model_and_tokenizer(name_or_path, extra_tokens, config_overrides)
     name_or_path = str(name_or_path)
-    config = AutoConfig.from_pretrained(name_or_path)
+    hub = {"revision": revision} if revision is not None else {}
+    config = AutoConfig.from_pretrained(name_or_path, **hub)
     unknown = sorted(key for key in (config_overrides or {}) if not hasattr(config, key))
     if unknown:
         raise ValueError(f"config_overrides {unknown} are not attributes of {type(config).__name__}.")
     config.update(config_overrides or {})
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, **hub)
     auto_class = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
-    model = auto_class.from_pretrained(name_or_path, config=config)
+    model = auto_class.from_pretrained(name_or_path, config=config, **hub)
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise ValueError(f"The tokenizer of {name_or_path!r} has neither a pad nor an EOS token.")
@@ -400,7 +428,8 @@ def load_adapter_model_and_tokenizer(
     from peft import PeftModel
 
     path = Path(path)
-    base, _ = load_model_and_tokenizer(resolve_adapter_base(path), config_overrides=config_overrides)
+    base_name, revision = resolve_adapter_base_revision(path)
+    base, _ = load_model_and_tokenizer(base_name, config_overrides=config_overrides, revision=revision)
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -224,3 +224,56 @@ def test_cli_trains_and_evaluates_an_adapter(tmp_path, capsys):
     results = json.loads((out / "eval_validation" / "validation_results.json").read_text())
     assert results["validation_f1"] == pytest.approx(eval_results["eval_f1"])
     assert results["validation_length_mismatch_rate"] == pytest.approx(eval_results["eval_length_mismatch_rate"])
+
+
+HUB_BASE_SCRIPT = """
+import sys, yaml
+from pathlib import Path
+from hf_seqobj.modeling import RUN_CONFIG_NAME, base_model_record, hub_commit, load_model_and_tokenizer
+from hf_seqobj.modeling import resolve_adapter_base_revision
+first, second, adapter = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+assert hub_commit("me/tiny") == second, hub_commit("me/tiny")  # refs/main points at the second commit
+record = base_model_record("me/tiny", adapter)
+assert record == {"name_or_path": "me/tiny", "in_run": None, "fingerprint": None, "revision": second}, record
+record["revision"] = first  # an adapter trained when main was the first commit
+(adapter / RUN_CONFIG_NAME).write_text(yaml.safe_dump({"base_model": record}))
+assert resolve_adapter_base_revision(adapter) == ("me/tiny", first)
+model, _ = load_model_and_tokenizer("me/tiny", revision=first)
+print(float(model.get_input_embeddings().weight.sum()))
+"""
+
+
+def test_an_adapter_on_a_hub_base_records_and_loads_the_commit_it_was_trained_on(tiny_checkpoints, tmp_path):
+    """A Hub base is pinned by its commit: when the Hub's main moves on, the adapter still loads the weights it was
+    trained on (a local Hub cache with two commits of `me/tiny`, offline)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    repo = tmp_path / "hub" / "models--me--tiny"
+    commits = ["1" * 40, "2" * 40]
+    sums = []
+    for index, commit in enumerate(commits):
+        model, tokenizer = load_model_and_tokenizer(tiny_checkpoints["gpt2"])
+        with torch.no_grad():
+            model.get_input_embeddings().weight.add_(index)  # the second commit's weights differ
+        model.save_pretrained(repo / "snapshots" / commit)
+        tokenizer.save_pretrained(repo / "snapshots" / commit)
+        sums.append(float(model.get_input_embeddings().weight.detach().sum()))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commits[1])
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    root = Path(__file__).resolve().parents[1]
+    environment = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(root)}
+    result = subprocess.run(
+        [sys.executable, "-c", HUB_BASE_SCRIPT, *commits, str(adapter)],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert float(result.stdout.split()[-1]) == pytest.approx(sums[0], rel=1e-6) != pytest.approx(sums[1], rel=1e-6)
+    shutil.rmtree(repo)
