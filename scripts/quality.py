@@ -687,7 +687,7 @@ class Benchmark:
             model, tokenizer, task, DatasetDict({"train": train, "validation": eval_sets["curve"][0]}), args
         )
         patience = self.warm_start.get("patience")
-        stopper = EarlyStoppingCallback(early_stopping_patience=patience) if patience else None
+        stopper = _EarlyStopping(early_stopping_patience=patience) if patience else None
         if stopper is not None:
             trainer.add_callback(stopper)
         checkpoint = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
@@ -938,6 +938,16 @@ class Benchmark:
                     write_report(self, reports)
         if reports is not None:
             write_report(self, reports)
+
+
+class _EarlyStopping(EarlyStoppingCallback):
+    """transformers' EarlyStoppingCallback, also when it joins a run resumed from a checkpoint saved without it: the
+    Trainer's `_save_checkpoint` then looks its name up in `state.stateful_callbacks` and raises KeyError
+    (transformers 5.24), so the entry is made at the start of training."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        state.stateful_callbacks.setdefault(type(self).__name__, self.state())
+        return super().on_train_begin(args, state, control, **kwargs)
 
 
 def _check_finished(trainer, steps: int, directory: Path, stopper: EarlyStoppingCallback | None = None) -> None:

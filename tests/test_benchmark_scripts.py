@@ -313,3 +313,30 @@ def test_a_warm_start_with_patience_stops_early_and_is_recorded_as_finished(tmp_
     with pytest.raises(RuntimeError, match="stopped at step 3 of 16"):
         trainer = type("T", (), {"state": type("S", (), {"global_step": 3})()})()
         quality._check_finished(trainer, 16, tmp_path, None)
+
+
+def test_patience_can_join_a_warm_start_saved_without_it(tmp_path, monkeypatch):
+    """A warm start interrupted without patience, then continued with `--warm-start-patience` (its folder copied to
+    the new key, as when a long warm start is found to have peaked): the Trainer resumes it and stops it early."""
+    import shutil
+
+    settings = dict(sizes={"gpt2": "tiny"}, batch_size=8, curve_eval_size=8, **_conll_files(tmp_path))
+    warm_start = {"steps": 16, "eval_steps": 4, "warmup_steps": 2}
+    plain = quality.Benchmark("ner", tmp_path / "work", warm_start=warm_start, **settings)
+    patient = quality.Benchmark("ner", tmp_path / "work", warm_start={**warm_start, "patience": 1}, **settings)
+    build_trainer = quality.build_trainer
+
+    def interrupted_build_trainer(*args, **kwargs):
+        trainer = build_trainer(*args, **kwargs)
+        trainer.add_callback(_InterruptOnce(6))
+        return trainer
+
+    _InterruptOnce.fired = False
+    monkeypatch.setattr(quality, "build_trainer", interrupted_build_trainer)
+    with pytest.raises(KeyboardInterrupt):
+        plain.run_warm_start("gpt2")
+    monkeypatch.setattr(quality, "build_trainer", build_trainer)
+    shutil.copytree(plain.warm_dir("gpt2"), patient.warm_dir("gpt2"))
+    warm = patient.run_warm_start("gpt2")  # resumes from checkpoint-4, saved without the callback
+    assert warm["resumed_from"] == "checkpoint-4"
+    assert (warm["trained_steps"], warm["best_step"]) == (8, 4)
