@@ -31,3 +31,13 @@ def test_the_main_job_shows_the_progress_bar():
         training_args = parse_settings(checked, [], str(path))[2]
         assert not training_args.disable_tqdm, f"run {name!r} of the main job hides the progress bar"
         assert training_args.logging_steps >= training_args.max_steps / 4, f"run {name!r} logs too often"
+
+
+def test_readme_is_short_and_has_its_sections():
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(text) <= 10_500, f"README.md has {len(text)} characters; keep it to about 10k"
+    for section in ("## Install and run the main job", "## Drop-in use", "## Objectives", "## Errors and recovery"):
+        assert section in text, f"README.md lacks {section!r}"
+    for way_on in ("--resume_from_checkpoint latest", "--overwrite_output_dir true", "skip_invalid_examples", "--debug"):
+        assert way_on in text, f"README.md's errors section does not mention {way_on}"
+    assert "METHODS.md" not in text and "../shared" not in text  # the repository stands on its own
