@@ -38,6 +38,7 @@ def test_readme_is_short_and_has_its_sections():
     assert len(text) <= 10_500, f"README.md has {len(text)} characters; keep it to about 10k"
     for section in ("## Install and run the main job", "## Drop-in use", "## Objectives", "## Errors and recovery"):
         assert section in text, f"README.md lacks {section!r}"
-    for way_on in ("--resume_from_checkpoint latest", "--overwrite_output_dir true", "skip_invalid_examples", "--debug"):
+    ways_on = ("--resume_from_checkpoint latest", "--overwrite_output_dir true", "skip_invalid_examples", "--debug")
+    for way_on in ways_on:
         assert way_on in text, f"README.md's errors section does not mention {way_on}"
     assert "METHODS.md" not in text and "../shared" not in text  # the repository stands on its own
