@@ -196,8 +196,11 @@ TASKS = {
         "families": ["bart", "t5"],
         "sizes": {"bart": "mini", "t5": "mini"},
         "tokenizer": BPE,
-        "warm_start": {"steps": 10000, "learning_rate": 1e-3, "eval_steps": 1000, "warmup_steps": 200},
-        "continuation": {"steps": 600, "eval_steps": 150, "warmup_steps": 60},
+        # cut so that a whole family fits one 3-hour session on one core (runs outside the checkout do not outlive a
+        # session here): 6000 warm-start steps (T5's validation BLEU was still rising at 6000 of 10000), 400-step
+        # continuations, one grid point for SPG and DAgger
+        "warm_start": {"steps": 6000, "learning_rate": 1e-3, "eval_steps": 1000, "warmup_steps": 200},
+        "continuation": {"steps": 400, "eval_steps": 200, "warmup_steps": 40},
         "eval_batch_size": 256,
         "methods": {
             CONTROL: {"settings": {"objective": "mle"}, "grid": [{"learning_rate": 1e-4}, {"learning_rate": 3e-4}]},
@@ -215,7 +218,7 @@ TASKS = {
             },
             "spg": {
                 "settings": {"objective": "spg", "spg_reward": "bleu"},
-                "grid": [{"spg_reward_scale": 10.0}, {"spg_reward_scale": 300.0}],
+                "grid": [{"spg_reward_scale": 10.0}],
             },
             "interpolation": {
                 "settings": {"objective": "interpolation", "interp_reward": "bleu", "interp_anneal_metric": "bleu"},
@@ -223,7 +226,7 @@ TASKS = {
             },
             "dagger_bleu": {
                 "settings": {"objective": "dagger", "oracle": "bleu"},
-                "grid": [DAGGER_GRID[0], DAGGER_GRID[2]],
+                "grid": [DAGGER_GRID[0]],
             },
         },
     },
