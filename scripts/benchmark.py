@@ -669,7 +669,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-file", help="quality: the test data (same format).")
     parser.add_argument("--sizes", help="quality: model size per family, e.g. gpt2=mini,bart=small (default: task's).")
     parser.add_argument("--warm-start-steps", type=int, help="quality: steps of each warm start (default: task's).")
-    parser.add_argument("--warm-start-lr", type=float, help="quality: peak learning rate of the warm starts.")
+    parser.add_argument(
+        "--warm-start-lr",
+        help="quality: peak learning rate of the warm starts, one for all families or per family, e.g. bart=3e-4 "
+        "(default: the task's).",
+    )
     parser.add_argument(
         "--warm-start-patience",
         type=int,
