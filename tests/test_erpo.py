@@ -361,6 +361,33 @@ def test_spg_reward_scale_pulls_samples_toward_the_reference(make_trainer):
     assert rewards[50.0] > rewards[0.0] + 0.3
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "bart"])
+def test_spg_rows_that_reach_their_gold_length_without_eos_end_with_eos_there(arch, make_trainer):
+    """A SPG row open at its gold length is cut there; without an EOS label the model would learn not to stop."""
+    trainer = make_trainer(arch, dropout=False, objective="spg")
+    batch = next(iter(trainer.get_train_dataloader()))
+    never_eos = 5 if EOS != 5 else 6
+
+    def make(references):
+        def choose(prefix, logits):
+            return torch.full((logits.shape[0],), never_eos, dtype=torch.long)
+
+        return choose
+
+    for end in (False, True):
+        training, rollin, references = sampled_rollin(
+            trainer.objective, trainer.model, batch, make, end_at_gold_length=end
+        )
+        gold_lengths = (references != -100).sum(1)
+        labels = training["labels"]
+        kept = [row[row != -100] for row in labels]  # decoder-only: the prompt's labels are -100
+        assert [len(row) for row in kept] == gold_lengths.tolist()
+        assert rollin.forced == (len(kept) if end else 0)
+        for row in kept:
+            assert (row[:-1] == never_eos).all()
+            assert row[-1] == (EOS if end else never_eos)
+
+
 def test_rollins_sample_from_raw_logits_whatever_the_checkpoint_generation_config(make_trainer):
     """A checkpoint's forced EOS, no-repeat n-gram size or minimum length must not reach the roll-in's logits."""
     trainer = make_trainer("bart", dropout=False, objective="interpolation", interp_lambda=[1.0, 0.0, 0.0])
@@ -460,7 +487,7 @@ def test_every_objective_trains_logs_and_evaluates(arch, make_trainer):
     expected = {
         "raml": {"raml_reward", "raml_gold_weight", "raml_weight_entropy", "sampling_time_share"},
         "data_noising": {"noising_rate", "noising_source_rate", "noising_time_share"},
-        "spg": {"spg_reward", "rollin_length", "rollin_time_share"},
+        "spg": {"spg_reward", "rollin_length", "spg_forced_eos_fraction", "rollin_time_share"},
         "interpolation": {
             "interp_lambda_self",
             "interp_lambda_gold",

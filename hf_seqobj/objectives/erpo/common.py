@@ -19,6 +19,7 @@ draws, and train on it with a token cross-entropy. This module holds the pieces 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -208,6 +209,7 @@ def sampled_rollin(
     model: torch.nn.Module,
     inputs: dict[str, torch.Tensor],
     make_choose: Callable[[torch.Tensor], Callable[[torch.Tensor, torch.Tensor], torch.Tensor]],
+    end_at_gold_length: bool = False,
 ) -> tuple[dict[str, torch.Tensor], RollIn, torch.Tensor]:
     """Rolls in with tokens chosen by `make_choose(references)` and builds the teacher-forced batch on the roll-in.
 
@@ -215,6 +217,11 @@ def sampled_rollin(
     roll-in does not depend on the other rows of its batch. Decoding is :func:`hf_seqobj.rollin.generate_rollin`:
     `choose` gets the model's raw next-token logits (a checkpoint's own generation settings never enter). The labels
     are the roll-in's own tokens up to and including its first EOS (-100 after it).
+
+    Args:
+        end_at_gold_length: A row that reaches its gold length without EOS ends there as its reference does: its
+            last token (at the gold EOS position) becomes EOS. Without it such rows carry no EOS label, and a model
+            trained on them learns not to stop. `RollIn.forced` then counts the rows so ended.
 
     Returns:
         `(training batch, roll-in, references [B, M])`.
@@ -242,6 +249,14 @@ def sampled_rollin(
         static_cache=args.rollin_static_cache,
         compile=args.rollin_compile,
     )
+    if end_at_gold_length and eos is not None:
+        limits = limits.to(rollin.tokens.device)
+        last = (rollin.lengths - 1).clamp(min=0)
+        rows = torch.arange(rollin.tokens.shape[0], device=rollin.tokens.device)
+        open_rows = (rollin.lengths >= limits) & (rollin.tokens[rows, last] != eos)
+        tokens = rollin.tokens.clone()
+        tokens[rows[open_rows], last[open_rows]] = eos
+        rollin = dataclasses.replace(rollin, tokens=tokens, forced=int(open_rows.sum()))
     position = torch.arange(rollin.tokens.shape[1], device=rollin.tokens.device)[None, :]
     labels = rollin.tokens.masked_fill(position >= rollin.lengths[:, None], IGNORE_INDEX)
     batch = rollin_training_batch(inputs, rollin, labels, getattr(config, "decoder_start_token_id", None))
