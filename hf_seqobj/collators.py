@@ -76,15 +76,18 @@ class DAggerRelabeler:
         rollin: "greedy" or "sample".
         temperature: Sampling temperature of the roll-in.
         dropout: Roll in with dropout on (the model's training mode) instead of eval mode.
-        max_new_tokens: The longest roll-in. None: each row's roll-in is cut at the length of its own gold output
-            (EOS included), so a row's roll-in and labels do not depend on the other rows of its batch (and gradient
-            accumulation makes the same update as one big batch).
+        max_new_tokens: The longest roll-in. None: each row's roll-in is cut at `length_ratio` times the length of
+            its own gold output (EOS included, rounded up), so a row's roll-in and labels do not depend on the other
+            rows of its batch (and gradient accumulation makes the same update as one big batch).
         pad_token_id: Padding of generated rows; None: the model config's.
         eos_token_id: None: the model config's.
         fixed_length: Decode exactly each row's limit of tokens with no EOS checks (see
             :func:`hf_seqobj.decoder.decode`); the roll-ins are the same.
         static_cache: Decode with a static KV cache (GPU).
         compile: Compile the decode step (GPU; needs `static_cache`).
+        length_ratio: With `max_new_tokens` None, each row's limit as a multiple of its gold length (>= 1). Above 1
+            a roll-in that runs past its reference is relabelled there, where the oracle can say EOS; at 1 a model
+            that overshoots is never shown where to stop (outputs of unknown length need more than 1).
     """
 
     def __init__(
@@ -99,10 +102,13 @@ class DAggerRelabeler:
         fixed_length: bool = False,
         static_cache: bool = False,
         compile: bool = False,
+        length_ratio: float = 1.0,
     ):
         check_rollin(rollin, temperature)
         if max_new_tokens is not None and max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be None or >= 1, got {max_new_tokens}.")
+        if not length_ratio >= 1.0:
+            raise ValueError(f"length_ratio must be >= 1, got {length_ratio}.")
         if compile and not static_cache:
             raise ValueError("compile=True needs static_cache=True (the compiled decode step needs fixed shapes).")
         self.oracle = oracle
@@ -115,6 +121,7 @@ class DAggerRelabeler:
         self.fixed_length = fixed_length
         self.static_cache = static_cache
         self.compile = compile
+        self.length_ratio = length_ratio
 
     def __call__(
         self,
@@ -151,7 +158,7 @@ class DAggerRelabeler:
         references = reference_targets(batch, encoder_decoder)
         gold_lengths = (references != IGNORE_INDEX).sum(1)
         if self.max_new_tokens is None:
-            limits = gold_lengths.clamp(min=1)
+            limits = torch.ceil(gold_lengths.double() * self.length_ratio).long().clamp(min=1)
         else:
             limits = torch.full_like(references[:, 0], self.max_new_tokens)
         rows = None

@@ -353,3 +353,51 @@ def test_rollin_settings_are_checked(tmp_path):
             SeqObjSeq2SeqTrainingArguments(output_dir=str(tmp_path), objective="dagger", **{key: value})
     with pytest.raises(ValueError, match="rollin_static_cache"):
         SeqObjSeq2SeqTrainingArguments(output_dir=str(tmp_path), objective="dagger", rollin_compile=True)
+
+
+def test_the_bleu_oracle_says_eos_once_more_tokens_cannot_raise_bleu():
+    """Past a reference it has fully matched, or deep in a repeated phrase, the best completion is to stop."""
+    oracle = make_oracle_by_ids("bleu")
+    reference = torch.tensor([[10, 11, 12, 13, 14, 15, 16, 17, EOS]])
+    for prefix in ([10, 11, 12, 13, 14, 15, 16, 17], [10, 11, 12, 13, 14, 15, 16, 17, 12, 13, 12, 13, 12, 13]):
+        labels = oracle(torch.tensor([prefix + [EOS]]), reference)
+        assert labels[0, len(prefix)] == EOS, prefix
+
+
+def make_oracle_by_ids(name):
+    from hf_seqobj.oracles.beam import BeamOracle
+
+    return BeamOracle(metric=name, beam_size=5, lookahead=4, eos_token_id=EOS, pad_token_id=0)
+
+
+@pytest.mark.parametrize("ratio", [1.0, 2.0])
+def test_rollins_run_to_their_length_ratio_and_are_relabelled_past_the_gold_length(ratio, make_trainer):
+    trainer = make_trainer("bart", dropout=False, objective="dagger")
+    model = trainer.model.eval()
+    with torch.no_grad():
+        model.final_logits_bias[0, EOS] = -1e4  # this model never stops by itself
+    batch = next(iter(trainer.get_train_dataloader()))
+    oracle = make_oracle("bleu", trainer.processing_class, beam_size=2, lookahead=2)
+    relabelled, stats = DAggerRelabeler(oracle, length_ratio=ratio)(model, batch)
+    gold = (batch["labels"] != -100).sum(1)
+    labelled = (relabelled["labels"] != -100).sum(1)
+    # every label position of a roll-in that never drew EOS holds the oracle's token (EOS included)
+    assert labelled.tolist() == torch.ceil(gold * ratio).long().tolist()
+    assert stats.rollin_length == pytest.approx(float(torch.ceil(gold * ratio).mean()))
+
+
+def test_rollin_length_ratio_defaults_by_oracle_and_is_checked(tmp_path):
+    from hf_seqobj import SeqObjSeq2SeqTrainingArguments
+    from hf_seqobj.objectives.dagger import DAggerObjective
+
+    def args(**kwargs):
+        return SeqObjSeq2SeqTrainingArguments(output_dir=str(tmp_path), objective="dagger", **kwargs)
+
+    assert DAggerObjective.length_ratio(args(oracle="span_f1")) == 1.0
+    assert DAggerObjective.length_ratio(args(oracle="span_f1_partial")) == 1.0
+    assert DAggerObjective.length_ratio(args(oracle="bleu")) == 2.0
+    assert DAggerObjective.length_ratio(args(oracle="rouge2", rollin_length_ratio=1.5)) == 1.5
+    with pytest.raises(ValueError, match="rollin_length_ratio must be None or >= 1, got 0.5"):
+        args(oracle="bleu", rollin_length_ratio=0.5)
+    with pytest.raises(ValueError, match="length_ratio must be >= 1, got 0.9"):
+        DAggerRelabeler(make_oracle_by_ids("bleu"), length_ratio=0.9)
