@@ -386,18 +386,12 @@ def test_rollins_run_to_their_length_ratio_and_are_relabelled_past_the_gold_leng
     assert stats.rollin_length == pytest.approx(float(torch.ceil(gold * ratio).mean()))
 
 
-def test_rollin_length_ratio_defaults_by_oracle_and_is_checked(tmp_path):
+def test_rollin_length_ratio_is_checked(tmp_path):
     from hf_seqobj import SeqObjSeq2SeqTrainingArguments
-    from hf_seqobj.objectives.dagger import DAggerObjective
 
-    def args(**kwargs):
-        return SeqObjSeq2SeqTrainingArguments(output_dir=str(tmp_path), objective="dagger", **kwargs)
-
-    assert DAggerObjective.length_ratio(args(oracle="span_f1")) == 1.0
-    assert DAggerObjective.length_ratio(args(oracle="span_f1_partial")) == 1.0
-    assert DAggerObjective.length_ratio(args(oracle="bleu")) == 2.0
-    assert DAggerObjective.length_ratio(args(oracle="rouge2", rollin_length_ratio=1.5)) == 1.5
-    with pytest.raises(ValueError, match="rollin_length_ratio must be None or >= 1, got 0.5"):
-        args(oracle="bleu", rollin_length_ratio=0.5)
+    with pytest.raises(ValueError, match="rollin_length_ratio must be >= 1, got 0.5"):
+        SeqObjSeq2SeqTrainingArguments(
+            output_dir=str(tmp_path), objective="dagger", oracle="bleu", rollin_length_ratio=0.5
+        )
     with pytest.raises(ValueError, match="length_ratio must be >= 1, got 0.9"):
         DAggerRelabeler(make_oracle_by_ids("bleu"), length_ratio=0.9)

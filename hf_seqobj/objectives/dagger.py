@@ -76,13 +76,12 @@ class DAggerArguments:
     dagger_warmup_steps: int = field(
         default=0, metadata={"help": "Steps of plain teacher forcing before the first roll-in."}
     )
-    rollin_length_ratio: float | None = field(
-        default=None,
+    rollin_length_ratio: float = field(
+        default=1.0,
         metadata={
             "help": "Each roll-in's length limit as a multiple of its gold output's length (EOS included, rounded "
-            "up; >= 1). A roll-in that runs past its reference is relabelled there, where the oracle can say EOS. "
-            "None: 1 for the span-F1 oracles (one tag per word), 2 for BLEU / ROUGE (at 1, roll-ins cut at the gold "
-            "length never showed an overshooting model where to stop: on Multi30k BART fell from 25 to 8 BLEU)."
+            "up; >= 1). Above 1 a roll-in that runs past its reference is relabelled there too (the BLEU / ROUGE "
+            "oracles say EOS there only once no reference token is missing)."
         },
     )
     rollin_fraction: float = field(
@@ -113,8 +112,8 @@ class DAggerArguments:
             raise ValueError(f"dagger_beta_decay must be in (0, 1], got {self.dagger_beta_decay}.")
         if self.dagger_warmup_steps < 0:
             raise ValueError(f"dagger_warmup_steps must be >= 0, got {self.dagger_warmup_steps}.")
-        if self.rollin_length_ratio is not None and not self.rollin_length_ratio >= 1.0:
-            raise ValueError(f"rollin_length_ratio must be None or >= 1, got {self.rollin_length_ratio}.")
+        if not self.rollin_length_ratio >= 1.0:
+            raise ValueError(f"rollin_length_ratio must be >= 1, got {self.rollin_length_ratio}.")
         if not 0.0 < self.rollin_fraction <= 1.0:
             raise ValueError(f"rollin_fraction must be in (0, 1], got {self.rollin_fraction}.")
 
@@ -134,9 +133,8 @@ class DAggerObjective(Objective):
     one big batch. A roll-in that stops early has fewer labels than its gold
     output; it is not up-weighted for that. Evaluation loss is plain teacher forcing.
 
-    Each row rolls in at most ceil(`rollin_length_ratio` x its gold length) tokens (EOS included): 1 for the
-    span-F1 oracles, 2 for BLEU / ROUGE by default, so that a model that overshoots its reference is relabelled
-    where the oracle says to stop.
+    Each row rolls in at most ceil(`rollin_length_ratio` x its gold length) tokens (EOS included; the ratio is 1
+    by default: the gold length).
 
     Logged (train): `dagger_beta`, `rollin_length` (mean tokens up to the first EOS), `oracle_forced_fraction`,
     `oracle_agreement` (fraction of labelled positions where the model's greedy token equals the oracle's), and the
@@ -160,15 +158,8 @@ class DAggerObjective(Objective):
             fixed_length=args.rollin_fixed_length,
             static_cache=args.rollin_static_cache,
             compile=args.rollin_compile,
-            length_ratio=self.length_ratio(args),
+            length_ratio=args.rollin_length_ratio,
         )
-
-    @staticmethod
-    def length_ratio(args) -> float:
-        """`rollin_length_ratio`, or its default for the oracle: 1 for span F1, 2 for BLEU / ROUGE."""
-        if args.rollin_length_ratio is not None:
-            return args.rollin_length_ratio
-        return 1.0 if args.oracle.startswith("span_f1") else 2.0
 
     def beta(self) -> float:
         """Beta at the current global step (1 during the warm-up)."""
