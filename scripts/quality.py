@@ -143,6 +143,7 @@ TASKS = {
             "max_source_length": 384,
             "max_target_length": 64,
             "truncate_long_examples": True,
+            "skip_invalid_examples": True,  # one train dialogue is empty, as in the original SAMSum
         },
         "files": ("samsum/train.jsonl", "samsum/validation.jsonl", "samsum/test.jsonl"),
         "metric": "rouge2",
