@@ -634,7 +634,21 @@ def train_command(argv: list[str], debug: bool = False) -> int:
     if evaluated and settings.training.process_index == 0:
         print(f"\nResults ({settings.training.objective}, {settings.training.output_dir}):")
         print(format_metrics_table(evaluated))
+    if os.environ.get(_UNDER_ACCELERATE_ENV):
+        _end_processes()
     return 0
+
+
+def _end_processes() -> None:
+    """Ends a process of a multi-process run cleanly: waits for the others, then destroys the process group. A gloo
+    group left to the interpreter's exit can abort a process that finishes first ("terminate called without an active
+    exception", exit -6) and so fail a run that trained and saved correctly."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    if state.use_distributed:
+        state.wait_for_everyone()
+    state.destroy_process_group()
 
 
 def _pop_accelerate_config(flags: list[str]) -> str | None:

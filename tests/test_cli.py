@@ -211,6 +211,23 @@ def test_train_under_accelerate_launch_with_two_processes(tmp_path, capsys):
     assert (tmp_path / "run" / "test_results.json").exists()
 
 
+def test_a_process_of_a_launched_run_ends_its_process_group(tmp_path):
+    import torch.distributed as dist
+    from accelerate import PartialState
+
+    from hf_seqobj.cli import _end_processes
+
+    PartialState._reset_state()
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1)
+    try:
+        _end_processes()
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        PartialState._reset_state()
+
+
 def test_accelerate_config_errors_are_named(tmp_path):
     with pytest.raises(ConfigError, match="'no_such'.*cpu_2proc"):
         resolve_accelerate_config("no_such")
