@@ -708,9 +708,13 @@ def main(argv: list[str] | None = None) -> int:
     if options.command == "quality":
         if options.task is None:
             parser.error("quality needs --task ner|summarization|translation")
-        from quality import quality
+        from quality import plan_quality, run_quality
 
-        quality(options)
+        try:
+            plan = plan_quality(options)
+        except ValueError as error:  # a bad option value: one line and exit 2, before anything runs
+            parser.error(str(error))
+        run_quality(options, plan)
         print(f"done in {time.time() - started:.0f} s", file=sys.stderr)
         return 0
     rows = oracles(options.quick, options.device)

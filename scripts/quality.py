@@ -50,6 +50,7 @@ from transformers.trainer_pt_utils import get_length_grouped_indices
 from transformers.trainer_utils import get_last_checkpoint
 
 from hf_seqobj.arguments import DataArguments, ModelArguments
+from hf_seqobj.modeling import MODEL_SIZES
 from hf_seqobj.run import build_trainer, prepare_model, training_arguments_class
 from hf_seqobj.tasks import get_task
 
@@ -1396,6 +1397,22 @@ def quality(options) -> Benchmark:
     `options` are benchmark.py's parsed arguments (task, families, methods, stage, seeds, data files, sizes, steps,
     workdir, resume, reports, report_only, quick, batch_size, device).
     """
+    return run_quality(options, plan_quality(options))
+
+
+@dataclass
+class QualityPlan:
+    """What `quality` will do, checked before anything runs (see `plan_quality`)."""
+
+    benchmark: Benchmark
+    families: list[str]
+    methods: list[str] | None
+    reports: Path
+
+
+def plan_quality(options) -> QualityPlan:
+    """`options` checked and turned into a `Benchmark` before anything runs: a bad value raises a one-line ValueError
+    (benchmark.py turns it into a usage error) instead of failing a long run half-way."""
     spec = TASKS[options.task]
     split = lambda text: [item.strip() for item in text.split(",") if item.strip()] if text else None  # noqa: E731
     families = split(options.families) or spec["families"]
@@ -1405,8 +1422,11 @@ def quality(options) -> Benchmark:
     sizes = {}
     for item in split(options.sizes) or []:
         family, _, size = item.partition("=")
-        if family not in spec["families"] or not size:
-            raise ValueError(f"--sizes item {item!r}: expected FAMILY=SIZE with FAMILY in {spec['families']}.")
+        if family not in spec["families"] or size not in MODEL_SIZES:
+            raise ValueError(
+                f"--sizes item {item!r}: expected FAMILY=SIZE with FAMILY in {spec['families']} and SIZE in "
+                f"{list(MODEL_SIZES)}."
+            )
         sizes[family] = size
     quick = QUICK if options.quick else {}
     warm_start = dict(quick.get("warm_start", {}))
@@ -1452,11 +1472,20 @@ def quality(options) -> Benchmark:
         resamples=quick.get("resamples", RESAMPLES),
         **files,
     )
+    methods = split(options.methods)
+    unknown = sorted(set(methods or []) - set(benchmark.methods))
+    if unknown:
+        raise ValueError(f"--methods {unknown} not in task {options.task!r}'s methods {sorted(benchmark.methods)}.")
     reports = Path(options.reports) if not options.quick else workdir / "reports"
-    reports.mkdir(parents=True, exist_ok=True)
+    return QualityPlan(benchmark, families, methods, reports)
+
+
+def run_quality(options, plan: QualityPlan) -> Benchmark:
+    """Runs `plan` (or, with `--report-only`, rewrites its reports from the workdir)."""
+    plan.reports.mkdir(parents=True, exist_ok=True)
     if options.report_only:
-        write_report(benchmark, reports)
-        return benchmark
+        write_report(plan.benchmark, plan.reports)
+        return plan.benchmark
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
-    benchmark.run(families, split(options.methods), options.stage, reports)
-    return benchmark
+    plan.benchmark.run(plan.families, plan.methods, options.stage, plan.reports)
+    return plan.benchmark

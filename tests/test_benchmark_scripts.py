@@ -358,3 +358,24 @@ def test_patience_can_join_a_warm_start_saved_without_it(tmp_path, monkeypatch):
     warm = patient.run_warm_start("gpt2")  # resumes from checkpoint-4, saved without the callback
     assert warm["resumed_from"] == "checkpoint-4"
     assert (warm["trained_steps"], warm["best_step"]) == (8, 4)
+
+
+@pytest.mark.parametrize(
+    "flags, named",
+    [
+        (["--families", "gpt3"], "--families ['gpt3']"),
+        (["--sizes", "bart=huge"], "--sizes item 'bart=huge'"),
+        (["--warm-start-lr", "bart=fast"], "--warm-start-lr item 'bart=fast'"),
+        (["--warm-start-lr", "gpt3=1e-3"], "warm_start_lr gpt3=0.001"),
+        (["--warm-start-patience", "0"], "--warm-start-patience must be >= 1"),
+        (["--methods", "spg,nope"], "--methods ['nope']"),
+        (["--seeds", "0"], "seeds must be >= 1, got 0"),
+    ],
+)
+def test_bad_quality_options_are_one_usage_line_before_anything_runs(tmp_path, capsys, flags, named):
+    workdir = tmp_path / "work"
+    with pytest.raises(SystemExit) as exited:
+        benchmark.main(["quality", "--task", "translation", *flags, "--workdir", str(workdir)])
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exited.value.code == 2 and ": error: " in error and named in error
+    assert not workdir.exists()
