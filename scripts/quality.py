@@ -913,13 +913,19 @@ class Benchmark:
             )
         return rows
 
-    def run(self, families: list[str], methods: list[str] | None, stage: str, reports: Path | None) -> None:
-        """Warm starts; then (stage `grid` or `all`) the control's grid and every method's; then (stage `all`) the
-        chosen points' seeds and test scores. After each method the task's report is rewritten (`reports`)."""
+    def method_names(self, methods: list[str] | None, given_as: str = "methods") -> list[str]:
+        """The control, then `methods` (default: all of the task's); an unknown name raises ValueError naming it as
+        `given_as` does."""
         names = [CONTROL] + [m for m in (methods or self.methods) if m != CONTROL]
         unknown = sorted(set(names) - set(self.methods))
         if unknown:
-            raise ValueError(f"Unknown methods {unknown} for task {self.task_name!r}; known: {sorted(self.methods)}.")
+            raise ValueError(f"{given_as} {unknown} not in task {self.task_name!r}'s methods {sorted(self.methods)}.")
+        return names
+
+    def run(self, families: list[str], methods: list[str] | None, stage: str, reports: Path | None) -> None:
+        """Warm starts; then (stage `grid` or `all`) the control's grid and every method's; then (stage `all`) the
+        chosen points' seeds and test scores. After each method the task's report is rewritten (`reports`)."""
+        names = self.method_names(methods)
         for family in families:
             row = self.run_warm_start(family)
             print(
@@ -1393,15 +1399,6 @@ QUICK = {
 """`--quick`: a reduced run that checks the whole pipeline in minutes (its figures mean nothing)."""
 
 
-def quality(options) -> Benchmark:
-    """`scripts/benchmark.py quality`: runs the protocol for the families and methods asked, then writes the reports.
-
-    `options` are benchmark.py's parsed arguments (task, families, methods, stage, seeds, data files, sizes, steps,
-    workdir, resume, reports, report_only, quick, batch_size, device).
-    """
-    return run_quality(options, plan_quality(options))
-
-
 @dataclass
 class QualityPlan:
     """What `quality` will do, checked before anything runs (see `plan_quality`)."""
@@ -1413,8 +1410,10 @@ class QualityPlan:
 
 
 def plan_quality(options) -> QualityPlan:
-    """`options` checked and turned into a `Benchmark` before anything runs: a bad value raises a one-line ValueError
-    (benchmark.py turns it into a usage error) instead of failing a long run half-way."""
+    """`scripts/benchmark.py quality`, first half: `options` (benchmark.py's parsed arguments: task, families,
+    methods, stage, seeds, data files, sizes, steps, workdir, resume, reports, report_only, quick, batch_size, device)
+    checked and turned into a `Benchmark` before anything runs. A bad value raises a one-line ValueError (benchmark.py
+    turns it into a usage error) instead of failing a long run half-way."""
     spec = TASKS[options.task]
     split = lambda text: [item.strip() for item in text.split(",") if item.strip()] if text else None  # noqa: E731
     families = split(options.families) or spec["families"]
@@ -1475,15 +1474,14 @@ def plan_quality(options) -> QualityPlan:
         **files,
     )
     methods = split(options.methods)
-    unknown = sorted(set(methods or []) - set(benchmark.methods))
-    if unknown:
-        raise ValueError(f"--methods {unknown} not in task {options.task!r}'s methods {sorted(benchmark.methods)}.")
+    benchmark.method_names(methods, given_as="--methods")
     reports = Path(options.reports) if not options.quick else workdir / "reports"
     return QualityPlan(benchmark, families, methods, reports)
 
 
 def run_quality(options, plan: QualityPlan) -> Benchmark:
-    """Runs `plan` (or, with `--report-only`, rewrites its reports from the workdir)."""
+    """`scripts/benchmark.py quality`, second half: runs the protocol of `plan` for its families and methods, then
+    writes the reports (with `--report-only`, only rewrites them from the workdir)."""
     plan.reports.mkdir(parents=True, exist_ok=True)
     if options.report_only:
         write_report(plan.benchmark, plan.reports)
