@@ -70,6 +70,19 @@ CURVE_EVAL_SIZE = 500
 """Evaluations during training (warm-start selection and the curves) use the first examples of the validation
 split; grid choices use the whole validation split, the final figures the whole test split."""
 
+METRIC_LABELS = {
+    "rouge1": "ROUGE-1",
+    "rouge2": "ROUGE-2",
+    "rougeL": "ROUGE-L",
+    "rougeLsum": "ROUGE-Lsum",
+    "chrf": "chrF",
+    "precision": "span precision",
+    "recall": "span recall",
+    "partial_f1": "partial span F1",
+    "length_mismatch_rate": "length mismatch rate",
+}
+"""How the reports name a task's extra metrics (others by their key)."""
+
 RESAMPLES = 1000
 """Paired bootstrap resamples of the test examples."""
 
@@ -1199,7 +1212,9 @@ def write_report(benchmark: Benchmark, reports: Path) -> Path:
             "## Warm starts",
             "",
             f"| family | model | best step | validation {label} (first {benchmark.curve_eval_size}) | validation "
-            f"{label} | test {label} | " + " | ".join(f"test {m}" for m in spec["extra_metrics"]) + " |",
+            f"{label} | test {label} | "
+            + " | ".join(f"test {METRIC_LABELS.get(m, m)}" for m in spec["extra_metrics"])
+            + " |",
             "|---|---|---|---|---|---|" + "---|" * len(spec["extra_metrics"]),
         ]
         for warm in warm_rows:
@@ -1216,7 +1231,7 @@ def write_report(benchmark: Benchmark, reports: Path) -> Path:
             f"## Test {label}, chosen settings",
             "",
             f"| family | method | setting | seeds | test {label} | "
-            + " | ".join(f"test {m}" for m in spec["extra_metrics"])
+            + " | ".join(f"test {METRIC_LABELS.get(m, m)}" for m in spec["extra_metrics"])
             + f" | Δ vs {CONTROL} [95% CI] | verdict | Δ per seed | step-time ratio |",
             "|---|---|---|---|---|" + "---|" * len(spec["extra_metrics"]) + "---|---|---|---|",
         ]
