@@ -178,12 +178,13 @@ TASKS = {
                 "settings": SCHEDULED_SAMPLING,
                 "grid": [{"ss_eps_min": 0.75}],
             },
-            # one DAgger point (beta 0.5, linear, greedy: chosen on validation on CoNLL GPT-2 and on Multi30k, where
-            # beta 0 collapsed further): a SAMSum DAgger step costs several teacher-forcing steps on 2 cores, and the
-            # protocol cuts grid points before seeds
+            # DAgger at beta 0.5, linear, greedy (chosen on validation on CoNLL GPT-2 and on Multi30k, where beta 0
+            # collapsed further), with every example rolled in or half of them (the others teacher-forced in the same
+            # batch); one point for ROUGE-L: a SAMSum DAgger step costs several teacher-forcing steps on 2 cores, and
+            # the protocol cuts grid points before seeds
             "dagger_rouge2": {
                 "settings": {"objective": "dagger", "oracle": "rouge2"},
-                "grid": [DAGGER_GRID[2]],
+                "grid": [DAGGER_GRID[2], {**DAGGER_GRID[2], "rollin_fraction": 0.5}],
             },
             "dagger_rougeL": {
                 "settings": {"objective": "dagger", "oracle": "rougeL"},
