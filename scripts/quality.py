@@ -27,7 +27,8 @@ The protocol (one command per report; every finished piece is kept in `--workdir
 
 Writes `benchmarks/results/quality_{task}.json` (warm starts, per-run rows, the grid choices and a `summary` list of
 differences to the control), `benchmarks/quality_{task}.md` with PNG plots, and the headline table at the top of
-`benchmarks/README.md` from every task's summary.
+`benchmarks/README.md` from every task's summary. Families of an earlier report that the workdir does not hold (run in
+another workdir, at the same continuation settings) are kept in the report as its JSON recorded them.
 """
 
 from __future__ import annotations
@@ -1121,6 +1122,42 @@ def collect(benchmark: Benchmark) -> dict:
     return {"warm_starts": warm_rows, "runs": runs, "choices": choices, "summary": summary}
 
 
+def carry_over(collected: dict, results: Path, benchmark: Benchmark) -> dict:
+    """Adds to `collected` the families of the task's existing results JSON that the workdir holds no warm start of.
+
+    A report is written from the workdir, and a workdir need not outlive the sitting that filled it: families run in
+    earlier sittings (from other workdirs) stay in the report with their warm starts, runs, grid choices and summary
+    rows as the JSON recorded them. They are kept only when the JSON's continuation settings (steps, schedule, batch)
+    are the current ones, so that every row of a report is at the same number of steps; a family the workdir holds
+    replaces its earlier rows whole.
+
+    Args:
+        collected: `collect(benchmark)`, changed in place and returned.
+        results: The report's JSON (`reports/results/quality_{task}.json`); absent on a task's first report.
+        benchmark: The benchmark being reported.
+
+    Returns:
+        `collected` with the carried rows, every list in the task's family order.
+    """
+    if results.exists():
+        earlier = json.loads(results.read_text(encoding="utf-8"))
+        continuation = {**benchmark.continuation, "batch_size": benchmark.batch_size}
+        present = {w["family"] for w in collected["warm_starts"]}
+        carried = {w["family"] for w in earlier.get("warm_starts", [])} - present
+        if carried and earlier.get("protocol", {}).get("continuation") != continuation:
+            print(
+                f"not carried into the report: {', '.join(sorted(carried))} of {results} (continuation "
+                f"{earlier.get('protocol', {}).get('continuation')} differs from this run's {continuation})"
+            )
+            carried = set()
+        for key in ("warm_starts", "runs", "choices", "summary"):
+            collected[key] += [row for row in earlier.get(key, []) if row["family"] in carried]
+    order = {family: index for index, family in enumerate(benchmark.spec["families"])}
+    for key in ("warm_starts", "runs", "choices", "summary"):
+        collected[key].sort(key=lambda row: order.get(row["family"], len(order)))  # stable: runs keep their order
+    return collected
+
+
 def speed_ratio(task_name: str, method: str, settings: dict) -> float | None:
     """The step-time ratio to teacher forcing from speed_cpu.json (tiny BART, 2 cores), where speed.md measured it."""
     name = SPEED_ROWS.get((task_name, method, settings.get("dagger_beta"))) or SPEED_ROWS.get((task_name, method))
@@ -1158,10 +1195,10 @@ def _digits(metric: str) -> int:
 
 def write_report(benchmark: Benchmark, reports: Path) -> Path:
     """Writes `results/quality_{task}.json`, `quality_{task}.md` with its plots, and the README's headline table."""
-    collected = collect(benchmark)
     spec, metric, task_name = benchmark.spec, benchmark.spec["metric"], benchmark.task_name
     digits = _digits(metric)
     results = reports / "results" / f"quality_{task_name}.json"
+    collected = carry_over(collect(benchmark), results, benchmark)
     _write_json(
         results,
         {

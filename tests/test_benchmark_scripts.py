@@ -299,6 +299,25 @@ def test_the_protocol_end_to_end_on_tiny_data(tmp_path, monkeypatch):
     text = report.read_text()
     assert text.count("Found: x.") == 1 and "## Warm starts" in text  # hand-written notes survive a rewrite
 
+    # a family reported from another (since deleted) workdir stays in the report; the workdir's own family is not
+    # doubled, and an earlier report at other continuation settings is not mixed in
+    results = reports / "results" / "quality_ner.json"
+    earlier = json.loads(results.read_text())
+    for key in ("warm_starts", "runs", "choices", "summary"):
+        earlier[key] += [{**row, "family": "t5"} for row in earlier[key]]
+    results.write_text(json.dumps(earlier))
+    quality.write_report(benchmark, reports)
+    data = json.loads(results.read_text())
+    assert [w["family"] for w in data["warm_starts"]] == ["gpt2", "t5"]
+    assert [(r["family"], r["method"]) for r in data["summary"]] == [("gpt2", "dagger_exact"), ("t5", "dagger_exact")]
+    assert len(data["runs"]) == len(earlier["runs"])
+    assert "| CoNLL-2003 NER | t5 | dagger_exact |" in (reports / "README.md").read_text()
+    assert "| t5 | dagger_exact |" in report.read_text()
+    earlier["protocol"]["continuation"]["steps"] = 7
+    results.write_text(json.dumps(earlier))
+    quality.write_report(benchmark, reports)
+    assert {w["family"] for w in json.loads(results.read_text())["warm_starts"]} == {"gpt2"}
+
 
 def test_accuracy_statistics_and_generated_data_take_no_files(tmp_path):
     statistics = quality.example_statistics("arithmetic", ["1 2", "- 3", "4"], ["1 2", "3", " 4 "])
