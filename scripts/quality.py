@@ -1254,8 +1254,10 @@ def write_report(benchmark: Benchmark, reports: Path) -> Path:
             "|---|---|---|---|---|---|" + "---|" * len(spec["extra_metrics"]),
         ]
         for warm in warm_rows:
+            trained = warm.get("trained_steps") or warm["steps"]
+            stopped = "" if trained >= warm["steps"] else f" (stopped early at {trained})"
             lines.append(
-                f"| {warm['family']} | {warm['model']} | {warm['best_step']} of {warm['steps']} | "
+                f"| {warm['family']} | {warm['model']} | {warm['best_step']} of {warm['steps']}{stopped} | "
                 f"{warm['best_curve_value']:.{digits}f} | {warm['validation'][metric]:.{digits}f} | "
                 f"{warm['test'][metric]:.{digits}f} | "
                 + " | ".join(f"{warm['test'].get(m, math.nan):.{_digits(m)}f}" for m in spec["extra_metrics"])
