@@ -1158,10 +1158,9 @@ def carry_over(collected: dict, results: Path, benchmark: Benchmark) -> dict:
         for row in collected["summary"]:  # the step-time ratio is speed.md's, read anew as for the workdir's rows
             if row["family"] in carried:
                 key = (row["family"], row["method"], row["setting"])
-                runs = [run for run in collected["runs"] if (run["family"], run["method"], run["point"]) == key]
-                settings = runs[0]["settings"] if runs else None
-                if settings is not None:
-                    row["step_time_ratio"] = speed_ratio(benchmark.task_name, row["method"], settings)
+                run = next((r for r in collected["runs"] if (r["family"], r["method"], r["point"]) == key), None)
+                if run is not None:
+                    row["step_time_ratio"] = speed_ratio(benchmark.task_name, row["method"], run["settings"])
     order = {family: index for index, family in enumerate(benchmark.spec["families"])}
     for key in ("warm_starts", "runs", "choices", "summary"):
         collected[key].sort(key=lambda row: order.get(row["family"], len(order)))  # stable: runs keep their order
