@@ -33,6 +33,7 @@ another workdir, at the same continuation settings) are kept in the report as it
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -1126,6 +1127,15 @@ def collect(benchmark: Benchmark) -> dict:
     return {"warm_starts": warm_rows, "runs": runs, "choices": choices, "summary": summary}
 
 
+_CARRIED_KEYS = {
+    "warm_starts": {"family"},
+    "runs": {"family", "method", "point", "settings"},
+    "choices": {"family"},
+    "summary": {"family", "method", "setting"},
+}
+"""The lists of a results JSON that `carry_over` takes rows of, and the keys it reads of each row."""
+
+
 def carry_over(collected: dict, results: Path, benchmark: Benchmark) -> dict:
     """Adds to `collected` the families of the task's existing results JSON that the workdir holds no warm start of.
 
@@ -1144,7 +1154,19 @@ def carry_over(collected: dict, results: Path, benchmark: Benchmark) -> dict:
         `collected` with the carried rows, every list in the task's family order.
     """
     if results.exists():
-        earlier = json.loads(results.read_text(encoding="utf-8"))
+        try:
+            earlier = json.loads(results.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{results} is not valid JSON ({error}); restore it from git or delete it.") from None
+        if not isinstance(earlier, dict):
+            raise ValueError(f"{results} holds a {type(earlier).__name__}, not the object that the benchmark writes.")
+        for key, needed in _CARRIED_KEYS.items():
+            rows = earlier.get(key, [])
+            if not isinstance(rows, list) or not all(isinstance(row, dict) and needed <= row.keys() for row in rows):
+                raise ValueError(
+                    f"{results}: {key!r} is not a list of rows with keys {sorted(needed)} as the quality benchmark "
+                    "writes them; restore the file from git or delete it."
+                )
         continuation = {**benchmark.continuation, "batch_size": benchmark.batch_size}
         present = {w["family"] for w in collected["warm_starts"]}
         carried = {w["family"] for w in earlier.get("warm_starts", [])} - present
@@ -1171,11 +1193,17 @@ def carry_over(collected: dict, results: Path, benchmark: Benchmark) -> dict:
 def speed_ratio(task_name: str, method: str, settings: dict) -> float | None:
     """The step-time ratio to teacher forcing from speed_cpu.json (tiny models, 2 cores) where speed.md measured it."""
     name = SPEED_ROWS.get((task_name, method, settings.get("dagger_beta"))) or SPEED_ROWS.get((task_name, method))
-    path = ROOT / "benchmarks" / "results" / "speed_cpu.json"
-    if name is None or not path.exists():
+    if name is None:
         return None
-    rows = {r.get("name"): r for r in json.loads(path.read_text(encoding="utf-8"))}
-    return rows.get(name, {}).get("ratio_to_mle")
+    return _speed_rows(ROOT / "benchmarks" / "results" / "speed_cpu.json").get(name, {}).get("ratio_to_mle")
+
+
+@functools.lru_cache
+def _speed_rows(path: Path) -> dict[str, dict]:
+    """speed_cpu.json's rows by name (empty where the file is absent), read once per process."""
+    if not path.exists():
+        return {}
+    return {row.get("name"): row for row in json.loads(path.read_text(encoding="utf-8"))}
 
 
 TASK_LABELS = {

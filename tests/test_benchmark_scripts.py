@@ -319,6 +319,15 @@ def test_the_protocol_end_to_end_on_tiny_data(tmp_path, monkeypatch):
     results.write_text(json.dumps(earlier))
     quality.write_report(benchmark, reports)
     assert {w["family"] for w in json.loads(results.read_text())["warm_starts"]} == {"gpt2"}
+    # a broken results JSON ends in one line that names it, not a traceback from deep inside the report
+    for broken, message in (
+        ("{", "is not valid JSON"),
+        ("[]", "holds a list"),
+        (json.dumps({**earlier, "runs": [{"family": "t5"}]}), r"'runs' is not a list of rows with keys"),
+    ):
+        results.write_text(broken)
+        with pytest.raises(ValueError, match=message):
+            quality.write_report(benchmark, reports)
 
 
 def test_accuracy_statistics_and_generated_data_take_no_files(tmp_path):
