@@ -12,9 +12,9 @@ interleaved in each repeat so that machine noise hits all alike; it reports the 
 ratio to teacher forcing (mle) of the same task, and the peak tensor memory of one step (`peak_step_memory`). The
 `gkd` case times our DAgger step on a tiny GPT-2 tagger against TRL's GKDTrainer on-policy step (lmbda = 1, the same
 model as student and teacher, the same batch and generation length; `pip install trl`). It also runs `oracles`
-(positions labelled per second). Data: the real CoNLL-2003 and Multi30k files in ../shared/data when present (else
-the embedded synthetic NER data, and no translation rows). Writes a JSON list of {"name", "seconds_per_step",
-"ratio_to_mle", "peak_step_bytes", ...} to --out.
+(positions labelled per second). Data: the real CoNLL-2003, Multi30k and SAMSum files in ../shared/data when present
+(else the embedded synthetic NER data, and no translation or summarization rows). Writes a JSON list of {"name",
+"seconds_per_step", "ratio_to_mle", "peak_step_bytes", ...} to --out.
 
 These are benchmarks, not tests: run them on a quiet machine; the figures in benchmarks/ say where they were taken.
 """
@@ -49,6 +49,9 @@ SHARED = Path(os.environ.get("HF_SEQOBJ_DATA", ROOT.parent / "shared" / "data"))
 """The real data sets (conll2003/, multi30k/); HF_SEQOBJ_DATA points elsewhere."""
 
 
+SPEED_TASKS = ("ner", "translation", "summarization", "arithmetic", "gkd")
+
+
 def ner_data(quick: bool) -> tuple[DataArguments, str]:
     conll = SHARED / "conll2003"
     if (conll / "train.txt").exists():
@@ -77,6 +80,26 @@ def translation_data(quick: bool) -> tuple[DataArguments, str] | None:
         max_eval_samples=64,
     )
     return args, "Multi30k en-de"
+
+
+def summarization_data(quick: bool) -> tuple[DataArguments, str] | None:
+    samsum = SHARED / "samsum"
+    if not (samsum / "train.jsonl").exists():
+        return None
+    args = DataArguments(
+        task="summarization",
+        train_file=str(samsum / "train.jsonl"),
+        validation_file=str(samsum / "validation.jsonl"),
+        source_column="dialogue",
+        target_column="summary",
+        max_source_length=384,
+        max_target_length=64,
+        truncate_long_examples=True,
+        skip_invalid_examples=True,  # one train dialogue is empty, as in the original SAMSum
+        max_train_samples=2000 if quick else 5000,
+        max_eval_samples=64,
+    )
+    return args, "SAMSum"
 
 
 def arithmetic_data(quick: bool) -> tuple[DataArguments, str]:
@@ -470,6 +493,13 @@ def speed(quick: bool, device: str, repeats: int, batch_size: int, size: str, ta
                 "oracle_beam_size": k,
                 "dagger_beta": 0.0,
             }
+        variants["dagger+bleu k=5 (beta=0.5)"] = {
+            "objective": "dagger",
+            "oracle": "bleu",
+            "oracle_beam_size": 5,
+            "dagger_beta": 0.5,
+            "dagger_beta_schedule": "constant",
+        }
         variants["dagger+bleu k=20 (beta=0.5)"] = {
             "objective": "dagger",
             "oracle": "bleu",
@@ -495,6 +525,19 @@ def speed(quick: bool, device: str, repeats: int, batch_size: int, size: str, ta
             }
         )
         cases.append(("translation", translation[1], translation[0], "bpe", variants))
+    summarization = summarization_data(quick) if "summarization" in tasks else None
+    if summarization is not None:  # the settings of the SAMSum quality benchmark (beam-5 ROUGE oracles)
+        dagger = {"objective": "dagger", "dagger_beta": 0.5, "dagger_beta_schedule": "constant"}
+        variants = {
+            "mle": {"objective": "mle"},
+            "scheduled_sampling": {"objective": "scheduled_sampling", "ss_schedule": "linear", "ss_k": 0.5},
+            "dagger+rouge2 (beta=0.5)": {**dagger, "oracle": "rouge2"},
+            "dagger+rouge2 (beta=0.5, rollin_fraction=0.5)": {**dagger, "oracle": "rouge2", "rollin_fraction": 0.5},
+            "dagger+rougeL (beta=0.5)": {**dagger, "oracle": "rougeL"},
+            "raml": {"objective": "raml", "raml_reward": "rouge2", "raml_num_samples": 5},
+            "interpolation": {"objective": "interpolation", "interp_reward": "rouge2"},
+        }
+        cases.append(("summarization", summarization[1], summarization[0], "bpe", variants))
     if "arithmetic" in tasks:
         sequencematch = {
             "objective": "sequencematch",
@@ -698,9 +741,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-size", default="tiny", choices=sorted(MODEL_SIZES), help="Size of the BART model.")
     parser.add_argument(
         "--tasks",
-        default="ner,translation,arithmetic,gkd",
-        help="speed: comma-separated ner, translation, arithmetic, gkd (our DAgger step against TRL's GKDTrainer; "
-        "needs `pip install trl`).",
+        default="ner,translation,summarization,arithmetic,gkd",
+        help="speed: comma-separated ner, translation, summarization, arithmetic, gkd (our DAgger step against TRL's "
+        "GKDTrainer; needs `pip install trl`).",
     )
     options = parser.parse_args(argv)
     torch.manual_seed(0)
@@ -720,9 +763,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = oracles(options.quick, options.device)
     if options.command == "speed":
         tasks = [name.strip() for name in options.tasks.split(",") if name.strip()]
-        unknown = sorted(set(tasks) - {"ner", "translation", "arithmetic", "gkd"})
+        unknown = sorted(set(tasks) - set(SPEED_TASKS))
         if unknown:
-            parser.error(f"--tasks {unknown} unknown; accepted: ner, translation, arithmetic, gkd")
+            parser.error(f"--tasks {unknown} unknown; accepted: {', '.join(SPEED_TASKS)}")
         rows = (
             speed(options.quick, options.device, options.repeats, options.batch_size, options.model_size, tasks) + rows
         )

@@ -333,16 +333,24 @@ SPEED_ROWS = {
     ("ner", "dagger_partial", 0.0): "ner/dagger+span_f1_partial (beta=0)",
     ("translation", "scheduled_sampling"): "translation/scheduled_sampling",
     ("translation", "dagger_bleu", 0.0): "translation/dagger+bleu k=5",
+    ("translation", "dagger_bleu", 0.5): "translation/dagger+bleu k=5 (beta=0.5)",
     ("translation", "raml"): "translation/raml",
     ("translation", "data_noising"): "translation/data_noising",
     ("translation", "spg"): "translation/spg",
     ("translation", "interpolation"): "translation/interpolation",
+    ("summarization", "scheduled_sampling"): "summarization/scheduled_sampling",
+    ("summarization", "dagger_rouge2", 0.5): "summarization/dagger+rouge2 (beta=0.5)",
+    ("summarization", "dagger_rouge2", 0.5, 0.5): "summarization/dagger+rouge2 (beta=0.5, rollin_fraction=0.5)",
+    ("summarization", "dagger_rougeL", 0.5): "summarization/dagger+rougeL (beta=0.5)",
+    ("summarization", "raml"): "summarization/raml",
+    ("summarization", "interpolation"): "summarization/interpolation",
     ("arithmetic", "backspace_noise"): "arithmetic/mle+backspace noise",
     ("arithmetic", "sequencematch"): "arithmetic/sequencematch (refresh every 4)",
 }
 """The row of `benchmarks/results/speed_cpu.json` (tiny BART, batch 32; tiny GPT-2 for arithmetic; see speed.md)
-whose step-time ratio to teacher forcing is cited beside a method; DAgger's depends on its beta. SequenceMatch's is
-the chi^2 phase's step (sampled roll-ins refreshed every 4 steps, as in `SEQUENCEMATCH`)."""
+whose step-time ratio to teacher forcing is cited beside a method; DAgger's depends on its beta (and its
+`rollin_fraction` where a row has one). SequenceMatch's is the chi^2 phase's step (sampled roll-ins refreshed every 4
+steps, as in `SEQUENCEMATCH`)."""
 
 _STEP_SETTINGS = ("sm_bc_steps", "sm_bc_anneal_steps", "dagger_warmup_steps")
 
@@ -1192,7 +1200,12 @@ def carry_over(collected: dict, results: Path, benchmark: Benchmark) -> dict:
 
 def speed_ratio(task_name: str, method: str, settings: dict) -> float | None:
     """The step-time ratio to teacher forcing from speed_cpu.json (tiny models, 2 cores) where speed.md measured it."""
-    name = SPEED_ROWS.get((task_name, method, settings.get("dagger_beta"))) or SPEED_ROWS.get((task_name, method))
+    beta = settings.get("dagger_beta")
+    name = (
+        SPEED_ROWS.get((task_name, method, beta, settings.get("rollin_fraction")))
+        or SPEED_ROWS.get((task_name, method, beta))
+        or SPEED_ROWS.get((task_name, method))
+    )
     if name is None:
         return None
     return _speed_rows(ROOT / "benchmarks" / "results" / "speed_cpu.json").get(name, {}).get("ratio_to_mle")
