@@ -675,8 +675,10 @@ def _throughput(name, call, positions, repeats, device, shape) -> dict:
 
 def environment() -> dict:
     import transformers
+    from quality import git_commit
 
     info = {
+        "commit": git_commit(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,

@@ -151,12 +151,12 @@ def test_a_grid_has_one_to_four_points_and_the_methods_include_the_control(tmp_p
 def test_warm_start_learning_rates_per_family_key_the_cached_warm_starts(tmp_path):
     files = _conll_files(tmp_path)
     default = quality.Benchmark("ner", tmp_path / "work", **files)
-    assert default.warm_start_lr == {"gpt2": 1e-3, "bart": 3e-4, "t5": 1e-3}  # the task's rate for BART
+    assert default.warm_start_lr == {"gpt2": 1e-3, "bart": 3e-4, "t5": 3e-4}  # the task's rates for BART and T5
     assert default.warm_settings("bart")["learning_rate"] == 3e-4
     one_rate = quality.Benchmark("ner", tmp_path / "work", warm_start={"learning_rate": 5e-4}, **files)
     assert set(one_rate.warm_start_lr.values()) == {5e-4}  # one rate given: every family, BART included
     per_family = quality.Benchmark("ner", tmp_path / "work", warm_start_lr={"t5": 5e-4}, **files)
-    assert per_family.warm_start_lr == {"gpt2": 1e-3, "bart": 3e-4, "t5": 5e-4}
+    assert per_family.warm_start_lr == {"gpt2": 1e-3, "bart": 3e-4, "t5": 5e-4}  # the task's T5 rate replaced
     # the same settings reached either way share a cache entry; another rate is another warm start
     assert per_family.warm_dir("t5") == one_rate.warm_dir("t5")
     assert per_family.warm_dir("gpt2") == default.warm_dir("gpt2") != one_rate.warm_dir("gpt2")
