@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from datasets import Dataset, DatasetDict, load_from_disk
+from filelock import FileLock
 from transformers import EarlyStoppingCallback, set_seed
 from transformers.trainer_pt_utils import get_length_grouped_indices
 from transformers.trainer_utils import get_last_checkpoint
@@ -672,6 +673,10 @@ class Benchmark:
     def run_warm_start(self, family: str) -> dict:
         """Trains (or resumes, or reuses) the family's warm start; returns its row."""
         directory = self.warm_dir(family)
+        with _exclusive(directory):
+            return self._run_warm_start(family, directory)
+
+    def _run_warm_start(self, family: str, directory: Path) -> dict:
         if (directory / "result.json").exists():
             return json.loads((directory / "result.json").read_text(encoding="utf-8"))
         settings = self.warm_settings(family)
@@ -779,6 +784,12 @@ class Benchmark:
         """Continues the family's warm start with one method at one grid point and seed (or reuses the finished run);
         scores it on the whole validation split when `role` is `grid`. Returns its row."""
         directory = self.run_dir(family, method, point, seed, learning_rate)
+        with _exclusive(directory):
+            return self._run_continuation(family, method, point, seed, learning_rate, role, directory)
+
+    def _run_continuation(
+        self, family: str, method: str, point: dict, seed: int, learning_rate: float, role: str, directory: Path
+    ) -> dict:
         if (directory / "result.json").exists():
             return json.loads((directory / "result.json").read_text(encoding="utf-8"))
         warm = self.warm_dir(family)
@@ -845,9 +856,14 @@ class Benchmark:
 
     def score_test(self, family: str, row: dict) -> dict:
         """Scores a finished continuation's saved model on the whole test split (once: kept in its result.json)."""
-        directory = self.run_dir(family, row["method"], row["grid_point"], row["seed"], row["learning_rate"])
         if "test" in row:
             return row
+        directory = self.run_dir(family, row["method"], row["grid_point"], row["seed"], row["learning_rate"])
+        with _exclusive(directory):
+            stored = json.loads((directory / "result.json").read_text(encoding="utf-8"))
+            return stored if "test" in stored else self._score_test(family, row, directory)
+
+    def _score_test(self, family: str, row: dict, directory: Path) -> dict:
         data_args, task, splits = self._task()
         model_args = ModelArguments(model_name_or_path=str(directory / "model"))
         model, tokenizer = prepare_model(model_args, task, splits, str(directory), row["seed"])
@@ -980,6 +996,14 @@ class Benchmark:
                     write_report(self, reports)
         if reports is not None:
             write_report(self, reports)
+
+
+def _exclusive(directory: Path) -> FileLock:
+    """A lock on a warm start's or run's directory, held while it is trained or scored: processes that share a workdir
+    (each with its own `--methods` or `--families`) all run the control, and the second to reach a run waits for the
+    first and then reuses its result instead of training the same run into the same files."""
+    directory.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(directory / ".lock"))
 
 
 class _EarlyStopping(EarlyStoppingCallback):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -291,6 +292,26 @@ def test_the_protocol_end_to_end_on_tiny_data(tmp_path, monkeypatch):
         raise AssertionError("a finished run was trained again")
 
     monkeypatch.setattr(quality, "build_trainer", no_training)
+    # a run that another process holds is waited for and then reused, not trained a second time into the same files
+    run = next(r for r in data["runs"] if r["method"] == "dagger_exact" and r["seed"] == 1)
+    directory = Path(run["directory"])
+    finished = (directory / "result.json").read_text()
+    (directory / "result.json").unlink()
+    other = quality.FileLock(str(directory / ".lock"))
+    other.acquire()
+    reused = []
+    waiting = threading.Thread(
+        target=lambda: reused.append(
+            benchmark.run_continuation("gpt2", "dagger_exact", run["grid_point"], 1, run["learning_rate"], "seed")
+        )
+    )
+    waiting.start()
+    waiting.join(0.5)
+    assert waiting.is_alive() and not reused  # blocked on the other process's lock
+    (directory / "result.json").write_text(finished)  # the other process finishes the run
+    other.release()
+    waiting.join()
+    assert reused == [json.loads(finished)]
     report = reports / "quality_ner.md"
     report.write_text(
         report.read_text().replace("## Warm starts", f"{quality.NOTES_START}\nFound: x.\n{quality.NOTES_END}")
