@@ -1208,7 +1208,7 @@ def carry_over(collected: dict, results: Path, benchmark: Benchmark) -> dict:
                 f"{earlier.get('protocol', {}).get('continuation')} differs from this run's {continuation})"
             )
             carried = set()
-        for key in ("warm_starts", "runs", "choices", "summary"):
+        for key in _CARRIED_KEYS:
             collected[key] += [row for row in earlier.get(key, []) if row["family"] in carried]
         for row in collected["summary"]:  # the step-time ratio is speed.md's, read anew as for the workdir's rows
             if row["family"] in carried:
@@ -1217,7 +1217,7 @@ def carry_over(collected: dict, results: Path, benchmark: Benchmark) -> dict:
                 if run is not None:
                     row["step_time_ratio"] = speed_ratio(benchmark.task_name, row["method"], run["settings"])
     order = {family: index for index, family in enumerate(benchmark.spec["families"])}
-    for key in ("warm_starts", "runs", "choices", "summary"):
+    for key in _CARRIED_KEYS:
         collected[key].sort(key=lambda row: order.get(row["family"], len(order)))  # stable: runs keep their order
     return collected
 
