@@ -1168,6 +1168,27 @@ _CARRIED_KEYS = {
 """The lists of a results JSON that `carry_over` takes rows of, and the keys it reads of each row."""
 
 
+def read_results(results: Path) -> dict | None:
+    """A task's results JSON as `carry_over` reads it (None where absent); a file that is not what the benchmark
+    writes (not JSON, not an object, a list without the keys `carry_over` reads) raises a one-line ValueError."""
+    if not results.exists():
+        return None
+    try:
+        earlier = json.loads(results.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{results} is not valid JSON ({error}); restore it from git or delete it.") from None
+    if not isinstance(earlier, dict):
+        raise ValueError(f"{results} holds a {type(earlier).__name__}, not the object that the benchmark writes.")
+    for key, needed in _CARRIED_KEYS.items():
+        rows = earlier.get(key, [])
+        if not isinstance(rows, list) or not all(isinstance(row, dict) and needed <= row.keys() for row in rows):
+            raise ValueError(
+                f"{results}: {key!r} is not a list of rows with keys {sorted(needed)} as the quality benchmark "
+                "writes them; restore the file from git or delete it."
+            )
+    return earlier
+
+
 def carry_over(collected: dict, results: Path, benchmark: Benchmark) -> dict:
     """Adds to `collected` the families of the task's existing results JSON that the workdir holds no warm start of.
 
@@ -1185,20 +1206,8 @@ def carry_over(collected: dict, results: Path, benchmark: Benchmark) -> dict:
     Returns:
         `collected` with the carried rows, every list in the task's family order.
     """
-    if results.exists():
-        try:
-            earlier = json.loads(results.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{results} is not valid JSON ({error}); restore it from git or delete it.") from None
-        if not isinstance(earlier, dict):
-            raise ValueError(f"{results} holds a {type(earlier).__name__}, not the object that the benchmark writes.")
-        for key, needed in _CARRIED_KEYS.items():
-            rows = earlier.get(key, [])
-            if not isinstance(rows, list) or not all(isinstance(row, dict) and needed <= row.keys() for row in rows):
-                raise ValueError(
-                    f"{results}: {key!r} is not a list of rows with keys {sorted(needed)} as the quality benchmark "
-                    "writes them; restore the file from git or delete it."
-                )
+    earlier = read_results(results)
+    if earlier is not None:
         continuation = {**benchmark.continuation, "batch_size": benchmark.batch_size}
         present = {w["family"] for w in collected["warm_starts"]}
         carried = {w["family"] for w in earlier.get("warm_starts", [])} - present
@@ -1612,6 +1621,7 @@ def plan_quality(options) -> QualityPlan:
     methods = split(options.methods)
     benchmark.method_names(methods, given_as="--methods")
     reports = Path(options.reports) if not options.quick else workdir / "reports"
+    read_results(reports / "results" / f"quality_{options.task}.json")  # a broken one stops here, before any run
     return QualityPlan(benchmark, families, methods, reports)
 
 

@@ -430,3 +430,14 @@ def test_bad_quality_options_are_one_usage_line_before_anything_runs(tmp_path, c
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert exited.value.code == 2 and ": error: " in error and named in error
     assert not workdir.exists()
+
+
+def test_a_broken_results_json_is_one_usage_line_before_anything_runs(tmp_path, capsys):
+    workdir, reports = tmp_path / "work", tmp_path / "reports"
+    (reports / "results").mkdir(parents=True)
+    (reports / "results" / "quality_translation.json").write_text("{")
+    with pytest.raises(SystemExit) as exited:
+        benchmark.main(["quality", "--task", "translation", "--workdir", str(workdir), "--reports", str(reports)])
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exited.value.code == 2 and "quality_translation.json is not valid JSON" in error
+    assert not workdir.exists()
