@@ -1180,13 +1180,20 @@ def read_results(results: Path) -> dict | None:
     if not isinstance(earlier, dict):
         raise ValueError(f"{results} holds a {type(earlier).__name__}, not the object that the benchmark writes.")
     for key, needed in _CARRIED_KEYS.items():
-        rows = earlier.get(key, [])
-        if not isinstance(rows, list) or not all(isinstance(row, dict) and needed <= row.keys() for row in rows):
-            raise ValueError(
-                f"{results}: {key!r} is not a list of rows with keys {sorted(needed)} as the quality benchmark "
-                "writes them; restore the file from git or delete it."
-            )
+        _rows(earlier, key, needed, results)
     return earlier
+
+
+def _rows(data: dict, key: str, needed: set[str], path: Path) -> list[dict]:
+    """`data[key]` (a list of rows, empty where absent); anything else, or a row without the `needed` keys, raises a
+    one-line ValueError naming `path`."""
+    rows = data.get(key, [])
+    if not isinstance(rows, list) or not all(isinstance(row, dict) and needed <= row.keys() for row in rows):
+        raise ValueError(
+            f"{path}: {key!r} is not a list of rows with keys {sorted(needed)} as the quality benchmark writes them; "
+            "restore the file from git or delete it."
+        )
+    return rows
 
 
 def carry_over(collected: dict, results: Path, benchmark: Benchmark) -> dict:
@@ -1491,8 +1498,15 @@ def _plots(task_name, label, warm_rows, runs, choices, reports: Path) -> list[st
     return names
 
 
+_HEADLINE_KEYS = {"family", "method", "metric", "delta", "ci_low", "ci_high", "verdict", "seeds", "steps"}
+"""The keys of a summary row that `headline_table` reads."""
+
+
 def headline_table(reports: Path) -> list[str]:
-    """The table of every task's summary rows: task x architecture x method, Δ with its interval, and the verdict."""
+    """The table of every task's summary rows: task x architecture x method, Δ with its interval, and the verdict.
+
+    A task JSON that is not JSON, or whose summary rows lack the keys the table reads, raises a one-line ValueError
+    (a JSON that is not an object is a report of an earlier protocol, and is left out)."""
     lines = [
         "| task | architecture | method | metric | Δ vs teacher forcing [95% CI] | verdict | seeds | steps | "
         "step-time ratio |",
@@ -1502,10 +1516,13 @@ def headline_table(reports: Path) -> list[str]:
         path = reports / "results" / f"quality_{task_name}.json"
         if not path.exists():
             continue
-        data = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} is not valid JSON ({error}); restore it from git or delete it.") from None
         if not isinstance(data, dict):  # a report of the earlier protocol
             continue
-        for row in data.get("summary", []):
+        for row in _rows(data, "summary", _HEADLINE_KEYS, path):
             digits = _digits(row["metric"])
             ratio = row.get("step_time_ratio")
             lines.append(
@@ -1622,6 +1639,7 @@ def plan_quality(options) -> QualityPlan:
     benchmark.method_names(methods, given_as="--methods")
     reports = Path(options.reports) if not options.quick else workdir / "reports"
     read_results(reports / "results" / f"quality_{options.task}.json")  # a broken one stops here, before any run
+    headline_table(reports)  # as does any task's JSON that the README table reads at the end
     return QualityPlan(benchmark, families, methods, reports)
 
 

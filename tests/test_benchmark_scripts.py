@@ -441,3 +441,19 @@ def test_a_broken_results_json_is_one_usage_line_before_anything_runs(tmp_path, 
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert exited.value.code == 2 and "quality_translation.json is not valid JSON" in error
     assert not workdir.exists()
+
+
+def test_a_task_json_the_readme_table_cannot_read_is_one_usage_line_before_anything_runs(tmp_path, capsys):
+    workdir, reports = tmp_path / "work", tmp_path / "reports"
+    (reports / "results").mkdir(parents=True)
+    other = reports / "results" / "quality_ner.json"
+    other.write_text(json.dumps({"summary": [{"family": "bart", "method": "spg"}]}))
+    with pytest.raises(ValueError, match=r"quality_ner.json: 'summary' is not a list of rows with keys \['ci_high'"):
+        quality.headline_table(reports)
+    with pytest.raises(SystemExit) as exited:
+        benchmark.main(["quality", "--task", "translation", "--workdir", str(workdir), "--reports", str(reports)])
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exited.value.code == 2 and "quality_ner.json: 'summary' is not a list" in error
+    assert not workdir.exists()
+    other.write_text("[]")  # a report of the earlier protocol: left out of the table
+    assert len(quality.headline_table(reports)) == 2
