@@ -456,6 +456,12 @@ def speed(quick: bool, device: str, repeats: int, batch_size: int, size: str, ta
                     "oracle": "span_f1_partial",
                     "dagger_beta": 0.0,
                 },
+                "dagger+span_f1_partial (beta=0.5)": {
+                    "objective": "dagger",
+                    "oracle": "span_f1_partial",
+                    "dagger_beta": 0.5,
+                    "dagger_beta_schedule": "constant",
+                },
                 "roll-in alone: decoder": rollin_stepper("decoder"),
                 "roll-in alone: generate()": rollin_stepper("generate"),
                 **gpu_rollin_variants(device),

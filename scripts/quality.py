@@ -332,6 +332,7 @@ SPEED_ROWS = {
     ("ner", "dagger_exact", 0.0): "ner/dagger+span_f1 (beta=0)",
     ("ner", "dagger_exact", 0.5): "ner/dagger+span_f1 (beta=0.5)",
     ("ner", "dagger_partial", 0.0): "ner/dagger+span_f1_partial (beta=0)",
+    ("ner", "dagger_partial", 0.5): "ner/dagger+span_f1_partial (beta=0.5)",
     ("translation", "scheduled_sampling"): "translation/scheduled_sampling",
     ("translation", "dagger_bleu", 0.0): "translation/dagger+bleu k=5",
     ("translation", "dagger_bleu", 0.5): "translation/dagger+bleu k=5 (beta=0.5)",
