@@ -211,13 +211,23 @@ def cost(name: str) -> list[str]:
         "| task | variant | model | ms per step | time vs mle | peak step memory vs mle |",
         "|---|---|---|---|---|---|",
     ]
+    later = False
     for row in mine:
         task, variant = row["name"].split("/", 1)
+        commit = row.get("environment", {}).get("commit")  # recorded by the runs after the table's first one
+        if commit:
+            variant, later = f"{variant} [{commit[:7]}]", True
         memory = row.get("peak_step_memory_ratio_to_mle")
         lines.append(
             f"| {task} | {_cell(variant)} | {_cell(row.get('model', ''))} | {1000 * row['seconds_per_step']:.1f} | "
             f"{row['ratio_to_mle']:.2f}x | {'' if memory is None else f'{memory:.2f}x'} |"
         )
+    if later:
+        lines += [
+            "",
+            "Rows marked [commit] come from a later run, their ratio to that run's own teacher-forcing step; ratios "
+            "of one row differ by up to 40% between runs (speed.md).",
+        ]
     return lines
 
 
