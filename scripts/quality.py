@@ -1336,14 +1336,12 @@ def write_report(benchmark: Benchmark, reports: Path) -> Path:
             )
             + f"; examples: {first['examples']}.",
             f"- Tokenizer: {first['settings']['tokenizer']} (trained on the training split).",
-            f"- Warm start: {benchmark.warm_start['steps']} steps, batch {benchmark.batch_size}, learning rate "
-            + ", ".join(f"{w['settings']['learning_rate']} ({w['family']})" for w in warm_rows)
-            + f" (linear warm-up over {benchmark.warm_start['warmup_steps']} "
-            f"steps, then linear decay to 0), evaluated every {benchmark.warm_start['eval_steps']} steps.",
+            _warm_start_line(warm_rows),
             f"- Continuation: {benchmark.continuation['steps']} steps per run, batch {benchmark.batch_size}, linear "
             f"warm-up over {benchmark.continuation['warmup_steps']} steps then linear decay to 0, validation curve "
-            f"every {benchmark.continuation['eval_steps']} steps; seeds: {benchmark.seeds}. Cost is compared at "
-            "equal optimizer steps; the step-time ratios are speed.md's (tiny BART, 2 CPU cores), not measured here.",
+            f"every {benchmark.continuation['eval_steps']} steps; seeds: {_seeds_text(runs, benchmark.seeds)}. "
+            "Cost is compared at equal optimizer steps; the step-time ratios are speed.md's (tiny BART, 2 CPU cores), "
+            "not measured here.",
             "- Commits: " + ", ".join(sorted({r["commit"] for r in warm_rows + runs})) + ".",
             "",
             "## Warm starts",
@@ -1425,6 +1423,40 @@ def write_report(benchmark: Benchmark, reports: Path) -> Path:
     report.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
     update_readme(reports)
     return report
+
+
+def _seeds_text(runs: list[dict], default: int) -> str:
+    """How many seeds the control was scored on test with, per family (families carried from another workdir may
+    differ from this run's `--seeds`); `default` when no run is scored yet."""
+    seeds: dict[str, set] = {}
+    for run in runs:
+        if run["method"] == CONTROL and "test" in run:
+            seeds.setdefault(run["family"], set()).add(run["seed"])
+    by_count: dict[int, list[str]] = {}
+    for family, family_seeds in seeds.items():
+        by_count.setdefault(len(family_seeds), []).append(family)
+    if len(by_count) <= 1:
+        return str(next(iter(by_count), default))
+    return ", ".join(f"{count} ({', '.join(families)})" for count, families in by_count.items())
+
+
+def _warm_start_line(warm_rows: list[dict]) -> str:
+    """The report's warm-start line, from each warm start's own recorded schedule: families trained alike share one
+    clause, and a family carried from another workdir at other steps gets its own instead of this run's settings."""
+    groups: dict[tuple, list[dict]] = {}
+    for warm in warm_rows:
+        s = warm["settings"]
+        groups.setdefault((s["steps"], s["batch_size"], s["warmup_steps"], s["eval_steps"]), []).append(warm)
+    return (
+        "- Warm start: "
+        + "; ".join(
+            f"{steps} steps, batch {batch}, learning rate "
+            + ", ".join(f"{w['settings']['learning_rate']} ({w['family']})" for w in rows)
+            + f" (linear warm-up over {warmup} steps, then linear decay to 0), evaluated every {eval_steps} steps"
+            for (steps, batch, warmup, eval_steps), rows in groups.items()
+        )
+        + "."
+    )
 
 
 NOTES_START = "<!-- notes:start -->"

@@ -195,6 +195,16 @@ class _InterruptOnce(TrainerCallback):
             raise KeyboardInterrupt
 
 
+def test_the_report_counts_seeds_per_family_from_the_scored_control_runs():
+    def run(family, seed, method=quality.CONTROL, scored=True):
+        return {"family": family, "seed": seed, "method": method, **({"test": {}} if scored else {})}
+
+    runs = [run("gpt2", s) for s in range(3)] + [run(f, s) for f in ("bart", "t5") for s in range(5)]
+    runs += [run("gpt2", 7, scored=False), run("gpt2", 8, method="dagger_exact")]  # a grid run, another method
+    assert quality._seeds_text(runs, 5) == "3 (gpt2), 5 (bart, t5)"
+    assert quality._seeds_text(runs[3:], 3) == "5" and quality._seeds_text([], 3) == "3"
+
+
 def test_the_protocol_end_to_end_on_tiny_data(tmp_path, monkeypatch):
     methods = {
         quality.CONTROL: {
@@ -326,6 +336,7 @@ def test_the_protocol_end_to_end_on_tiny_data(tmp_path, monkeypatch):
     earlier = json.loads(results.read_text())
     for key in ("warm_starts", "runs", "choices", "summary"):
         earlier[key] += [{**row, "family": "t5"} for row in earlier[key]]
+    earlier["warm_starts"][-1]["settings"] = {**earlier["warm_starts"][-1]["settings"], "steps": 24}
     earlier["summary"][-1]["step_time_ratio"] = None  # read anew from speed_cpu.json, as for the workdir's rows
     results.write_text(json.dumps(earlier))
     quality.write_report(benchmark, reports)
@@ -336,6 +347,10 @@ def test_the_protocol_end_to_end_on_tiny_data(tmp_path, monkeypatch):
     assert len(data["runs"]) == len(earlier["runs"])
     assert "| CoNLL-2003 NER | t5 | dagger_exact |" in (reports / "README.md").read_text()
     assert "| t5 | dagger_exact |" in report.read_text()
+    (warm_line,) = [line for line in report.read_text().splitlines() if line.startswith("- Warm start:")]
+    assert warm_line.startswith("- Warm start: 12 steps, batch 8, learning rate ")  # each family its own schedule
+    assert "(gpt2) (linear warm-up over 2 steps" in warm_line and "every 4 steps; 24 steps, batch 8" in warm_line
+    assert warm_line.endswith("(t5) (linear warm-up over 2 steps, then linear decay to 0), evaluated every 4 steps.")
     earlier["protocol"]["continuation"]["steps"] = 7
     results.write_text(json.dumps(earlier))
     quality.write_report(benchmark, reports)
