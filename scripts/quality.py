@@ -166,6 +166,7 @@ TASKS = {
         "metric": "rouge2",
         "metric_label": "ROUGE-2",
         "extra_metrics": ["rouge1", "rougeL", "rougeLsum"],
+        "output_statistics": True,  # the report's length and repetition table (summaries that run on or loop)
         "families": ["bart", "t5"],
         "sizes": {"bart": "mini", "t5": "mini"},
         "tokenizer": BPE,
@@ -224,6 +225,7 @@ TASKS = {
         "metric": "bleu",
         "metric_label": "BLEU",
         "extra_metrics": ["chrf"],
+        "output_statistics": True,
         "families": ["bart", "t5"],
         "sizes": {"bart": "mini", "t5": "mini"},
         "tokenizer": BPE,
@@ -467,6 +469,31 @@ def example_statistics(task_name: str, predictions: list[str], references: list[
     raise ValueError(
         f"No per-example statistics for task {task_name!r}; known: ner, translation, summarization, arithmetic."
     )
+
+
+def output_statistics(predictions: list[str], references: list[str]) -> dict[str, float]:
+    """Length and repetition of generated texts, the symptoms of a model that runs on or loops on its own outputs.
+
+    Words are whitespace-separated tokens. A text repeats a bigram when some pair of consecutive words occurs in it
+    at least twice ("at the meeting at the meeting").
+
+    Returns:
+        `{"words": mean words per prediction, "reference_words": mean words per reference, "repeated_bigram": share
+        of predictions that repeat a bigram}`.
+    """
+    if not predictions or len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} references; need as many, at least 1.")
+
+    def repeats(words: list[str]) -> bool:
+        bigrams = list(zip(words, words[1:]))
+        return len(set(bigrams)) < len(bigrams)
+
+    split = [p.split() for p in predictions]
+    return {
+        "words": statistics.mean(len(w) for w in split),
+        "reference_words": statistics.mean(len(r.split()) for r in references),
+        "repeated_bigram": statistics.mean(float(repeats(w)) for w in split),
+    }
 
 
 _ROUGE_COLUMNS = {"rouge1": 0, "rouge2": 1, "rougeL": 2, "rougeLsum": 3}
@@ -1068,6 +1095,8 @@ def collect(benchmark: Benchmark) -> dict:
     ]
     current = {benchmark.warm_dir(f).name for f in spec["families"] if f in benchmark.sizes}
     warm_rows = [w for w in warm_rows if w["key"] in current]
+    for warm in warm_rows:
+        _add_output_statistics(spec, warm, benchmark.workdir / "warm" / warm["key"])
     runs = []
     continuation = {**benchmark.continuation, "batch_size": benchmark.batch_size}
     for warm in warm_rows:
@@ -1075,6 +1104,7 @@ def collect(benchmark: Benchmark) -> dict:
             row = json.loads(path.read_text(encoding="utf-8"))
             if row.get("continuation") == continuation:  # runs of other continuation settings stay out
                 row["directory"] = str(path.parent)
+                _add_output_statistics(spec, row, path.parent)
                 runs.append(row)
     choices, summary = [], []
     for warm in warm_rows:
@@ -1162,6 +1192,14 @@ def collect(benchmark: Benchmark) -> dict:
                 }
             )
     return {"warm_starts": warm_rows, "runs": runs, "choices": choices, "summary": summary}
+
+
+def _add_output_statistics(spec: dict, row: dict, directory: Path) -> None:
+    """Sets `row["test_outputs"]` from the test predictions in `directory` where the task reports them."""
+    predictions = directory / "predictions_test.jsonl"
+    if spec.get("output_statistics") and "test" in row and predictions.exists():
+        rows = [json.loads(line) for line in predictions.read_text(encoding="utf-8").splitlines()]
+        row["test_outputs"] = output_statistics([r["prediction"] for r in rows], [r["reference"] for r in rows])
 
 
 _CARRIED_KEYS = {
@@ -1373,13 +1411,7 @@ def write_report(benchmark: Benchmark, reports: Path) -> Path:
             "|---|---|---|---|---|" + "---|" * len(spec["extra_metrics"]) + "---|---|---|---|",
         ]
         for choice in choices:
-            seeds = [
-                r
-                for r in runs
-                if (r["family"], r["method"], r["point"], r["learning_rate"])
-                == (choice["family"], choice["method"], choice["chosen"], choice["learning_rate"])
-                and "test" in r
-            ]
+            seeds = _chosen_runs(choice, runs)
             if not seeds:
                 continue
             row = next(
@@ -1401,6 +1433,8 @@ def write_report(benchmark: Benchmark, reports: Path) -> Path:
                     "" if row["step_time_ratio"] is None else f"{row['step_time_ratio']:.2f}x",
                 ]
             lines.append("| " + " | ".join(cells) + " |")
+        if spec.get("output_statistics"):
+            lines += _outputs_table(warm_rows, choices, runs)
         lines += [
             "",
             f"## Grids (seed 0, whole validation split, {label})",
@@ -1425,6 +1459,55 @@ def write_report(benchmark: Benchmark, reports: Path) -> Path:
     report.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
     update_readme(reports)
     return report
+
+
+def _chosen_runs(choice: dict, runs: list[dict]) -> list[dict]:
+    """The scored (test) runs of a grid choice's chosen point, one per seed."""
+    key = (choice["family"], choice["method"], choice["chosen"], choice["learning_rate"])
+    return [r for r in runs if (r["family"], r["method"], r["point"], r["learning_rate"]) == key and "test" in r]
+
+
+def _outputs_table(warm_rows: list[dict], choices: list[dict], runs: list[dict]) -> list[str]:
+    """The report's table of test output length and repetition: each family's warm start, then each method at its
+    chosen setting (`output_statistics`, the mean over seeds).
+
+    Rows carried from the JSON of an earlier report written before these statistics existed have none; their
+    families are named below the table instead of shown as blank rows.
+    """
+    lines = [
+        "",
+        "## Test outputs: length and repetition (chosen settings, mean over seeds)",
+        "",
+        "| family | method | words per output | outputs repeating a bigram | words per reference |",
+        "|---|---|---|---|---|",
+    ]
+    missing = []
+    warm_starts = {w["family"]: w.get("test_outputs") for w in warm_rows}
+    for choice in choices:
+        if choice["method"] == CONTROL and warm_starts.get(choice["family"]) is not None:
+            lines.append(_outputs_row({**choice, "method": "warm start", "outputs": [warm_starts[choice["family"]]]}))
+        seeds = [r.get("test_outputs") for r in _chosen_runs(choice, runs)]
+        if not seeds:
+            continue
+        if any(s is None for s in seeds):
+            missing.append(choice["family"])
+            continue
+        lines.append(_outputs_row({**choice, "outputs": seeds}))
+    if missing:
+        lines += [
+            "",
+            f"Not shown: {', '.join(dict.fromkeys(missing))} (reported from a workdir that is gone, before these "
+            "statistics were recorded).",
+        ]
+    return lines
+
+
+def _outputs_row(choice: dict) -> str:
+    mean = {k: statistics.mean(s[k] for s in choice["outputs"]) for k in choice["outputs"][0]}
+    return (
+        f"| {choice['family']} | {choice['method']} | {mean['words']:.1f} | {100 * mean['repeated_bigram']:.0f}% | "
+        f"{mean['reference_words']:.1f} |"
+    )
 
 
 def _seeds_text(runs: list[dict], default: int) -> str:

@@ -105,6 +105,17 @@ def test_rouge_statistics_are_the_task_scores_per_example(tmp_path):
         assert value == pytest.approx(expected[metric], abs=1e-9)
 
 
+def test_output_statistics_measure_length_and_repeated_bigrams():
+    predictions = ["at the meeting at the meeting", "she is home", "a a"]
+    references = ["they meet at noon", "she is at home now"]
+    with pytest.raises(ValueError, match="3 predictions for 2 references"):
+        quality.output_statistics(predictions, references)
+    stats = quality.output_statistics(predictions, references + ["x"])
+    assert stats == {"words": 11 / 3, "reference_words": 10 / 3, "repeated_bigram": 1 / 3}  # 6 + 3 + 2, 4 + 5 + 1
+    # a repeated word is not a repeated bigram; one bigram twice is ("a a a")
+    assert quality.output_statistics(["a b a", "a a a"], ["r", "r"])["repeated_bigram"] == 0.5
+
+
 def test_paired_bootstrap_interval():
     generator = np.random.default_rng(0)
     n = 400
@@ -257,6 +268,7 @@ def test_the_protocol_end_to_end_on_tiny_data(tmp_path, monkeypatch):
     assert trainer.evaluate()["eval_loss"] == pytest.approx(warm["curve"][0]["loss"], rel=1e-5)
     monkeypatch.setattr(quality, "build_trainer", build_trainer)
 
+    monkeypatch.setitem(benchmark.spec, "output_statistics", True)  # the text tasks' table, here on tag outputs
     reports = tmp_path / "reports"
     (reports / "results").mkdir(parents=True)
     (reports / "README.md").write_text(f"# Benchmarks\n\n{quality.README_START}\nold\n{quality.README_END}\n\nrest\n")
@@ -297,6 +309,18 @@ def test_the_protocol_end_to_end_on_tiny_data(tmp_path, monkeypatch):
     readme = (reports / "README.md").read_text()
     assert "old" not in readme and "| CoNLL-2003 NER | gpt2 | dagger_exact |" in readme and readme.endswith("rest\n")
     assert "## Grids" in (reports / "quality_ner.md").read_text()
+    for run in seeds:  # length and repetition of each scored run's test predictions, as its predictions file says
+        lines = (Path(run["directory"]) / "predictions_test.jsonl").read_text().splitlines()
+        predictions = [json.loads(line)["prediction"] for line in lines]
+        references = [json.loads(line)["reference"] for line in lines]
+        assert run["test_outputs"] == quality.output_statistics(predictions, references)
+    assert "test_outputs" in data["warm_starts"][0]
+    table = (reports / "quality_ner.md").read_text().split("## Test outputs")[1].split("## Grids")[0]
+    assert [line.split(" | ")[1] for line in table.splitlines() if line.startswith("| gpt2 ")] == [
+        "warm start",
+        quality.CONTROL,
+        "dagger_exact",
+    ]
 
     def no_training(*args, **kwargs):
         raise AssertionError("a finished run was trained again")
@@ -338,6 +362,9 @@ def test_the_protocol_end_to_end_on_tiny_data(tmp_path, monkeypatch):
         earlier[key] += [{**row, "family": "t5"} for row in earlier[key]]
     earlier["warm_starts"][-1]["settings"] = {**earlier["warm_starts"][-1]["settings"], "steps": 24}
     earlier["summary"][-1]["step_time_ratio"] = None  # read anew from speed_cpu.json, as for the workdir's rows
+    for row in earlier["runs"] + earlier["warm_starts"]:  # a report from before the output statistics existed
+        if row["family"] == "t5":
+            row.pop("test_outputs", None)
     results.write_text(json.dumps(earlier))
     quality.write_report(benchmark, reports)
     data = json.loads(results.read_text())
@@ -347,6 +374,7 @@ def test_the_protocol_end_to_end_on_tiny_data(tmp_path, monkeypatch):
     assert len(data["runs"]) == len(earlier["runs"])
     assert "| CoNLL-2003 NER | t5 | dagger_exact |" in (reports / "README.md").read_text()
     assert "| t5 | dagger_exact |" in report.read_text()
+    assert "Not shown: t5 (reported from a workdir that is gone" in report.read_text()
     (warm_line,) = [line for line in report.read_text().splitlines() if line.startswith("- Warm start:")]
     assert warm_line.startswith("- Warm start: 12 steps, batch 8, learning rate ")  # each family its own schedule
     assert "(gpt2) (linear warm-up over 2 steps" in warm_line and "every 4 steps; 24 steps, batch 8" in warm_line
