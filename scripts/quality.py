@@ -1339,7 +1339,8 @@ def write_report(benchmark: Benchmark, reports: Path) -> Path:
             "task": task_name,
             "protocol": {
                 "control": CONTROL,
-                "seeds": benchmark.seeds,
+                "seeds": benchmark.seeds,  # this command's --seeds; seeds_by_family: what each family's rows used
+                "seeds_by_family": _control_seeds(collected["runs"]),
                 "curve_eval_size": benchmark.curve_eval_size,
                 "warm_start": benchmark.warm_start,
                 "warm_start_lr": benchmark.warm_start_lr,
@@ -1510,16 +1511,21 @@ def _outputs_row(choice: dict) -> str:
     )
 
 
-def _seeds_text(runs: list[dict], default: int) -> str:
+def _control_seeds(runs: list[dict]) -> dict[str, int]:
     """How many seeds the control was scored on test with, per family (families carried from another workdir may
-    differ from this run's `--seeds`); `default` when no run is scored yet."""
+    differ from this run's `--seeds`)."""
     seeds: dict[str, set] = {}
     for run in runs:
         if run["method"] == CONTROL and "test" in run:
             seeds.setdefault(run["family"], set()).add(run["seed"])
+    return {family: len(family_seeds) for family, family_seeds in seeds.items()}
+
+
+def _seeds_text(runs: list[dict], default: int) -> str:
+    """`_control_seeds` as the report's header says it; `default` when no run is scored yet."""
     by_count: dict[int, list[str]] = {}
-    for family, family_seeds in seeds.items():
-        by_count.setdefault(len(family_seeds), []).append(family)
+    for family, count in _control_seeds(runs).items():
+        by_count.setdefault(count, []).append(family)
     if len(by_count) <= 1:
         return str(next(iter(by_count), default))
     return ", ".join(f"{count} ({', '.join(families)})" for count, families in by_count.items())

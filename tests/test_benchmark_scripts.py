@@ -213,6 +213,7 @@ def test_the_report_counts_seeds_per_family_from_the_scored_control_runs():
     runs = [run("gpt2", s) for s in range(3)] + [run(f, s) for f in ("bart", "t5") for s in range(5)]
     runs += [run("gpt2", 7, scored=False), run("gpt2", 8, method="dagger_exact")]  # a grid run, another method
     assert quality._seeds_text(runs, 5) == "3 (gpt2), 5 (bart, t5)"
+    assert quality._control_seeds(runs) == {"gpt2": 3, "bart": 5, "t5": 5}
     assert quality._seeds_text(runs[3:], 3) == "5" and quality._seeds_text([], 3) == "3"
 
 
@@ -370,6 +371,7 @@ def test_the_protocol_end_to_end_on_tiny_data(tmp_path, monkeypatch):
     data = json.loads(results.read_text())
     assert data["summary"][1]["step_time_ratio"] == data["summary"][0]["step_time_ratio"] is not None
     assert [w["family"] for w in data["warm_starts"]] == ["gpt2", "t5"]
+    assert data["protocol"]["seeds"] == 2 and data["protocol"]["seeds_by_family"] == {"gpt2": 2, "t5": 2}
     assert [(r["family"], r["method"]) for r in data["summary"]] == [("gpt2", "dagger_exact"), ("t5", "dagger_exact")]
     assert len(data["runs"]) == len(earlier["runs"])
     assert "| CoNLL-2003 NER | t5 | dagger_exact |" in (reports / "README.md").read_text()
