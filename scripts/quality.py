@@ -56,6 +56,7 @@ from hf_seqobj.arguments import DataArguments, ModelArguments
 from hf_seqobj.modeling import MODEL_SIZES
 from hf_seqobj.run import build_trainer, prepare_model, training_arguments_class
 from hf_seqobj.tasks import get_task
+from hf_seqobj.tasks.language_modeling import repetition_rate
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -475,7 +476,7 @@ def output_statistics(predictions: list[str], references: list[str]) -> dict[str
     """Length and repetition of generated texts, the symptoms of a model that runs on or loops on its own outputs.
 
     Words are whitespace-separated tokens. A text repeats a bigram when some pair of consecutive words occurs in it
-    at least twice ("at the meeting at the meeting").
+    at least twice ("at the meeting at the meeting"), i.e. when the lm task's bigram `repetition_rate` is above 0.
 
     Returns:
         `{"words": mean words per prediction, "reference_words": mean words per reference, "repeated_bigram": share
@@ -483,16 +484,11 @@ def output_statistics(predictions: list[str], references: list[str]) -> dict[str
     """
     if not predictions or len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions for {len(references)} references; need as many, at least 1.")
-
-    def repeats(words: list[str]) -> bool:
-        bigrams = list(zip(words, words[1:]))
-        return len(set(bigrams)) < len(bigrams)
-
     split = [p.split() for p in predictions]
     return {
         "words": statistics.mean(len(w) for w in split),
         "reference_words": statistics.mean(len(r.split()) for r in references),
-        "repeated_bigram": statistics.mean(float(repeats(w)) for w in split),
+        "repeated_bigram": statistics.mean(float(repetition_rate(w, 2) > 0) for w in split),
     }
 
 
@@ -1486,14 +1482,14 @@ def _outputs_table(warm_rows: list[dict], choices: list[dict], runs: list[dict])
     warm_starts = {w["family"]: w.get("test_outputs") for w in warm_rows}
     for choice in choices:
         if choice["method"] == CONTROL and warm_starts.get(choice["family"]) is not None:
-            lines.append(_outputs_row({**choice, "method": "warm start", "outputs": [warm_starts[choice["family"]]]}))
+            lines.append(_outputs_row(choice["family"], "warm start", [warm_starts[choice["family"]]]))
         seeds = [r.get("test_outputs") for r in _chosen_runs(choice, runs)]
         if not seeds:
             continue
         if any(s is None for s in seeds):
             missing.append(choice["family"])
             continue
-        lines.append(_outputs_row({**choice, "outputs": seeds}))
+        lines.append(_outputs_row(choice["family"], choice["method"], seeds))
     if missing:
         lines += [
             "",
@@ -1503,10 +1499,11 @@ def _outputs_table(warm_rows: list[dict], choices: list[dict], runs: list[dict])
     return lines
 
 
-def _outputs_row(choice: dict) -> str:
-    mean = {k: statistics.mean(s[k] for s in choice["outputs"]) for k in choice["outputs"][0]}
+def _outputs_row(family: str, method: str, outputs: list[dict]) -> str:
+    """One row of `_outputs_table`: the mean of `output_statistics` over `outputs` (one per seed)."""
+    mean = {k: statistics.mean(o[k] for o in outputs) for k in outputs[0]}
     return (
-        f"| {choice['family']} | {choice['method']} | {mean['words']:.1f} | {100 * mean['repeated_bigram']:.0f}% | "
+        f"| {family} | {method} | {mean['words']:.1f} | {100 * mean['repeated_bigram']:.0f}% | "
         f"{mean['reference_words']:.1f} |"
     )
 
