@@ -132,7 +132,8 @@ def test_unknown_names_are_errors_that_list_the_packaged_configs():
 
 
 def test_a_wheel_carries_the_configs(tmp_path):
-    """Built from the project's files, the wheel holds every config beside the module that looks them up."""
+    """Built from the project's files, the wheel holds every config in the package folder where `hf_seqobj.cli.launch`
+    looks them up."""
     source = tmp_path / "src"
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
@@ -144,10 +145,11 @@ def test_a_wheel_carries_the_configs(tmp_path):
     wheel = source / "dist" / result.stdout.strip().splitlines()[-1]
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
-    assert "hf_seqobj/cli.py" in names
+    assert "hf_seqobj/cli/launch.py" in names
     for config in EXPECTED:
         assert f"hf_seqobj/accelerate_configs/{config}.yaml" in names, config
-    assert ACCELERATE_CONFIGS == Path(sys.modules["hf_seqobj.cli"].__file__).resolve().parent / "accelerate_configs"
+    launch = Path(sys.modules["hf_seqobj.cli.launch"].__file__).resolve()
+    assert ACCELERATE_CONFIGS == launch.parents[1] / "accelerate_configs"
 
 
 def _run_launch_script(tmp_path: Path, script: str, *args: str, gpus: int = 0, env: dict | None = None) -> list[str]:

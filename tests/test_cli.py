@@ -215,7 +215,7 @@ def test_a_process_of_a_launched_run_ends_its_process_group(tmp_path):
     import torch.distributed as dist
     from accelerate import PartialState
 
-    from hf_seqobj.cli import _end_processes
+    from hf_seqobj.cli.launch import _end_processes
 
     PartialState._reset_state()
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1)

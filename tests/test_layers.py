@@ -98,7 +98,7 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_the_graph_sees_function_level_imports():
     graph = import_graph()
     assert "hf_seqobj.objectives.base" in graph["hf_seqobj.objectives.mle"]
-    assert "hf_seqobj.run" in graph["hf_seqobj.cli"]  # cli imports run inside its commands
+    assert "hf_seqobj.run" in graph["hf_seqobj.cli.commands"]  # the commands import run inside their functions
 
 
 def test_no_import_cycles():
