@@ -17,7 +17,7 @@ from transformers import TrainerCallback
 from transformers.integrations import TensorBoardCallback
 
 from hf_seqobj.constants import IGNORE_INDEX
-from hf_seqobj.rollin import generate_rollin, rollin_generation_config
+from hf_seqobj.decoding.rollin import generate_rollin, rollin_generation_config
 
 
 if TYPE_CHECKING:

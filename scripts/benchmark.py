@@ -284,7 +284,7 @@ def gkd_stepper(case, batch, workdir: Path, device: str, batch_size: int) -> _St
     from datasets import Dataset
     from trl.experimental.gkd import GKDConfig, GKDTrainer
 
-    from hf_seqobj.generation import split_prompts
+    from hf_seqobj.decoding.prompts import split_prompts
 
     task, splits, path = case
     student, tokenizer = load_model_and_tokenizer(path, extra_tokens=task.extra_tokens(splits))
@@ -351,15 +351,16 @@ def gkd_stepper(case, batch, workdir: Path, device: str, batch_size: int) -> _St
 
 def rollin_stepper(kind: str):
     """A variant that times one greedy roll-in of the batch alone (no oracle, no training): `kind` "decoder" is the
-    roll-in decoder of the training steps (:func:`hf_seqobj.decoder.decode`, each row stopping at its gold length),
-    "generate" is `model.generate` as the roll-ins called it before (the batch's longest gold length for every row)."""
+    roll-in decoder of the training steps (:func:`hf_seqobj.decoding.decoder.decode`, each row stopping at its gold
+    length), "generate" is `model.generate` as the roll-ins called it before (the batch's longest gold length for
+    every row)."""
 
     def make(case, batch, workdir: Path, device: str, batch_size: int) -> _Stepper:
         from transformers import GenerationConfig
 
-        from hf_seqobj.decoder import decode
-        from hf_seqobj.generation import split_prompts
-        from hf_seqobj.rollin import reference_targets
+        from hf_seqobj.decoding.decoder import decode
+        from hf_seqobj.decoding.prompts import split_prompts
+        from hf_seqobj.decoding.rollin import reference_targets
 
         task, splits, path = case
         model, tokenizer = load_model_and_tokenizer(path, extra_tokens=task.extra_tokens(splits))

@@ -327,7 +327,7 @@ def test_no_backspace_on_an_empty_output(bksp_models):
 
 
 def test_first_eos_lengths_of_an_empty_generation():
-    from hf_seqobj.rollin import first_eos_lengths
+    from hf_seqobj.decoding.rollin import first_eos_lengths
 
     assert first_eos_lengths(torch.zeros((3, 0), dtype=torch.long), 2).tolist() == [0, 0, 0]
 

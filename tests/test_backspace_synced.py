@@ -21,7 +21,7 @@ import torch.multiprocessing as mp
 from transformers import GenerationConfig, GPT2Config, GPT2LMHeadModel
 
 from hf_seqobj.backspace import generate_with_backspace
-from hf_seqobj.backspace.decoding import all_finished
+from hf_seqobj.decoding.decoder import all_finished
 
 
 BKSP, PAD, VOCAB, MAX_NEW = 18, 19, 20, 6

@@ -9,10 +9,10 @@ import torch
 from conftest import ARCHITECTURES, parameters
 from transformers import DataCollatorForSeq2Seq
 
-from hf_seqobj.collators import DAggerDataCollator, DAggerRelabeler
+from hf_seqobj.decoding.rollin import predicted_tokens
+from hf_seqobj.objectives.dagger import DAggerDataCollator, DAggerRelabeler
 from hf_seqobj.objectives.schedules import dagger_beta
 from hf_seqobj.oracles import BIOTagSet, SpanF1Oracle, make_oracle, span_f1_oracle
-from hf_seqobj.rollin import predicted_tokens
 
 
 TAGS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
@@ -273,7 +273,7 @@ def test_model_rollin_is_not_changed_by_the_checkpoint_generation_config(make_tr
     """Without oracle forcing (beta = 0): a checkpoint's no_repeat_ngram_size / forced EOS do not alter roll-ins."""
     from transformers import GenerationConfig
 
-    from hf_seqobj.rollin import generate_rollin, rollin_generation_config
+    from hf_seqobj.decoding.rollin import generate_rollin, rollin_generation_config
 
     trainer = make_trainer(arch, dropout=False, objective="dagger")
     model = trainer.model.eval()

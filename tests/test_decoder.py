@@ -1,4 +1,4 @@
-"""The roll-in decoder (hf_seqobj.decoder): the tokens of `generate`, the same draws, and the loop's bookkeeping."""
+"""The roll-in decoder (hf_seqobj.decoding.decoder): the tokens of `generate`, the same draws, the bookkeeping."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from conftest import ARCHITECTURES
 from transformers import GenerationConfig, LogitsProcessorList
 
 from hf_seqobj.constants import IGNORE_INDEX
-from hf_seqobj.decoder import OracleMixing, PreallocatedLayer, choose_next_tokens, decode
+from hf_seqobj.decoding.decoder import OracleMixing, PreallocatedLayer, choose_next_tokens, decode
 from hf_seqobj.modeling import load_model_and_tokenizer
 
 
@@ -275,7 +275,7 @@ def test_custom_choice_gets_the_prefix_and_the_raw_logits(models, arch):
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_fixed_length_mode_gives_the_same_rollins_up_to_each_first_eos(models, arch):
-    from hf_seqobj.rollin import first_eos_lengths
+    from hf_seqobj.decoding.rollin import first_eos_lengths
 
     model, tokenizer = models[arch]
     pad = tokenizer.pad_token_id
@@ -360,6 +360,38 @@ def test_peft_wrapped_models_decode_as_their_generate(models):
     with wrapped.disable_adapter():
         without = _decode(wrapped, ids, mask, max_new_tokens=8, eos_token_id=eos, pad_token_id=pad)
     assert torch.equal(without, _decode(model, ids, mask, max_new_tokens=8, eos_token_id=eos, pad_token_id=pad))
+
+
+def test_unwrap_model_looks_through_every_wrapper_and_refuses_prompt_learning_for_rollins(models):
+    """The package's one unwrap: compiled, distributed (`.module`) and PEFT wrappers in any order; a prompt-learning
+    adapter (whose virtual tokens only the PeftModel's own forward adds) is refused where the decoder asks."""
+    from peft import LoraConfig, PromptTuningConfig, TaskType, get_peft_model
+
+    from hf_seqobj.decoding.models import accepts_logits_to_keep, unwrap_model
+    from hf_seqobj.objectives.base import language_model_kind
+
+    class Distributed(torch.nn.Module):  # what DDP, DeepSpeed's engine and FSDP have in common
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+    model, tokenizer = models["gpt2"]
+    base = type(model).from_pretrained(model.name_or_path).eval()
+    lora = get_peft_model(base, LoraConfig(r=4, target_modules=["c_attn"], task_type=TaskType.CAUSAL_LM))
+    wrapped = torch.compile(Distributed(lora), backend="eager")
+    assert unwrap_model(wrapped) is base and unwrap_model(wrapped, refuse_prompt_learning=True) is base
+    assert unwrap_model(torch.compile(model, backend="eager")) is model
+    assert language_model_kind(torch.compile(model, backend="eager")) == "causal"
+    assert accepts_logits_to_keep(unwrap_model(wrapped)) == accepts_logits_to_keep(model)
+
+    plain = type(model).from_pretrained(model.name_or_path).eval()
+    prompt = get_peft_model(plain, PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=2))
+    assert unwrap_model(prompt) is plain
+    with pytest.raises(ValueError, match="prompt-learning adapter"):
+        unwrap_model(Distributed(prompt), refuse_prompt_learning=True)
+    ids, mask = _inputs("gpt2", tokenizer)
+    with pytest.raises(ValueError, match="prompt-learning adapter"):
+        _decode(prompt, ids, mask, max_new_tokens=2, eos_token_id=None, pad_token_id=tokenizer.pad_token_id)
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)

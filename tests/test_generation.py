@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import DataCollatorForSeq2Seq
 
-from hf_seqobj.generation import gather_targets, split_prompts
+from hf_seqobj.decoding.prompts import gather_targets, split_prompts
 from hf_seqobj.modeling import load_model_and_tokenizer
 from hf_seqobj.run import build_trainer
 from hf_seqobj.trainers import SeqObjSeq2SeqTrainingArguments, SeqObjTrainingArguments

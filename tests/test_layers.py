@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "hf_seqobj"
 
 APPLICATION = ("hf_seqobj.cli", "hf_seqobj.run", "hf_seqobj.arguments", "hf_seqobj.tasks", "hf_seqobj.modeling")
 """The application layer: the command line, whole runs, argument parsing, tasks and the offline model factory. The
-rest (objectives, oracles, rewards, roll-ins, backspace, collators, trainers, ...) is the library layer."""
+rest (objectives, oracles, rewards, decoding, backspace, trainers, ...) is the library layer."""
 
 
 def _modules() -> dict[str, Path]:

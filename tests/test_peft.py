@@ -14,9 +14,9 @@ from peft import PeftModel, TaskType
 
 from hf_seqobj.arguments import ModelArguments
 from hf_seqobj.cli import main, parse_settings
+from hf_seqobj.decoding.rollin import generate_rollin, rollin_generation_config
 from hf_seqobj.modeling import is_encoder_decoder, load_model_and_tokenizer
 from hf_seqobj.peft_utils import added_token_ids, is_adapter_dir, lora_config_for
-from hf_seqobj.rollin import generate_rollin, rollin_generation_config
 from hf_seqobj.run import build_trainer
 from hf_seqobj.trainers import SeqObjSeq2SeqTrainingArguments, SeqObjTrainingArguments
 

@@ -31,7 +31,6 @@ from hf_seqobj.backspace.layout import (
     build_backspace_inputs,
     decoder_positions,
     layout_batch,
-    unwrap_model,
 )
 from hf_seqobj.backspace.noise import (
     BackspaceDataCollator,
@@ -66,6 +65,5 @@ __all__ = [
     "model_labels",
     "noise_candidates",
     "split_examples",
-    "unwrap_model",
     "warn_on_two_cycles",
 ]

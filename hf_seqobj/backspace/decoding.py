@@ -9,9 +9,10 @@ from dataclasses import dataclass
 import torch
 from transformers import Cache, DynamicCache, EncoderDecoderCache, GenerationConfig
 
-from hf_seqobj.backspace.layout import apply_backspaces_batch, attention_mask_4d, decoder_positions, unwrap_model
+from hf_seqobj.backspace.layout import apply_backspaces_batch, attention_mask_4d, decoder_positions
 from hf_seqobj.backspace.token import backspace_token_id
-from hf_seqobj.decoder import PreallocatedLayer, choose_next_tokens
+from hf_seqobj.decoding.decoder import PreallocatedLayer, all_finished, choose_next_tokens, global_max
+from hf_seqobj.decoding.models import unwrap_model
 
 
 logger = logging.getLogger(__name__)
@@ -47,7 +48,8 @@ class BackspaceDecoder:
     through a 4D mask, with the position ids of the one-pass layout. So the logits equal those of running each
     state from scratch (tested), which is what `DynamicCache.crop` would give for a single row. The bookkeeping (the
     token and position of every entry, the stacks, the visible entries) is held in tensors on the model's device and
-    updated for all rows at once; the KV cache is allocated once (:class:`hf_seqobj.decoder.PreallocatedLayer`).
+    updated for all rows at once; the KV cache is allocated once
+    (:class:`hf_seqobj.decoding.decoder.PreallocatedLayer`).
 
     Args:
         model: The model (unwrapped or PEFT-wrapped; called with keyword arguments).
@@ -170,27 +172,6 @@ class BackspaceDecoder:
         self.length = new + 1
         attend = self.visible[:, None, : self.length]
         return self._forward(token[:, None], position[:, None], attend)
-
-
-def all_finished(finished_here: bool, synced_gpus: bool, device: torch.device) -> bool:
-    """Whether decoding stops: this process has finished, and with `synced_gpus` every process has (an all-reduce
-    over the default process group, as `generate` does, so that all processes leave the loop at the same step)."""
-    if not synced_gpus:
-        return finished_here
-    import torch.distributed as dist
-
-    unfinished = torch.tensor(0.0 if finished_here else 1.0, device=device)
-    dist.all_reduce(unfinished, op=dist.ReduceOp.SUM)
-    return unfinished.item() == 0.0
-
-
-def global_max(value: int, device: torch.device) -> int:
-    """The largest `value` over the processes of the default process group (an all-reduce)."""
-    import torch.distributed as dist
-
-    largest = torch.tensor(int(value), device=device)
-    dist.all_reduce(largest, op=dist.ReduceOp.MAX)
-    return int(largest.item())
 
 
 TWO_CYCLE_WARNING = 0.2

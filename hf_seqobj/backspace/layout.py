@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from hf_seqobj.constants import IGNORE_INDEX
+from hf_seqobj.decoding.models import unwrap_model
 
 
 @dataclass
@@ -339,17 +340,6 @@ def attention_mask_4d(attend: torch.Tensor, model: torch.nn.Module, dtype: torch
 
 # --------------------------------------------------------------------------------------------------------------
 # The forward pass
-
-
-def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The transformers model under DDP / PEFT wrappers."""
-    while True:
-        if hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
-            model = model.module
-        elif hasattr(model, "get_base_model"):
-            model = model.get_base_model()
-        else:
-            return model
 
 
 @contextlib.contextmanager

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from transformers import TrainerCallback
 
+from hf_seqobj.decoding.models import unwrap_model
 from hf_seqobj.objectives.losses import token_nll
 
 
@@ -86,7 +87,7 @@ class Objective(abc.ABC):
         if cls.requires_language_model and language_model_kind(model) is None:
             raise ValueError(
                 f"The {cls.name!r} objective needs a causal LM or a seq2seq LM (a model that can generate), got "
-                f"{type(_base_model(model)).__name__}; only objective='mle' trains any model."
+                f"{type(unwrap_model(model)).__name__}; only objective='mle' trains any model."
             )
 
     def callbacks(self) -> list[TrainerCallback]:
@@ -227,7 +228,7 @@ class Objective(abc.ABC):
         """
         trainer = self.trainer
         labels = batch["labels"]
-        unwrapped = _base_model(trainer.accelerator.unwrap_model(model))
+        unwrapped = unwrap_model(trainer.accelerator.unwrap_model(model))
         shift = not bool(unwrapped.config.is_encoder_decoder)
         inputs = {key: value for key, value in batch.items() if key != "labels"}
         if not shift and "decoder_input_ids" not in inputs and "decoder_inputs_embeds" not in inputs:
@@ -295,15 +296,6 @@ class ObjectiveStateCallback(TrainerCallback):
         self.objective.save_state(os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"))
 
 
-def _base_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The model inside distributed / compiled wrappers (`accelerate`'s `extract_model_from_parallel`) and PEFT."""
-    from accelerate.utils import extract_model_from_parallel
-    from peft import PeftModel
-
-    model = extract_model_from_parallel(model)
-    return model.get_base_model() if isinstance(model, PeftModel) else model
-
-
 def language_model_kind(model: torch.nn.Module) -> str | None:
     """The kind of language model `model` is: "causal", "seq2seq", or None for any other model.
 
@@ -324,7 +316,7 @@ def language_model_kind(model: torch.nn.Module) -> str | None:
             found.update([value] if isinstance(value, str) else value)
         return found
 
-    base = _base_model(model)
+    base = unwrap_model(model)
     name = type(base).__name__
     if name in names(MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES):
         return "seq2seq"

@@ -14,6 +14,7 @@ from typing import Literal
 import torch
 
 from hf_seqobj.constants import IGNORE_INDEX
+from hf_seqobj.decoding.rollin import RollinArguments, dropout_mode
 from hf_seqobj.objectives.base import Objective, register_objective
 from hf_seqobj.objectives.schedules import (
     SS_DEFAULT_K,
@@ -21,7 +22,6 @@ from hf_seqobj.objectives.schedules import (
     check_scheduled_sampling,
     scheduled_sampling_eps,
 )
-from hf_seqobj.rollin import RollinArguments, dropout_mode
 
 
 BENGIO2015 = """@inproceedings{bengio2015scheduled,

@@ -91,13 +91,13 @@ from hf_seqobj.backspace import (
     insert_backspace_noise_batch,
     layout_batch,
     noise_candidates,
-    unwrap_model,
     warn_on_two_cycles,
 )
 from hf_seqobj.constants import IGNORE_INDEX
-from hf_seqobj.generation import left_align, split_prompts
+from hf_seqobj.decoding.models import accepts_logits_to_keep, unwrap_model
+from hf_seqobj.decoding.prompts import left_align, split_prompts
+from hf_seqobj.decoding.rollin import RollinArguments, generation_mode, unwrap_for_generation
 from hf_seqobj.objectives.base import Objective, register_objective, row_generators
-from hf_seqobj.rollin import RollinArguments, generation_mode, unwrap_for_generation
 
 
 CUNDY2024 = """@inproceedings{cundy2024sequencematch,
@@ -631,7 +631,7 @@ class SequenceMatchObjective(Objective):
             sources = _concat_right_padded([r["source_ids"] for r in rows], pad)
             source_mask = _concat_right_padded([r["source_mask"] for r in rows], 0)
             encoder_inputs = {"input_ids": sources, "attention_mask": source_mask}
-        elif _accepts_logits_to_keep(unwrap_model(unwrapped)):  # the LM head on the step columns only
+        elif accepts_logits_to_keep(unwrap_model(unwrapped)):  # the LM head on the step columns only
             forward_kwargs["logits_to_keep"] = steps + 1
         with self.timed("forward"):
             outputs = backspace_forward(model, batch, encoder_inputs, **forward_kwargs)
@@ -692,9 +692,3 @@ def _concat_right_padded(blocks: list[torch.Tensor], fill: int) -> torch.Tensor:
     """Stacks right-padded blocks of rows, padding each on the right to the widest."""
     width = max(block.shape[1] for block in blocks)
     return torch.cat([torch.nn.functional.pad(block, (0, width - block.shape[1]), value=fill) for block in blocks])
-
-
-def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
-    import inspect
-
-    return "logits_to_keep" in inspect.signature(model.forward).parameters

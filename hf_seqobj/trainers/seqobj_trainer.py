@@ -31,12 +31,12 @@ from transformers import GenerationConfig, Seq2SeqTrainer, Trainer
 
 from hf_seqobj.backspace import backspace_token_id, generate_with_backspace, warn_on_two_cycles
 from hf_seqobj.callbacks import SampleGenerationsCallback
-from hf_seqobj.generation import gather_targets, split_prompts
+from hf_seqobj.decoding.prompts import gather_targets, split_prompts
+from hf_seqobj.decoding.rollin import first_eos_lengths
 from hf_seqobj.model_card import trainer_model_card
 from hf_seqobj.objectives import Objective, get_objective
 from hf_seqobj.objectives.base import language_model_kind
 from hf_seqobj.peft_utils import wrap_model_in_args
-from hf_seqobj.rollin import first_eos_lengths
 from hf_seqobj.trainers.seqobj_config import SeqObjSeq2SeqTrainingArguments, SeqObjTrainingArguments
 
 

@@ -26,15 +26,15 @@ from typing import TYPE_CHECKING
 import torch
 
 from hf_seqobj.constants import IGNORE_INDEX
-from hf_seqobj.objectives.base import row_generators, row_seed  # noqa: F401 (the ERPO modules import them here)
-from hf_seqobj.rewards import SentenceMetric
-from hf_seqobj.rollin import (
+from hf_seqobj.decoding.rollin import (
     RollIn,
     generate_rollin,
     reference_targets,
     rollin_generation_config,
     rollin_training_batch,
 )
+from hf_seqobj.objectives.base import row_generators, row_seed  # noqa: F401 (the ERPO modules import them here)
+from hf_seqobj.rewards import SentenceMetric
 
 
 TAN2018 = """@article{tan2018connecting,
@@ -214,9 +214,10 @@ def sampled_rollin(
     """Rolls in with tokens chosen by `make_choose(references)` and builds the teacher-forced batch on the roll-in.
 
     Each row's roll-in is cut at the length of its own gold target (EOS included), as DAgger's is, so a row's
-    roll-in does not depend on the other rows of its batch. Decoding is :func:`hf_seqobj.rollin.generate_rollin`:
-    `choose` gets the model's raw next-token logits (a checkpoint's own generation settings never enter). The labels
-    are the roll-in's own tokens up to and including its first EOS (-100 after it).
+    roll-in does not depend on the other rows of its batch. Decoding is
+    :func:`hf_seqobj.decoding.rollin.generate_rollin`: `choose` gets the model's raw next-token logits (a
+    checkpoint's own generation settings never enter). The labels are the roll-in's own tokens up to and including
+    its first EOS (-100 after it).
 
     Args:
         end_at_gold_length: A row that reaches its gold length without EOS ends there as its reference does: its

@@ -17,6 +17,7 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
+from hf_seqobj.decoding.rollin import RollinArguments
 from hf_seqobj.objectives.base import Objective, register_objective
 from hf_seqobj.objectives.erpo.common import (
     TAN2018,
@@ -27,7 +28,6 @@ from hf_seqobj.objectives.erpo.common import (
     sampled_rollin,
 )
 from hf_seqobj.rewards import METRICS, score
-from hf_seqobj.rollin import RollinArguments
 
 
 logger = logging.getLogger(__name__)

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from hf_seqobj.constants import IGNORE_INDEX
+from hf_seqobj.decoding.models import unwrap_model
 from hf_seqobj.objectives.base import Objective, register_objective
 from hf_seqobj.objectives.erpo.common import (
     TAN2018,
@@ -365,7 +366,7 @@ def repeated_encoder_states(model: torch.nn.Module, repeats: int) -> Iterator[No
     pre-hook on the decoder repeats the encoder states and their mask for the candidates of each source. The
     gradient of the shared states is the sum over the copies, as if each copy had been encoded on its own.
     """
-    decoder = _base_model(model).get_decoder()
+    decoder = unwrap_model(model).get_decoder()
 
     def repeat(module, args, kwargs):
         kwargs = dict(kwargs)
@@ -380,12 +381,6 @@ def repeated_encoder_states(model: torch.nn.Module, repeats: int) -> Iterator[No
         yield
     finally:
         handle.remove()
-
-
-def _base_model(model: torch.nn.Module) -> torch.nn.Module:
-    while hasattr(model, "get_base_model") or isinstance(getattr(model, "module", None), torch.nn.Module):
-        model = model.get_base_model() if hasattr(model, "get_base_model") else model.module
-    return model
 
 
 class SharedPositions(NamedTuple):
@@ -437,7 +432,7 @@ def lm_head_on(model: torch.nn.Module, rows: torch.Tensor, columns: torch.Tensor
     """Inside the block, the model's LM head runs on the hidden states at (`rows`, `columns`) only: its logits are
     [U, V] instead of [R, L, V] (a pre-hook on the output embeddings, which GPT-2, BART and T5 call on the final
     hidden states)."""
-    head = _base_model(model).get_output_embeddings()
+    head = unwrap_model(model).get_output_embeddings()
 
     def select(module, args):
         return (args[0][rows, columns], *args[1:])

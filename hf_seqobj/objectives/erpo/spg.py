@@ -13,6 +13,7 @@ from typing import Literal
 
 import torch
 
+from hf_seqobj.decoding.rollin import RollinArguments
 from hf_seqobj.objectives.base import Objective, register_objective
 from hf_seqobj.objectives.erpo.common import (
     TAN2018,
@@ -23,7 +24,6 @@ from hf_seqobj.objectives.erpo.common import (
     sampled_rollin,
 )
 from hf_seqobj.rewards import METRICS, score
-from hf_seqobj.rollin import RollinArguments
 
 
 @dataclass

@@ -26,7 +26,6 @@ the static cache). Both are off by default; on a CPU they work but do not pay.
 from __future__ import annotations
 
 import functools
-import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -37,14 +36,17 @@ from transformers.generation.configuration_utils import CompileConfig
 from transformers.masking_utils import create_bidirectional_mask
 
 from hf_seqobj.constants import IGNORE_INDEX
+from hf_seqobj.decoding.models import accepts_logits_to_keep, unwrap_model
 
 
 __all__ = [
     "Decoded",
     "OracleMixing",
     "PreallocatedLayer",
+    "all_finished",
     "choose_next_tokens",
     "decode",
+    "global_max",
 ]
 
 
@@ -257,48 +259,25 @@ class Decoded:
     steps: int
 
 
-def _base_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The transformers model with its LM head under DDP / PEFT wrappers (adapters such as LoRA live inside it)."""
-    while True:
-        if hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
-            model = model.module
-        elif hasattr(model, "get_base_model"):
-            config = getattr(model, "active_peft_config", None)
-            if getattr(config, "is_prompt_learning", False):
-                raise ValueError(
-                    f"The roll-in decoder runs the base model with its adapters inside; a prompt-learning adapter "
-                    f"({type(config).__name__}) is not supported. Use LoRA-style adapters."
-                )
-            model = model.get_base_model()
-        else:
-            return model
-
-
-_ACCEPTS_LOGITS_TO_KEEP: dict[type, bool] = {}
-
-
-def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
-    kind = type(model)
-    if kind not in _ACCEPTS_LOGITS_TO_KEEP:
-        _ACCEPTS_LOGITS_TO_KEEP[kind] = "logits_to_keep" in inspect.signature(model.forward).parameters
-    return _ACCEPTS_LOGITS_TO_KEEP[kind]
-
-
-def _all_ranks_done(done: bool, device: torch.device) -> bool:
-    """Whether every rank of the default process group is done (one all-reduce; `generate`'s synced_gpus logic)."""
+def all_finished(finished_here: bool, synced_gpus: bool, device: torch.device) -> bool:
+    """Whether decoding stops: this process has finished, and with `synced_gpus` every process has (an all-reduce
+    over the default process group, as `generate` does, so that all processes leave the loop at the same step)."""
+    if not synced_gpus:
+        return finished_here
     import torch.distributed as dist
 
-    flag = torch.tensor(0.0 if done else 1.0, device=device)
-    dist.all_reduce(flag, op=dist.ReduceOp.SUM)
-    return flag.item() == 0.0
+    unfinished = torch.tensor(0.0 if finished_here else 1.0, device=device)
+    dist.all_reduce(unfinished, op=dist.ReduceOp.SUM)
+    return unfinished.item() == 0.0
 
 
-def _global_max(value: int, device: torch.device) -> int:
+def global_max(value: int, device: torch.device) -> int:
+    """The largest `value` over the processes of the default process group (an all-reduce)."""
     import torch.distributed as dist
 
-    tensor = torch.tensor(value, dtype=torch.long, device=device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return int(tensor.item())
+    largest = torch.tensor(int(value), dtype=torch.long, device=device)
+    dist.all_reduce(largest, op=dist.ReduceOp.MAX)
+    return int(largest.item())
 
 
 def _select_rows(cache: Cache, state: dict, keep: torch.Tensor, encoder_decoder: bool) -> None:
@@ -340,13 +319,15 @@ def decode(
     """Decodes a batch incrementally with the KV cache: the roll-in of every row (see the module docstring).
 
     The caller sets the model's mode (eval, or training mode for roll-ins with dropout), switches gradient
-    checkpointing off and unwraps DDP / ZeRO-3 (see :func:`hf_seqobj.rollin.generate_rollin`); this function runs
-    under `torch.no_grad()`. Model kwargs are those `generate` passes: decoder-only models get the left-padded prompts
-    with their attention mask (dropped when it has no padding, as `generate` drops it) and position ids counted from
-    the first real token; encoder-decoders run the encoder once and start the decoder from `decoder_start_token_id`.
+    checkpointing off and unwraps DDP / ZeRO-3 (see :func:`hf_seqobj.decoding.rollin.generate_rollin`); this function
+    runs under `torch.no_grad()`. Model kwargs are those `generate` passes: decoder-only models get the left-padded
+    prompts with their attention mask (dropped when it has no padding, as `generate` drops it) and position ids counted
+    from the first real token; encoder-decoders run the encoder once and start the decoder from
+    `decoder_start_token_id`.
 
     Args:
-        model: A transformers model with an LM head (or a PEFT / DDP wrapper of one).
+        model: A transformers model with an LM head, or a compiled / DDP / PEFT wrapper of one
+            (:func:`~hf_seqobj.decoding.models.unwrap_model`; a prompt-learning adapter is refused).
         input_ids: Decoder-only: [B, W] left-padded prompts. Encoder-decoder: [B, S] sources.
         attention_mask: [B, W] / [B, S] mask of `input_ids` (None: no padding).
         max_new_tokens: The most tokens per row: an int, or [B] per-row limits (a row finishes at its limit).
@@ -375,7 +356,7 @@ def decode(
         raise ValueError("compile=True needs static_cache=True (the compiled decode step needs fixed shapes).")
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}.")
-    base = _base_model(model)
+    base = unwrap_model(model, refuse_prompt_learning=True)
     config = base.config
     encoder_decoder = bool(config.is_encoder_decoder)
     device = input_ids.device
@@ -387,7 +368,7 @@ def decode(
         raise ValueError(f"max_new_tokens must be an int >= 0 or [B] = [{batch}] ints >= 0, got {max_new_tokens!r}.")
     steps_budget = local_budget = int(limits.max()) if batch else 0
     if synced_gpus:
-        steps_budget = _global_max(steps_budget, device)
+        steps_budget = global_max(steps_budget, device)
     eos = None
     if eos_token_id is not None and not fixed_length:
         eos = torch.as_tensor(eos_token_id, device=device).reshape(-1)
@@ -426,7 +407,7 @@ def decode(
                 first["attention_mask"] = mask if static_cache else mask[:, :width]
             cache = _self_attention_cache(config, width + steps_budget, static_cache)
             fixed = {"use_cache": True}
-            if _accepts_logits_to_keep(base):
+            if accepts_logits_to_keep(base):
                 fixed["logits_to_keep"] = 1
         step_call = base
         if compile:
@@ -439,10 +420,7 @@ def decode(
         iterations = 0
         last = torch.full((batch,), int(pad_token_id), dtype=torch.long, device=device)
         while True:
-            if synced_gpus:
-                if _all_ranks_done(done, device):
-                    break
-            elif done:
+            if all_finished(done, synced_gpus, device):
                 break
             if iterations > 0:  # the forward pass of the tokens chosen last (every rank runs it under synced_gpus)
                 if compact and not done and active.numel() > 1:

@@ -12,12 +12,12 @@ from typing import Literal
 
 import torch
 
-from hf_seqobj.collators import DAggerRelabeler
 from hf_seqobj.constants import IGNORE_INDEX
+from hf_seqobj.decoding.rollin import RollinArguments, predicted_tokens
 from hf_seqobj.objectives.base import Objective, register_objective, row_generators
+from hf_seqobj.objectives.dagger.relabeling import DAggerRelabeler
 from hf_seqobj.objectives.schedules import BETA_SCHEDULES, dagger_beta
 from hf_seqobj.oracles import ORACLES, make_oracle
-from hf_seqobj.rollin import RollinArguments, predicted_tokens
 
 
 YANG2024 = """@article{yang2024dynamic,

@@ -1,4 +1,4 @@
-"""Generation helpers shared by evaluation and (later) roll-ins: prompts of decoder-only examples, configs."""
+"""The prompts and targets of decoder-only examples, shared by roll-ins and by evaluation with `generate`."""
 
 from __future__ import annotations
 

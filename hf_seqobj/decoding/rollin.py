@@ -6,9 +6,9 @@ does it the way that survives distributed training and arbitrary checkpoints:
 - the model is unwrapped (DDP / FSDP / DeepSpeed), and under DeepSpeed ZeRO-3 its parameters are gathered for the
   duration of generation; under FSDP and ZeRO-3 every rank generates in lockstep (`synced_gpus`);
 - gradient checkpointing is switched off and the KV cache on during generation, and restored afterwards;
-- decoding is :func:`hf_seqobj.decoder.decode` (the tokens `generate` would give, at a lower cost per step), from
-  explicit settings (a checkpoint's own `generation_config`, with beams, forced tokens or `no_repeat_ngram_size`,
-  never enters a roll-in);
+- decoding is :func:`hf_seqobj.decoding.decoder.decode` (the tokens `generate` would give, at a lower cost per
+  step), from explicit settings (a checkpoint's own `generation_config`, with beams, forced tokens or
+  `no_repeat_ngram_size`, never enters a roll-in);
 - dropout is as configured: off (eval mode) by default, the model's training mode with `dropout=True`;
 - the training forward of a decoder-only roll-in gets explicit position ids (GPT-2 derives them from the attention
   mask in `generate` but uses `arange` in a plain forward).
@@ -26,8 +26,8 @@ import torch
 from transformers import GenerationConfig, PreTrainedModel
 
 from hf_seqobj.constants import IGNORE_INDEX
-from hf_seqobj.decoder import OracleMixing, decode
-from hf_seqobj.generation import gather_targets, split_prompts
+from hf_seqobj.decoding.decoder import OracleMixing, decode
+from hf_seqobj.decoding.prompts import gather_targets, split_prompts
 
 
 ROLLIN_MODES = ("greedy", "sample")
@@ -197,10 +197,10 @@ def generate_rollin(
 ) -> RollIn:
     """Rolls in with the current model on a padded training batch (prompts continue for decoder-only models).
 
-    Decoding is :func:`hf_seqobj.decoder.decode` (the tokens `generate` would give, at a lower cost per step), with
-    the model unwrapped, its parameters gathered under ZeRO-3, every rank stepping in lockstep under ZeRO-3 / FSDP,
-    gradient checkpointing off and dropout as asked. Only the explicit settings are used: a checkpoint's own
-    `generation_config` never enters a roll-in.
+    Decoding is :func:`hf_seqobj.decoding.decoder.decode` (the tokens `generate` would give, at a lower cost per
+    step), with the model unwrapped, its parameters gathered under ZeRO-3, every rank stepping in lockstep under
+    ZeRO-3 / FSDP, gradient checkpointing off and dropout as asked. Only the explicit settings are used: a
+    checkpoint's own `generation_config` never enters a roll-in.
 
     Args:
         model: The (possibly wrapped) model being trained.
@@ -213,7 +213,7 @@ def generate_rollin(
         checkpointing_kwargs: The trainer's `gradient_checkpointing_kwargs`, to restore checkpointing with.
         limits: [B] the most tokens of each row (a row that reaches its limit stops there); default
             `max_new_tokens` for every row.
-        mixing: DAgger's oracle mixing (:class:`hf_seqobj.decoder.OracleMixing`).
+        mixing: DAgger's oracle mixing (:class:`hf_seqobj.decoding.decoder.OracleMixing`).
         choose: A token choice of the caller's, `choose(prefix [B, t], logits [B, V]) -> [B]` (the ERPO samplers).
         fixed_length: Decode exactly `limits` tokens per row, with no EOS checks (the roll-in is still cut at each
             row's first EOS, so it is the same).

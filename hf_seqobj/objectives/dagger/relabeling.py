@@ -1,4 +1,4 @@
-"""Batch-level components that on-policy objectives share, usable on their own in a custom training loop.
+"""DAgger's relabelling as batch-level components, usable on their own in a custom training loop.
 
 :class:`DAggerRelabeler` turns a padded gold batch into a DAgger training batch: it rolls in with the model
 (optionally mixing in the oracle's tokens with probability beta) and relabels every position of the roll-in with the
@@ -22,10 +22,9 @@ import torch
 from transformers import PreTrainedModel
 
 from hf_seqobj.constants import IGNORE_INDEX
-from hf_seqobj.decoder import OracleMixing
-from hf_seqobj.generation import split_prompts
-from hf_seqobj.oracles import Oracle
-from hf_seqobj.rollin import (
+from hf_seqobj.decoding.decoder import OracleMixing
+from hf_seqobj.decoding.prompts import split_prompts
+from hf_seqobj.decoding.rollin import (
     RollIn,
     check_rollin,
     generate_rollin,
@@ -33,6 +32,7 @@ from hf_seqobj.rollin import (
     rollin_generation_config,
     rollin_training_batch,
 )
+from hf_seqobj.oracles import Oracle
 
 
 @dataclass
@@ -82,7 +82,7 @@ class DAggerRelabeler:
         pad_token_id: Padding of generated rows; None: the model config's.
         eos_token_id: None: the model config's.
         fixed_length: Decode exactly each row's limit of tokens with no EOS checks (see
-            :func:`hf_seqobj.decoder.decode`); the roll-ins are the same.
+            :func:`hf_seqobj.decoding.decoder.decode`); the roll-ins are the same.
         static_cache: Decode with a static KV cache (GPU).
         compile: Compile the decode step (GPU; needs `static_cache`).
         length_ratio: With `max_new_tokens` None, each row's limit as a multiple of its gold length (>= 1). Above 1
@@ -145,7 +145,7 @@ class DAggerRelabeler:
             accelerator: The trainer's accelerator (unwrapping for generation).
             checkpointing_kwargs: Passed back when gradient checkpointing is restored after generation.
             row_offset, global_rows: Where this batch sits in the global batch (see
-                :class:`~hf_seqobj.decoder.OracleMixing`).
+                :class:`~hf_seqobj.decoding.decoder.OracleMixing`).
             rollin_rows: [B] bool, the rows that roll in; the others keep their gold output and labels (teacher
                 forcing) in the same training batch. None: every row.
         """
