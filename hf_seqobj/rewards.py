@@ -203,6 +203,9 @@ class SentenceMetric:
     Attributes:
         ref: [N, R'] the compacted references (-1 behind their lengths; R' = max(R, 1)).
         ref_len: [N] their lengths.
+        first_index: [N, O, R'] for the n-gram metrics: the end position of the first occurrence in the reference
+            of the order-`orders[o]` n-gram that ends at position j (j itself at a first occurrence), -1 where no
+            such n-gram ends at j (j < n - 1, or j past the reference).
         orders: The tracked n-gram orders: (1, 2, 3, 4), (1,), (2,) or () for "rougeL".
 
     Raises:
@@ -241,6 +244,8 @@ class SentenceMetric:
             earlier = torch.arange(r, device=self.device)[:, None] < torch.arange(r, device=self.device)  # j' < j
             repeated = (same & earlier[None, :, None, :]).any(1)
             self._first_counts = torch.where(repeated, 0, same.sum(1)).to(_COUNT)  # [N, O, R]
+            # first_index[:, o, j]: where the n-gram ending at j first ends (-1: no n-gram of that order ends at j).
+            self.first_index = torch.where(same.any(1), same.to(torch.uint8).argmax(1), -1)  # [N, O, R]
             # BLEU of a child from its parent's matches: which orders gain a match, for the 2^O bit patterns.
             order_ids = torch.arange(len(self.orders), device=self.device)
             bits = torch.arange(2 ** len(self.orders), device=self.device)[:, None] >> order_ids
@@ -253,6 +258,7 @@ class SentenceMetric:
         picked.ref, picked.ref_len, picked.ref_valid = self.ref[rows], self.ref_len[rows], self.ref_valid[rows]
         if self.orders:
             picked._first_counts = self._first_counts[rows]
+            picked.first_index = self.first_index[rows]
         return picked
 
     @property
@@ -360,6 +366,19 @@ class SentenceMetric:
         if self.metric == "bleu":
             return _bleu(state.matches, state.length, ref_len)
         return _rouge_n(state.matches[..., 0], state.length, ref_len, self.orders[0])
+
+    def score_counts(self, matches: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
+        """The n-gram metric from clipped matches [N, *S, O] and hypothesis lengths [N, *S] (float64 [N, *S]).
+
+        For hypotheses whose statistics were completed outside a `MetricState` (an oracle that appends a reference
+        suffix in closed form).
+        """
+        if not self.orders:
+            raise ValueError(f"score_counts needs an n-gram metric; {self.metric!r} has no n-gram counts.")
+        ref_len = self._view(self.ref_len, length.dim() - 1)
+        if self.metric == "bleu":
+            return _bleu(matches, length, ref_len)
+        return _rouge_n(matches[..., 0], length, ref_len, self.orders[0])
 
     def candidate_scores(self, state: MetricState, candidates: torch.Tensor) -> torch.Tensor:
         """The metric after appending each candidate token to each hypothesis, without building the new states.

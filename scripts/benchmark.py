@@ -639,7 +639,7 @@ def oracles(quick: bool, device: str) -> list[dict]:
             )
         )
     try:
-        from hf_seqobj.oracles.beam import BeamOracle
+        from hf_seqobj.oracles import BeamOracle, ExactRougeOracle
     except ImportError:
         return rows
     batch, length, vocab = 32, 20, 1000
@@ -647,19 +647,24 @@ def oracles(quick: bool, device: str) -> list[dict]:
     refs[:, length] = 2
     hyps = torch.randint(4, vocab, (batch, length), generator=generator)
     hyps[:, ::2] = refs[:, :length:2]  # half the tokens right, as a half-trained model's roll-in
-    for metric in ("bleu", "rougeL"):
-        for k in (1, 5, 20):
-            oracle = BeamOracle(metric=metric, beam_size=k, lookahead=4, eos_token_id=2)
-            rows.append(
-                _throughput(
-                    f"oracle/{metric} k={k} h=4",
-                    lambda o=oracle: o(hyps.to(device), refs.to(device)),
-                    batch * length,
-                    repeats,
-                    device,
-                    f"{batch} sequences of {length} tokens",
-                )
+    oracles = {}
+    for metric in ("bleu", "rouge2"):
+        oracles[f"oracle/{metric} h=0"] = BeamOracle(metric=metric, lookahead=0, eos_token_id=2)
+        for k in (5, 20):
+            oracles[f"oracle/{metric} k={k} h=2"] = BeamOracle(metric=metric, beam_size=k, lookahead=2, eos_token_id=2)
+    for metric in ("rougeL", "rouge1"):
+        oracles[f"oracle/{metric} exact"] = ExactRougeOracle(metric, eos_token_id=2)
+    for name, oracle in oracles.items():
+        rows.append(
+            _throughput(
+                name,
+                lambda o=oracle: o(hyps.to(device), refs.to(device)),
+                batch * length,
+                repeats,
+                device,
+                f"{batch} sequences of {length} tokens",
             )
+        )
     return rows
 
 

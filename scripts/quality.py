@@ -262,8 +262,15 @@ TASKS = {
             },
             "dagger_bleu": {
                 "settings": {"objective": "dagger", "oracle": "bleu"},
-                # beta 0 (the first point run) collapsed (BART validation BLEU 25 -> 8): oracle mixing added back
-                "grid": [DAGGER_GRID[0], DAGGER_GRID[2]],
+                # Rerun with the aligned, length-capped oracle of issue 33 (the uncapped one collapsed: BART
+                # validation BLEU 25 -> 8). Beta 0 is the oracle alone; the other points keep the expert's data:
+                # beta 0.5 decayed to 0, a constant beta 0.5 (a floor), half of each batch teacher-forced
+                "grid": [
+                    DAGGER_GRID[0],
+                    DAGGER_GRID[2],
+                    {**DAGGER_GRID[2], "dagger_beta_schedule": "constant"},
+                    {**DAGGER_GRID[2], "rollin_fraction": 0.5},
+                ],
             },
         },
     },
@@ -378,7 +385,12 @@ def resolve(settings: dict, steps: int) -> dict:
 
 def point_name(point: dict) -> str:
     """A grid point as a short, path-safe name: `dagger_beta=0.5,rollin=sample`; `default` for no overrides."""
-    shown = {k: v for k, v in point.items() if k != "dagger_beta_schedule"}
+    # the schedule is shown only where it is not implied (beta 0 is constant, beta > 0 decays linearly by default)
+    shown = {
+        k: v
+        for k, v in point.items()
+        if k != "dagger_beta_schedule" or (v == "constant" and point.get("dagger_beta", 0) > 0)
+    }
     return ",".join(f"{k}={v}" for k, v in shown.items()) or "default"
 
 

@@ -5,8 +5,10 @@ imports nothing else from hf_seqobj except `hf_seqobj.rewards` (the shared token
 `hf_seqobj.constants`, so it can be used (and tested) on its own.
 """
 
-from hf_seqobj.oracles.base import ORACLES, Oracle, make_oracle
+from hf_seqobj.oracles.align import STOP_RULES, continuation_mask
+from hf_seqobj.oracles.base import EXACT_ORACLES, ORACLES, Oracle, make_oracle
 from hf_seqobj.oracles.beam import BeamOracle, BeamSearchResult
+from hf_seqobj.oracles.exact import ExactRougeOracle
 from hf_seqobj.oracles.span_f1 import (
     BIOTagSet,
     SpanF1Oracle,
@@ -18,7 +20,11 @@ from hf_seqobj.oracles.span_f1 import (
 
 
 __all__ = [
+    "EXACT_ORACLES",
     "ORACLES",
+    "STOP_RULES",
+    "ExactRougeOracle",
+    "continuation_mask",
     "BIOTagSet",
     "BeamOracle",
     "BeamSearchResult",

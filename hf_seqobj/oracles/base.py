@@ -2,7 +2,9 @@
 
 A dynamic oracle answers: given the gold output and ANY prefix, which next token keeps the best reachable score of
 the metric? The exact span-F1 oracles (:mod:`.span_f1`) answer it exactly for BIO tagging; the beam-search oracles
-(:mod:`.beam`) approximately for BLEU and ROUGE. Both have the interface of :class:`Oracle`.
+(:mod:`.beam`) search whole completions for BLEU and ROUGE-2; :mod:`.exact` answers exactly for ROUGE-L and
+ROUGE-1. The text oracles share an alignment, a stop rule and a whole-word rule (:mod:`.align`). All have the
+interface of :class:`Oracle`.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from typing import Protocol, runtime_checkable
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from hf_seqobj.oracles.align import continuation_mask
 from hf_seqobj.oracles.beam import BeamOracle
+from hf_seqobj.oracles.exact import EXACT_METRICS, ExactRougeOracle
 from hf_seqobj.oracles.span_f1 import BIOTagSet, SpanF1Oracle
 
 
@@ -38,19 +42,33 @@ class Oracle(Protocol):
 
 
 ORACLES = ("span_f1", "span_f1_partial", "bleu", "rouge1", "rouge2", "rougeL")
-"""The accepted values of `oracle`: the exact span-F1 oracles (NER) and the beam-search BLEU / ROUGE oracles."""
+"""The accepted values of `oracle`: the exact span-F1 oracles (NER), the beam-search BLEU / ROUGE-2 oracles and the
+exact ROUGE-1 / ROUGE-L oracles."""
+
+EXACT_ORACLES = ("span_f1", "span_f1_partial", "rouge1", "rougeL")
+"""The oracles that are exact (the others search)."""
 
 
-def make_oracle(name: str, tokenizer: PreTrainedTokenizerBase, beam_size: int = 5, lookahead: int = 4) -> Oracle:
+def make_oracle(
+    name: str,
+    tokenizer: PreTrainedTokenizerBase,
+    beam_size: int = 5,
+    lookahead: int = 0,
+    stop: str = "reference_length",
+    whole_words: bool = True,
+) -> Oracle:
     """The oracle called `name` for outputs tokenized by `tokenizer`.
 
     Args:
         name: One of `ORACLES`. `span_f1` / `span_f1_partial`: the exact oracle for BIO tag outputs (the tags are
-            the BIO tokens of the tokenizer's vocabulary). `bleu`, `rouge1`, `rouge2`, `rougeL`: the beam-search
-            oracle on token ids.
-        tokenizer: Gives the EOS and pad ids (and, for span F1, the tag tokens).
-        beam_size: Beam size k of the BLEU / ROUGE oracle.
-        lookahead: Lookahead h of the BLEU / ROUGE oracle.
+            the BIO tokens of the tokenizer's vocabulary). `bleu`, `rouge2`: the beam search over whole completions
+            (:class:`BeamOracle`); `rouge1`, `rougeL`: the exact oracles (:class:`ExactRougeOracle`).
+        tokenizer: Gives the EOS and pad ids (and, for span F1, the tag tokens; for text, the word-start marks).
+        beam_size: Beam size k of the BLEU / ROUGE-2 oracle.
+        lookahead: Free tokens h the BLEU / ROUGE-2 oracle searches before the aligned reference suffix (0: the
+            best reference tail).
+        stop: The text oracles' stop rule, "reference_length" or "metric" (:mod:`hf_seqobj.oracles.align`).
+        whole_words: The text oracles start no word piece that the aligned reference does not continue.
 
     Returns:
         An oracle: `oracle(prefix_ids [B, T], reference_ids [B, M]) -> labels [B, T]` and
@@ -65,6 +83,17 @@ def make_oracle(name: str, tokenizer: PreTrainedTokenizerBase, beam_size: int = 
         tag_set = BIOTagSet.infer_from_vocab(tokenizer.get_vocab())
         mode = "partial" if name == "span_f1_partial" else "exact"
         return SpanF1Oracle(tag_set, eos, mode=mode, pad_token_id=tokenizer.pad_token_id)
+    continuation = continuation_mask(tokenizer.get_vocab(), len(tokenizer)) if whole_words else None
+    if name in EXACT_METRICS:
+        return ExactRougeOracle(
+            name, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id, stop=stop, continuation_ids=continuation
+        )
     return BeamOracle(
-        metric=name, beam_size=beam_size, lookahead=lookahead, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id
+        metric=name,
+        beam_size=beam_size,
+        lookahead=lookahead,
+        eos_token_id=eos,
+        pad_token_id=tokenizer.pad_token_id,
+        stop=stop,
+        continuation_ids=continuation,
     )

@@ -1,33 +1,38 @@
-"""Approximate dynamic oracles for BLEU and ROUGE by beam search over completions (docs/oracles.md).
+"""Dynamic oracles for BLEU and ROUGE-N by beam search over whole completions (docs/oracles.md).
 
-Given the gold output y* and a prefix y_<t of a roll-in, the oracle looks for the completion z that maximises
-metric(y_<t + z, y*) and returns its first token as the label of position t. The metric is one of
-`hf_seqobj.rewards.METRICS`, computed on token ids with the incremental statistics of `hf_seqobj.rewards`.
+Given the gold output y* (its tokens before EOS, length R) and a prefix p = y_<t of a roll-in, the oracle looks for
+the completion z that maximises metric(p + z, y*) and returns its first token as the label of position t. The
+metric is "bleu", "rouge1" or "rouge2" of `hf_seqobj.rewards` (ROUGE-L and ROUGE-1 also have exact oracles, in
+:mod:`hf_seqobj.oracles.exact`), computed on token ids with incremental n-gram statistics.
 
-The search (per position t of each row, all of them batched together)
----------------------------------------------------------------------
-- The reference is the row's tokens before its first EOS, without -100 and padding. Candidate next tokens: the
-  distinct reference tokens, plus EOS.
-- A completion is at most `lookahead` (h) tokens: tokens z_1..z_j followed by EOS (j < h), or h tokens. EOS adds
-  no token to the hypothesis, so a completion scores metric(y_<t + z_1..z_j, y*); "EOS at once" scores the prefix
-  itself. Partial completions are scored the same way, so every node of the search is a scored completion.
-- Beam search: step 1 scores every candidate after the prefix; the `beam_size` (k) best non-EOS ones form the beam;
-  each later step scores every non-EOS candidate after every beam entry and keeps the k best children, until h
-  tokens. Among equal scores the beam keeps the earlier entry (parent rank, then reference order): deterministic.
-- The gold-suffix continuation y*[t:t + h] (followed by EOS if shorter; EOS alone once t >= |y*|) is scored as
-  well, so the oracle never does worse than continuing with the gold suffix.
-- The label is the first token of the best-scoring completion seen. Ties (scores within `TIE_TOLERANCE`, which only
-  absorbs float rounding) are broken in this order: the gold next token y*[t] (EOS when t >= |y*|), then EOS, then
-  the first candidate in reference order (order of first occurrence in y*).
+Whole outputs, aligned (:mod:`hf_seqobj.oracles.align`)
+------------------------------------------------------
+- Every hypothesis the search scores is a finished output. A search node is p + u (u: up to `lookahead` tokens,
+  each a distinct reference token), and it is scored as p + u + y*[j : j + L]: the reference suffix after the
+  edit-distance alignment j = j(p + u) (SEARNN's best-suffix reference policy, aligned as in Optimal Completion
+  Distillation), with L = R - j tokens, or, under the stop rule "reference_length", L = min(R - j, R - |p + u|).
+  No node is a cut-off window scored as if finished, so two labels do not tie because both windows were cut.
+- The search also scores, from the prefix itself: stopping now (metric(p)) and every reference tail
+  p + y*[i : i + L_i] (i = 0..R, L_i as above), so the label is never worse than the best such tail.
+- Search: depth 1 scores every candidate token a after p (as p + a + aligned suffix); the `beam_size` (k) best
+  form the beam; each later depth expands every beam node by every candidate, scores the children the same way
+  and keeps the k best, until `lookahead` (h) tokens. The label is the first token of the best whole completion
+  found. With h = 0 (the default) only stopping and the reference tails are scored: SEARNN's best-suffix reference
+  policy, exact over that space; the beam size matters from h = 2 on.
+- Stop rule "reference_length" (the default for BLEU): no completion makes the output longer than R tokens, and
+  once |p| >= R the label is EOS (for `__call__` and `next_token` alike). "metric": no cap.
+- Ties (scores within `TIE_TOLERANCE`, float rounding only) go to the aligned reference token y*[j(p)] (EOS once
+  j(p) = R), then EOS, then the candidate nearest after j(p) in reference order.
+- With `continuation_ids`, a candidate that continues a word may only be the token y*[j] at the node's aligned
+  position j (whole words).
 
-With k >= (number of distinct reference tokens)^(h - 1) the beam keeps every partial completion, and the label is
-exact for completions of at most h tokens (the tests check this against brute force). With k = h = 1 it is the
-greedy one-step choice argmax_a metric(y_<t + a, y*) over the candidates, EOS scoring the prefix itself.
+With k >= (distinct reference tokens)^(h - 1) the beam keeps every node and the label is exact over this search
+space (tested against brute force over it). With h <= 2, following the labels greedily never ends below the best
+reference tail of the starting prefix: the completion that justified a label is still in the next search.
 
-Cost: one `__call__` on [B, T] runs B T searches at once: h steps, each O(B T k R) tensor work for R reference
-positions (times the number of n-gram orders), on the device of the inputs. Python loops run over the h steps only
-(and, for "rougeL", over the T roll-in positions to build the prefixes' LCS rows). On one CPU thread, B = 32,
-T = R = 20, h = 4 took about 11 / 25 / 55-80 ms per call for BLEU at k = 1 / 5 / 20 (ROUGE-L: 6 / 10 / 25-31 ms).
+Cost: one `__call__` on [B, T] runs B T searches at once, h depths of tensor work O(B T k R (R + O R)) (the
+alignment rows and the suffix statistics), on the device of the inputs; Python loops run over the depths, the
+n-gram orders and the roll-in positions (to build the prefixes' alignment rows).
 """
 
 from __future__ import annotations
@@ -37,14 +42,20 @@ from typing import NamedTuple
 import torch
 
 from hf_seqobj.constants import IGNORE_INDEX
-from hf_seqobj.rewards import METRICS, MetricState, SentenceMetric, check_token_ids
+from hf_seqobj.oracles.align import aligned_position, check_stop, edit_distance_append, edit_distance_rows
+from hf_seqobj.rewards import MetricState, SentenceMetric, check_token_ids
 
 
-__all__ = ["BeamOracle", "BeamSearchResult", "TIE_TOLERANCE"]
+__all__ = ["BEAM_METRICS", "BeamOracle", "BeamSearchResult", "TIE_TOLERANCE"]
+
+BEAM_METRICS = ("bleu", "rouge1", "rouge2")
+"""The metrics the beam oracle searches for."""
 
 TIE_TOLERANCE = 1e-9
 """Scores this close to the best one count as ties (float rounding only: distinct scores of short sentences differ
 by far more)."""
+
+_NEG = float("-inf")
 
 
 class BeamSearchResult(NamedTuple):
@@ -52,10 +63,10 @@ class BeamSearchResult(NamedTuple):
 
     Attributes:
         labels: Oracle token ids; -100 where the prefix already holds EOS, -100 or padding.
-        scores: float64 score of the best completion starting with the label (NaN where the label is -100).
-        gold_scores: float64 score of the gold-suffix continuation (NaN where the label is -100).
-        completions: With `return_completions`, the best completion starting with the label: [..., h] token ids
-            (ending with EOS if shorter than h), -100 behind it and at unlabelled positions; else None.
+        scores: float64 score of the best whole completion starting with the label (NaN where the label is -100).
+        gold_scores: float64 score of the prefix finished with the aligned reference suffix (NaN where unlabelled).
+        completions: With `return_completions`, the best whole completion starting with the label, ending with EOS:
+            [..., W] token ids, -100 behind it and at unlabelled positions; else None.
     """
 
     labels: torch.Tensor
@@ -64,10 +75,17 @@ class BeamSearchResult(NamedTuple):
     completions: torch.Tensor | None = None
 
 
-def _check_positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} = {value!r}; accepted: an int >= 1.")
+def _check_int(name: str, value: object, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} = {value!r}; accepted: an int >= {low}.")
     return value
+
+
+def _check_id(name: str, value: object, optional: bool) -> None:
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} = {value!r}; accepted: {'None or ' if optional else ''}an int token id >= 0.")
 
 
 def _top(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,47 +103,174 @@ def _top(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x.gather(-1, indices), indices
 
 
+class _References:
+    """Per-batch constants of a search: the scorer, candidate slots, suffix n-gram counts and the word rule."""
+
+    def __init__(self, scorer: SentenceMetric, continuation: torch.Tensor | None, cap: bool) -> None:
+        self.scorer, self.cap = scorer, cap
+        ref, self.ref_len, valid = scorer.ref, scorer.ref_len, scorer.ref_valid
+        self.ref = ref
+        n, r = ref.shape
+        self.r = r
+        dev = ref.device
+        self.first_pos = (ref[:, :, None] == ref[:, None, :]).to(torch.uint8).argmax(1)  # [N, R]
+        self.cand_ok = (self.first_pos == torch.arange(r, device=dev)) & valid  # [N, R]: slot j holds a candidate
+        self.cand_tok = torch.where(self.cand_ok, ref, -1)
+        self.all_tok = torch.cat([self.cand_tok, torch.full_like(self.cand_tok[:, :1], -1)], 1)  # EOS set later
+        self.slot_eq = (ref[:, :, None] == ref[:, None, :]) & valid[:, None, :] & self.cand_ok[:, :, None]
+        if continuation is None:
+            self.continues = torch.zeros_like(valid)
+        else:
+            continuation = continuation.to(dev)
+            inside = (ref >= 0) & (ref < continuation.shape[0])
+            self.continues = continuation[ref.clamp(0, max(continuation.shape[0] - 1, 0))] & inside & valid
+        # counts[:, o, e, g]: order-o n-grams of the reference ending before e whose first occurrence ends at g.
+        first = scorer.first_index  # [N, O, R]
+        self.first_index = first
+        self.order_values = torch.tensor(scorer.orders, device=dev, dtype=torch.long)  # [O]
+        onehot = (first[..., None] == torch.arange(r, device=dev)).to(torch.int16)  # [N, O, R(e), R(g)]
+        self.counts = torch.nn.functional.pad(onehot.cumsum(2, dtype=torch.int16), (0, 0, 1, 0))  # [N, O, R + 1, R]
+        # same[q][:, j, e]: ref[j .. j + q] == ref[e - q .. e], all inside the reference (j = 0..R).
+        eq = torch.nn.functional.pad(
+            (ref[:, :, None] == ref[:, None, :]) & valid[:, :, None] & valid[:, None, :], (0, 0, 0, 1)
+        )  # [N, R + 1, R]
+        self.same = [eq]
+        for q in range(1, max(scorer.max_order - 1, 1)):
+            shifted_start = torch.nn.functional.pad(eq[:, q:], (0, 0, 0, q))  # eq[j + q, e]
+            previous = torch.nn.functional.pad(self.same[-1][:, :, :-1], (1, 0))  # same[q - 1][j, e - 1]
+            self.same.append(previous & shifted_start)
+
+    def view(self, x: torch.Tensor, extra: int) -> torch.Tensor:
+        return x.view(x.shape[0], *[1] * extra, *x.shape[1:])
+
+    def gather_ref(self, index: torch.Tensor) -> torch.Tensor:
+        """ref[n, index[n, ...]] for index [N, *S] (clamped into the reference's width)."""
+        flat = index.reshape(index.shape[0], -1).clamp(0, self.r - 1)
+        return self.ref.gather(1, flat).view(index.shape)
+
+    def _counts_at(self, e: torch.Tensor) -> torch.Tensor:
+        """counts at e [N, *S, O] (one index per order): [N, *S, O, R]."""
+        n, o = e.shape[0], e.shape[-1]
+        rows = torch.arange(n, device=e.device).view(n, 1, 1)
+        orders = torch.arange(o, device=e.device).view(1, 1, o)
+        return self.counts[rows, orders, e.reshape(n, -1, o)].view(*e.shape, self.r)
+
+    def complete(self, state: MetricState, j: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores of the hypotheses of `state` [N, *S] finished with the reference suffixes from `j` [N, *S, X].
+
+        The suffix's n-grams are counted in closed form, without building states: those inside the suffix from
+        the reference's prefix sums, the few that cross the junction (order n, ending q < n - 1 tokens into the
+        suffix) from the hypothesis's common-suffix runs with the reference; clipping against what the
+        hypothesis has left (`spare`) is exact. Each hypothesis is finished X ways (one per entry of `j`).
+
+        Returns:
+            (scores float64 [N, *S, X], L [N, *S, X] the suffixes' lengths: R - j, capped at R - length under the
+            cap).
+        """
+        extra = state.length.dim()  # dims of [*S] plus the X dim
+        ref_len = self.view(self.ref_len, extra)
+        length = state.length[..., None]
+        suffix = (ref_len - j).clamp(min=0)
+        if self.cap:
+            suffix = torch.minimum(suffix, (ref_len - length).clamp(min=0))
+        end = j + suffix
+        inner_start = torch.minimum(j[..., None] + self.order_values - 1, end[..., None])  # [N, *S, X, O]
+        count = self._counts_at(end[..., None].expand(inner_start.shape)) - self._counts_at(inner_start)
+        n = j.shape[0]
+        flat_j = j.reshape(n, -1)
+        rows = torch.arange(n, device=j.device)[:, None]
+        for o, order in enumerate(self.scorer.orders):
+            for q in range(order - 1):
+                # The n-gram of the hypothesis's last order - 1 - q tokens and ref[j .. j + q].
+                same = self.same[q][rows, flat_j].view(*j.shape, self.r)
+                before = torch.nn.functional.pad(state.run, (q + 1, 0))[..., : self.r]  # run[e - q - 1]
+                match = same & (before >= order - 1 - q).unsqueeze(-2) & (suffix > q)[..., None]
+                found = match.any(-1)
+                at = match.to(torch.uint8).argmax(-1)  # [N, *S, X]
+                g = self.first_index[:, o].gather(1, at.reshape(n, -1)).view(at.shape)
+                hit = (torch.arange(self.r, device=g.device) == g[..., None]) & found[..., None]
+                count[..., o, :] += hit.to(count.dtype)
+        spare = state.spare.clamp(min=0).unsqueeze(-3)  # [N, *S, 1, O, R]
+        gained = torch.minimum(count, spare).sum(-1, dtype=torch.long)
+        return self.scorer.score_counts(state.matches[..., None, :] + gained, length + suffix), suffix
+
+    def allowed(self, aligned: torch.Tensor, extra: int) -> torch.Tensor:
+        """[N, *S, R]: the candidate slots that may follow nodes aligned at `aligned` [N, *S] (the word rule)."""
+        at_aligned = self.gather_ref(aligned)  # [N, *S]
+        within = aligned < self.view(self.ref_len, extra)
+        same = (self.view(self.cand_tok, extra) == at_aligned[..., None]) & within[..., None]
+        return self.view(self.cand_ok, extra) & (~self.view(self.continues, extra) | same)
+
+    def children(self, state: MetricState, ed: torch.Tensor) -> tuple[MetricState, torch.Tensor]:
+        """Every candidate appended to every node [N, *S]: states [N, *S, R] and alignment rows [N, *S, R, R + 1]."""
+        extra = state.length.dim() - 1
+        shape = (*state.shape, self.r)
+        expanded = state.map(lambda x: x.unsqueeze(extra + 1).expand(*shape, *x.shape[extra + 1 :]))
+        tokens = self.view(self.cand_tok, extra).expand(shape)
+        child_state = self.scorer.append(expanded, tokens)
+        child_ed = edit_distance_append(ed.unsqueeze(-2), self.view(self.slot_eq, extra))
+        return child_state, child_ed
+
+
 class BeamOracle:
-    """Approximate dynamic oracle for sentence BLEU / ROUGE: beam search over completions (see the module docs).
+    """Dynamic oracle for sentence BLEU / ROUGE-N: beam search over whole completions (see the module docs).
 
     Args:
-        metric: One of `hf_seqobj.rewards.METRICS`: "bleu", "rouge1", "rouge2" or "rougeL".
-        beam_size: k, the number of partial completions kept per step (>= 1).
-        lookahead: h, the most tokens of a completion, EOS included (>= 1).
-        eos_token_id: The EOS id: ends references and roll-ins, and is a candidate of every search.
+        metric: One of `BEAM_METRICS`: "bleu", "rouge1" or "rouge2".
+        beam_size: k, the number of nodes kept per depth (>= 1).
+        lookahead: h, the most tokens searched before the aligned reference suffix finishes a completion (>= 1).
+        eos_token_id: The EOS id: ends references and roll-ins, and is the label that stops.
         pad_token_id: An extra padding id besides -100 (None: only -100).
+        stop: "reference_length" (EOS once the output has the reference's length; no completion longer) or
+            "metric" (the sentence metric alone; see :mod:`hf_seqobj.oracles.align`).
+        continuation_ids: None, or a bool tensor over the vocabulary, True for ids that continue a word (from
+            :func:`hf_seqobj.oracles.align.continuation_mask`): such an id is a label only where the aligned
+            reference continues with it.
 
     Raises:
-        ValueError: On an unknown metric, beam_size or lookahead < 1, or a special id that is not an int >= 0.
+        ValueError: On an unknown metric or stop rule, beam_size or lookahead < 1, or a special id that is not an
+            int >= 0.
     """
+
+    supports_rows = True
+    """:meth:`next_token` takes `rows` (a roll-in's mixing asks for the rows that draw the oracle only)."""
 
     def __init__(
         self,
         metric: str = "bleu",
         beam_size: int = 5,
-        lookahead: int = 4,
+        lookahead: int = 0,
         *,
         eos_token_id: int,
         pad_token_id: int | None = None,
+        stop: str = "reference_length",
+        continuation_ids: torch.Tensor | None = None,
     ) -> None:
-        if metric not in METRICS:
-            raise ValueError(f"Unknown metric {metric!r}; accepted metrics: {', '.join(repr(m) for m in METRICS)}.")
-        if isinstance(eos_token_id, bool) or not isinstance(eos_token_id, int) or eos_token_id < 0:
-            raise ValueError(f"eos_token_id = {eos_token_id!r}; accepted: an int token id >= 0.")
-        if pad_token_id is not None and (
-            isinstance(pad_token_id, bool) or not isinstance(pad_token_id, int) or pad_token_id < 0
+        if metric not in BEAM_METRICS:
+            raise ValueError(
+                f"metric = {metric!r}; accepted by the beam oracle: {', '.join(repr(m) for m in BEAM_METRICS)} "
+                "(ROUGE-L has an exact oracle: hf_seqobj.oracles.ExactRougeOracle)."
+            )
+        _check_id("eos_token_id", eos_token_id, optional=False)
+        _check_id("pad_token_id", pad_token_id, optional=True)
+        if continuation_ids is not None and (
+            not isinstance(continuation_ids, torch.Tensor)
+            or continuation_ids.dtype != torch.bool
+            or continuation_ids.dim() != 1
         ):
-            raise ValueError(f"pad_token_id = {pad_token_id!r}; accepted: None or an int token id >= 0.")
+            raise ValueError(f"continuation_ids = {continuation_ids!r}; accepted: None or a 1-D bool tensor.")
         self.metric = metric
-        self.beam_size = _check_positive_int("beam_size", beam_size)
-        self.lookahead = _check_positive_int("lookahead", lookahead)
+        self.beam_size = _check_int("beam_size", beam_size, 1)
+        self.lookahead = _check_int("lookahead", lookahead, 0)
         self.eos_token_id = eos_token_id
         self.pad_token_id = pad_token_id
+        self.stop = check_stop(stop)
+        self.continuation_ids = continuation_ids
 
     def __repr__(self) -> str:
         return (
             f"BeamOracle(metric={self.metric!r}, beam_size={self.beam_size}, lookahead={self.lookahead}, "
-            f"eos_token_id={self.eos_token_id}, pad_token_id={self.pad_token_id})"
+            f"eos_token_id={self.eos_token_id}, pad_token_id={self.pad_token_id}, stop={self.stop!r})"
         )
 
     def __call__(self, prefix_ids: torch.Tensor, reference_ids: torch.Tensor) -> torch.Tensor:
@@ -144,9 +289,6 @@ class BeamOracle:
         """
         return self.search(prefix_ids, reference_ids).labels
 
-    supports_rows = True
-    """:meth:`next_token` takes `rows` (a roll-in's mixing asks for the rows that draw the oracle only)."""
-
     def next_token(
         self,
         prefix_ids: torch.Tensor,
@@ -157,8 +299,8 @@ class BeamOracle:
         """The oracle label at position prefix_lengths[b] only: one search per row (for mixing into a roll-in).
 
         A roll-in asks at every step, with the same `reference_ids` tensor and a prefix one token longer: the oracle
-        then keeps the scorer of the references and each row's metric state after its prefix from the previous call
-        and appends the new tokens, instead of building both again from the whole prefix (the labels are the same).
+        then keeps the references' constants and each row's statistics and alignment row after its prefix from the
+        previous call and appends the new tokens, instead of building them again (the labels are the same).
 
         Args:
             prefix_ids: [B, T] roll-in token ids; only prefix_ids[b, :prefix_lengths[b]] is read.
@@ -179,12 +321,12 @@ class BeamOracle:
         if session is None:
             labels = self.search(prefix_ids, reference_ids, lengths).labels
             return labels if rows is None else labels[rows]
-        scorer, state, open_prefix = session
+        refs, state, ed, open_prefix = session
         picked = torch.arange(prefix_ids.shape[0], device=prefix_ids.device) if rows is None else rows
         if picked.numel() == 0:
             return torch.zeros(0, dtype=torch.long, device=prefix_ids.device)
-        root = state.map(lambda x: x[picked][:, None])
-        result = self._search(scorer.select(picked), root, lengths[picked][:, None], False)
+        sub = _References(refs.scorer.select(picked), self.continuation_ids, refs.cap)
+        result = self._search(sub, state.map(lambda x: x[picked][:, None]), ed[picked][:, None], False)
         return torch.where(open_prefix[picked], result.labels[:, 0], IGNORE_INDEX)
 
     def _stops(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -193,8 +335,14 @@ class BeamOracle:
             stop |= tokens == self.pad_token_id
         return stop
 
+    def _references(self, reference_ids: torch.Tensor, device: torch.device) -> _References:
+        scorer = SentenceMetric(
+            self.metric, reference_ids.to(device), eos_token_id=self.eos_token_id, pad_token_id=self.pad_token_id
+        )
+        return _References(scorer, self.continuation_ids, self.stop == "reference_length")
+
     def _session(self, prefix_ids: torch.Tensor, lengths: torch.Tensor, reference_ids: torch.Tensor):
-        """`(scorer, states after each prefix [B], prefix open [B])` for a call whose prefixes are whole rows.
+        """`(references, states [B], alignment rows [B, R + 1], prefix open [B])` for prefixes that are whole rows.
 
         Kept from the previous call when the references are the same tensor (unchanged) and the previous prefix
         starts this one; else built anew. None for calls with prefixes of different lengths (no session).
@@ -222,28 +370,28 @@ class BeamOracle:
             and cached["prefix"].device == prefix.device
             and torch.equal(cached["prefix"], prefix[:, : cached["prefix"].shape[1]])
         ):
-            scorer, state, open_prefix = cached["scorer"], cached["state"], cached["open"]
+            refs, state, ed, open_prefix = cached["refs"], cached["state"], cached["ed"], cached["open"]
+            scorer = refs.scorer
             for column in range(cached["prefix"].shape[1], t):
-                state = scorer.append(state, prefix[:, column])
-                open_prefix = open_prefix & ~self._stops(prefix[:, column])
+                token = prefix[:, column]
+                state = scorer.append(state, token)
+                ed = edit_distance_append(ed, (token[:, None] == scorer.ref) & scorer.ref_valid)
+                open_prefix = open_prefix & ~self._stops(token)
         else:
-            scorer = SentenceMetric(
-                self.metric,
-                reference_ids.to(prefix.device),
-                eos_token_id=self.eos_token_id,
-                pad_token_id=self.pad_token_id,
-            )
-            state = scorer.prefix_states(prefix).map(lambda x: x[:, t])
+            refs = self._references(reference_ids, prefix.device)
+            state = refs.scorer.prefix_states(prefix).map(lambda x: x[:, t])
+            ed = edit_distance_rows(prefix, refs.scorer.ref, refs.scorer.ref_valid)[:, t]
             open_prefix = ~self._stops(prefix).any(1)
         self._cached = {
             "references": reference_ids,
             "version": reference_ids._version,
             "prefix": prefix.clone(),
-            "scorer": scorer,
+            "refs": refs,
             "state": state,
+            "ed": ed,
             "open": open_prefix,
         }
-        return scorer, state, open_prefix
+        return refs, state, ed, open_prefix
 
     def search(
         self,
@@ -259,7 +407,7 @@ class BeamOracle:
             prefix_ids: [B, T] roll-in token ids.
             reference_ids: [B, R] gold output ids.
             prefix_lengths: None, or [B] integers in [0, T]: search only at these positions.
-            return_completions: Also return the best completion starting with each label.
+            return_completions: Also return the best whole completion starting with each label.
 
         Returns:
             A `BeamSearchResult` whose tensors are [B, T] (or [B] with `prefix_lengths`), on the device of
@@ -293,38 +441,33 @@ class BeamOracle:
                     f"prefix_lengths[{row}] = {int(prefix_lengths[row])}; accepted: 0 <= length <= T = {t}."
                 )
             prefix_lengths = prefix_lengths.long()
-        scorer = SentenceMetric(
-            self.metric, reference_ids.to(dev), eos_token_id=self.eos_token_id, pad_token_id=self.pad_token_id
-        )
+        refs = self._references(reference_ids, dev)
+        scorer = refs.scorer
+        width = self.lookahead + scorer.ref.shape[1] + 1
         if b == 0 or (t == 0 and prefix_lengths is None):
             shape = (b,) if prefix_lengths is not None else (b, t)
             empty = torch.full(shape, float("nan"), dtype=torch.float64, device=dev)
-            completions = (
-                torch.full((*shape, self.lookahead), IGNORE_INDEX, device=dev) if return_completions else None
-            )
+            completions = torch.full((*shape, width), IGNORE_INDEX, device=dev) if return_completions else None
             return BeamSearchResult(torch.full(shape, IGNORE_INDEX, device=dev), empty, empty.clone(), completions)
-        stop = (prefix == self.eos_token_id) | (prefix == IGNORE_INDEX)
-        if self.pad_token_id is not None:
-            stop |= prefix == self.pad_token_id
-        open_prefix = torch.nn.functional.pad(stop.long().cumsum(1), (1, 0)) == 0  # [B, T + 1]: no stop before t
+        open_prefix = torch.nn.functional.pad(self._stops(prefix).long().cumsum(1), (1, 0)) == 0  # [B, T + 1]
         states = scorer.prefix_states(prefix)  # [B, T + 1]
+        eds = edit_distance_rows(prefix, scorer.ref, scorer.ref_valid)  # [B, T + 1, R + 1]
         if prefix_lengths is None:
-            positions = torch.arange(t, device=dev).expand(b, t)
             root = states.map(lambda x: x[:, :t])
+            root_ed = eds[:, :t]
             labelled = open_prefix[:, :t]
         else:
-            positions = prefix_lengths[:, None]
             rows = torch.arange(b, device=dev)
             root = states.map(lambda x: x[rows, prefix_lengths][:, None])
-            labelled = open_prefix.gather(1, positions)
-        result = self._search(scorer, root, positions, return_completions)
-        labels = torch.where(labelled, result.labels, IGNORE_INDEX)
+            root_ed = eds[rows, prefix_lengths][:, None]
+            labelled = open_prefix.gather(1, prefix_lengths[:, None])
+        result = self._search(refs, root, root_ed, return_completions)
         nan = torch.full_like(result.scores, float("nan"))
         completions = result.completions
         if completions is not None:
             completions = torch.where(labelled[..., None], completions, IGNORE_INDEX)
         out = BeamSearchResult(
-            labels,
+            torch.where(labelled, result.labels, IGNORE_INDEX),
             torch.where(labelled, result.scores, nan),
             torch.where(labelled, result.gold_scores, nan),
             completions,
@@ -334,102 +477,182 @@ class BeamOracle:
         return out
 
     def _search(
-        self, scorer: SentenceMetric, root: MetricState, positions: torch.Tensor, completions: bool
+        self, refs: _References, root: MetricState, root_ed: torch.Tensor, completions: bool
     ) -> BeamSearchResult:
-        """Beam searches from the states `root` [B, M] at `positions` [B, M] (all of them unmasked)."""
-        ref, ref_len = scorer.ref, scorer.ref_len
+        """Searches from the states `root` [B, M] with alignment rows `root_ed` [B, M, R + 1]."""
+        scorer, ref, ref_len = refs.scorer, refs.ref, refs.ref_len
         b, m = root.shape
-        r = ref.shape[1]
-        h, eos = self.lookahead, self.eos_token_id
+        r = refs.r
         dev = ref.device
-        neg = float("-inf")
-        # Candidate slots: slot j < R is reference position j (valid at a first occurrence), slot R is EOS.
-        first_pos = (ref[:, :, None] == ref[:, None, :]).to(torch.uint8).argmax(1)  # [B, R]
-        slot_ids = torch.arange(r, device=dev)
-        cand_ok = (first_pos == slot_ids) & scorer.ref_valid  # [B, R]
-        cand_tok = torch.where(cand_ok, ref, -1)
-        all_tok = torch.cat([cand_tok, torch.full_like(cand_tok[:, :1], eos)], 1)  # [B, R + 1]
-        gold_slot = torch.where(
-            positions < ref_len[:, None], first_pos.gather(1, positions.clamp(max=r - 1)), r
-        )  # [B, M]
-        rows = torch.arange(b, device=dev)[:, None, None]
-        cols = torch.arange(m, device=dev)[None, :, None]
-
-        def tokens_of(slots: torch.Tensor) -> torch.Tensor:
-            return cand_tok.gather(1, slots.reshape(b, -1)).view(slots.shape)
-
-        # Step 1: every candidate after the prefix; EOS scores the prefix itself.
-        scores = torch.where(cand_ok[:, None], scorer.candidate_scores(root, cand_tok), neg)  # [B, M, R]
-        best = torch.cat([scores, scorer.score(root)[..., None]], -1)  # [B, M, R + 1]: best score per first token
+        eos = self.eos_token_id
+        all_tok = refs.all_tok.clone()
+        all_tok[:, r] = eos
+        aligned = aligned_position(root_ed, ref_len)  # [B, M]
+        length = root.length
+        room = ref_len[:, None] - length  # [B, M]: tokens the cap still allows
+        capped = refs.cap
+        # Stopping now (the EOS slot, index R) and every reference tail p + ref[i : i + L_i].
+        best = torch.full((b, m, r + 1), _NEG, dtype=torch.float64, device=dev)
+        finish = scorer.score(root)
+        best[..., r] = finish
+        starts = torch.arange(r + 1, device=dev).expand(b, m, r + 1)
+        tail_score, tail_len = refs.complete(root, starts)
+        tail_slot = torch.where(
+            tail_len > 0, refs.first_pos.gather(1, starts.clamp(max=r - 1).reshape(b, -1)).view(b, m, r + 1), r
+        )
+        word_ok = torch.cat([refs.allowed(aligned, 1), torch.ones_like(aligned[..., None], dtype=torch.bool)], -1)
+        tail_ok = (starts <= ref_len[:, None, None]) & word_ok.gather(-1, tail_slot)
+        best = best.scatter_reduce(-1, tail_slot, torch.where(tail_ok, tail_score, _NEG), "amax")
+        gold_score = tail_score.gather(-1, aligned[..., None])[..., 0]
+        track = None
+        if completions:
+            # Per first slot: the searched tokens (-100 padded), the suffix start and its length.
+            track = {
+                "hist": torch.full((b, m, r + 1, self.lookahead), IGNORE_INDEX, dtype=torch.long, device=dev),
+                "start": torch.zeros(b, m, r + 1, dtype=torch.long, device=dev),
+                "len": torch.zeros(b, m, r + 1, dtype=torch.long, device=dev),
+            }
+            tail_best = torch.full((b, m, r + 1), _NEG, dtype=torch.float64, device=dev)
+            tail_best[..., r] = finish
+            masked = torch.where(tail_ok, tail_score, _NEG)
+            for i in range(r + 1):  # earliest tail first: a later one replaces it only when strictly better
+                slot = tail_slot[..., i : i + 1]
+                better = masked[..., i : i + 1] > tail_best.gather(-1, slot)
+                tail_best = tail_best.scatter(
+                    -1, slot, torch.where(better, masked[..., i : i + 1], tail_best.gather(-1, slot))
+                )
+                track["start"] = track["start"].scatter(
+                    -1, slot, torch.where(better, starts[..., i : i + 1], track["start"].gather(-1, slot))
+                )
+                track["len"] = track["len"].scatter(
+                    -1, slot, torch.where(better, tail_len[..., i : i + 1], track["len"].gather(-1, slot))
+                )
+        if self.lookahead == 0:
+            return self._label(refs, best, aligned, room, track, gold_score)
+        # Depth 1: every candidate after the prefix.
+        child, child_ed = refs.children(root, root_ed)  # [B, M, R]
+        child_aligned = aligned_position(child_ed, ref_len)
+        score1, len1 = (x[..., 0] for x in refs.complete(child, child_aligned[..., None]))
+        ok = refs.allowed(aligned, 1)
+        if capped:
+            ok = ok & (room > 0)[..., None]
+        score1 = torch.where(ok, score1, _NEG)
+        if track is not None:
+            better = score1 > best[..., :r]
+            hist = track["hist"][..., :r, :]
+            new_hist = torch.full_like(hist, IGNORE_INDEX)
+            new_hist[..., 0] = refs.view(refs.cand_tok, 1).expand(b, m, r)
+            track["hist"][..., :r, :] = torch.where(better[..., None], new_hist, hist)
+            track["start"][..., :r] = torch.where(better, child_aligned, track["start"][..., :r])
+            track["len"][..., :r] = torch.where(better, len1, track["len"][..., :r])
+        best[..., :r] = torch.maximum(best[..., :r], score1)
         k = min(self.beam_size, r)
-        beam_score, first = _top(scores, k)  # [B, M, k]
-        alive = beam_score > neg
-        tokens = tokens_of(first)
-        beams = scorer.append(root.map(lambda x: x[:, :, None].expand(b, m, k, *x.shape[2:])), tokens)
-        history = tokens[..., None] if completions else None  # [B, M, k, steps so far]
-        best_completion = None
-        if completions:
-            tail = torch.full((b, m, r + 1, h - 1), IGNORE_INDEX, dtype=torch.long, device=dev)
-            if h > 1:
-                tail[..., 0] = eos
-            best_completion = torch.cat([all_tok[:, None, :, None].expand(b, m, r + 1, 1), tail], -1)
-            best_completion[..., r, 1:] = IGNORE_INDEX
-        for step in range(2, h + 1):
-            scores = scorer.candidate_scores(beams, cand_tok)  # [B, M, k, R]
-            scores = torch.where(cand_ok[:, None, None] & alive[..., None], scores, neg)
-            if completions:
-                child_best, child_slot = scores.max(-1)  # [B, M, k]
-                per_first = torch.where(
-                    first[..., None] == torch.arange(r + 1, device=dev), child_best[..., None], neg
-                )  # [B, M, k, R + 1]
-                first_best, first_beam = per_first.max(2)  # [B, M, R + 1]
-                pick = (rows, cols, first_beam)
-                new = torch.cat([history[pick], tokens_of(child_slot[pick])[..., None]], -1)
-                new = torch.nn.functional.pad(new, (0, h - step), value=IGNORE_INDEX)
-                if step < h:
-                    new[..., step] = eos
-                best_completion = torch.where((first_best > best)[..., None], new, best_completion)
-                best = torch.maximum(best, first_best)
-            else:
-                best = best.scatter_reduce(-1, first, scores.amax(-1), "amax")
-            if step == h:
-                break
-            beam_score, index = _top(scores.view(b, m, k * r), k)
-            parent, slot = index // r, index % r
-            alive = beam_score > neg
-            first = first.gather(2, parent)
-            tokens = tokens_of(slot)
-            beams = scorer.append(beams.map(lambda x, p=parent: x[rows, cols, p]), tokens)
-            if completions:
-                history = torch.cat([history[rows, cols, parent], tokens[..., None]], -1)
-        # The gold-suffix continuation ref[t:t + h].
-        gold = root
-        gold_tokens = []
-        for i in range(h):
-            at = positions + i
-            active = at < ref_len[:, None]
-            token = ref.gather(1, at.clamp(max=r - 1))
-            gold = scorer.append(gold, token).where(active, gold)
-            gold_tokens.append(torch.where(active, token, IGNORE_INDEX))
-        gold_score = scorer.score(gold)  # [B, M]
-        at_gold = gold_slot[..., None]
-        if completions:
-            seq = torch.stack(gold_tokens, -1)  # [B, M, h]
-            ended = (seq == IGNORE_INDEX).long().cumsum(-1) == 1
-            seq = torch.where(ended & (seq == IGNORE_INDEX), eos, seq)
-            improved = gold_score > best.gather(-1, at_gold)[..., 0]
-            current = best_completion.gather(2, at_gold[..., None].expand(b, m, 1, h))[:, :, 0]
-            replaced = torch.where(improved[..., None], seq, current)
-            best_completion = best_completion.scatter(2, at_gold[..., None].expand(b, m, 1, h), replaced[:, :, None])
-        best = best.scatter_reduce(-1, at_gold, gold_score[..., None], "amax")
-        # The label: best first token; ties -> gold next token, then EOS, then reference order.
+        if self.lookahead > 1 and k > 0:
+            beam_score, first = _top(score1, k)  # [B, M, k]
+            alive = beam_score > _NEG
+            rows_i = torch.arange(b, device=dev)[:, None, None]
+            cols_i = torch.arange(m, device=dev)[None, :, None]
+            beams = child.map(lambda x: x[rows_i, cols_i, first])
+            beam_ed = child_ed[rows_i, cols_i, first]
+            beam_aligned = child_aligned[rows_i, cols_i, first]
+            history = refs.view(refs.cand_tok, 1).expand(b, m, r).gather(-1, first)[..., None]
+            for depth in range(2, self.lookahead + 1):
+                kids, kids_ed = refs.children(beams, beam_ed)  # [B, M, k, R]
+                kids_aligned = aligned_position(kids_ed, ref_len)
+                scores, kids_len = (x[..., 0] for x in refs.complete(kids, kids_aligned[..., None]))
+                ok = refs.allowed(beam_aligned, 2) & alive[..., None]
+                if capped:
+                    ok = ok & (beams.length < ref_len[:, None, None])[..., None]
+                scores = torch.where(ok, scores, _NEG)
+                node_best, node_slot = scores.max(-1)  # [B, M, k]
+                if track is not None:
+                    pick = node_slot[..., None]
+                    kid_tok = refs.view(refs.cand_tok, 1).expand(b, m, r).gather(-1, node_slot)
+                    self._track(
+                        track,
+                        best,
+                        first,
+                        node_best,
+                        torch.cat([history, kid_tok[..., None]], -1),
+                        kids_aligned.gather(-1, pick)[..., 0],
+                        kids_len.gather(-1, pick)[..., 0],
+                        r,
+                    )
+                best = best.scatter_reduce(-1, first, node_best, "amax")
+                if depth == self.lookahead:
+                    break
+                beam_score, index = _top(scores.view(b, m, k * r), k)
+                parent, slot = index // r, index % r
+                alive = beam_score > _NEG
+                first = first.gather(2, parent)
+                beams = kids.map(lambda x, p=parent, s=slot: x[rows_i, cols_i, p, s])
+                beam_ed = kids_ed[rows_i, cols_i, parent, slot]
+                beam_aligned = kids_aligned[rows_i, cols_i, parent, slot]
+                token = refs.view(refs.cand_tok, 1).expand(b, m, r).gather(-1, slot)
+                history = torch.cat([history.gather(2, parent[..., None].expand_as(history)), token[..., None]], -1)
+        return self._label(refs, best, aligned, room, track, gold_score)
+
+    def _label(self, refs: _References, best, aligned, room, track, gold_score) -> BeamSearchResult:
+        """The label: the best first token; ties -> the aligned reference token, then EOS, then reference order
+        from the aligned position on; EOS wherever the cap is reached."""
+        b, m, _ = best.shape
+        r, ref, ref_len, dev = refs.r, refs.ref, refs.ref_len, refs.ref.device
+        all_tok = refs.all_tok.clone()
+        all_tok[:, r] = self.eos_token_id
         optimal = best >= best.amax(-1, keepdim=True) - TIE_TOLERANCE
-        rank = torch.arange(2, r + 3, device=dev).expand(b, m, r + 1)
-        rank = torch.where(torch.arange(r + 1, device=dev) == r, 1, rank)
-        rank = rank.scatter(-1, at_gold, 0)
-        choice = torch.where(optimal, rank, r + 3).argmin(-1, keepdim=True)  # [B, M, 1]
+        slots = torch.arange(r + 1, device=dev)
+        rank = (slots - aligned[..., None]) % max(r, 1) + 2  # [B, M, R + 1]
+        rank = torch.where(slots == r, 1, rank)
+        gold_slot = torch.where(
+            aligned < ref_len[:, None], refs.first_pos.gather(1, aligned.clamp(max=r - 1)), r
+        )  # [B, M]
+        rank = rank.scatter(-1, gold_slot[..., None], 0)
+        choice = torch.where(optimal, rank, r + 4).argmin(-1, keepdim=True)  # [B, M, 1]
+        if refs.cap:
+            choice = torch.where((room <= 0)[..., None], r, choice)
         labels = all_tok.gather(1, choice.view(b, -1)).view(b, m)
+        scores = best.gather(-1, choice)[..., 0]
         chosen = None
-        if completions:
-            chosen = best_completion.gather(2, choice[..., None].expand(b, m, 1, h))[:, :, 0]
-        return BeamSearchResult(labels, best.gather(-1, choice)[..., 0], gold_score, chosen)
+        if track is not None:
+            chosen = self._completion(track, choice, ref, all_tok, r)
+        return BeamSearchResult(labels, scores, gold_score, chosen)
+
+    @staticmethod
+    def _track(track, best, first, value, history, start, length, r) -> None:
+        """Keeps, per first slot, the completion (searched tokens, suffix start and length) of a better value."""
+        b, m, k = first.shape
+        h = track["hist"].shape[-1]
+        for i in range(k):
+            slot = first[..., i : i + 1]
+            current = best.gather(-1, slot)
+            better = value[..., i : i + 1] > current
+            best.scatter_(-1, slot, torch.maximum(current, value[..., i : i + 1]))
+            hist = torch.nn.functional.pad(history[..., i, :], (0, h - history.shape[-1]), value=IGNORE_INDEX)
+            old = track["hist"].gather(2, slot[..., None].expand(b, m, 1, h))
+            track["hist"].scatter_(
+                2, slot[..., None].expand(b, m, 1, h), torch.where(better[..., None], hist[:, :, None], old)
+            )
+            for key, new in (("start", start[..., i : i + 1]), ("len", length[..., i : i + 1])):
+                old_v = track[key].gather(-1, slot)
+                track[key].scatter_(-1, slot, torch.where(better, new, old_v))
+
+    def _completion(self, track, choice, ref, all_tok, r) -> torch.Tensor:
+        """The chosen whole completions: searched tokens, the reference suffix, EOS ([B, M, h + R + 1])."""
+        b, m, _ = choice.shape
+        h = self.lookahead
+        hist = track["hist"].gather(2, choice[..., None].expand(b, m, 1, h))[:, :, 0]  # [B, M, h]
+        start = track["start"].gather(-1, choice)[..., 0]
+        length = track["len"].gather(-1, choice)[..., 0]
+        steps = torch.arange(r, device=ref.device)
+        suffix_at = (start[..., None] + steps).clamp(max=max(r - 1, 0))
+        suffix = ref.gather(1, suffix_at.reshape(b, -1)).view(b, m, r) if r else suffix_at
+        suffix = torch.where(steps < length[..., None], suffix, IGNORE_INDEX)
+        tokens = torch.cat([hist, suffix, torch.full_like(suffix[..., :1], IGNORE_INDEX)], -1)
+        # Compact: the real tokens to the front, then EOS.
+        keep = tokens != IGNORE_INDEX
+        order = torch.sort((~keep).to(torch.int8), dim=-1, stable=True).indices
+        tokens = tokens.gather(-1, order)
+        count = keep.sum(-1, keepdim=True)
+        positions = torch.arange(tokens.shape[-1], device=ref.device)
+        tokens = torch.where(positions < count, tokens, IGNORE_INDEX)
+        return tokens.scatter(-1, count, self.eos_token_id)

@@ -17,7 +17,7 @@ from hf_seqobj.decoding.rollin import RollinArguments, predicted_tokens
 from hf_seqobj.objectives.base import Objective, register_objective, row_generators
 from hf_seqobj.objectives.dagger.relabeling import DAggerRelabeler
 from hf_seqobj.objectives.schedules import BETA_SCHEDULES, dagger_beta
-from hf_seqobj.oracles import ORACLES, make_oracle
+from hf_seqobj.oracles import ORACLES, STOP_RULES, make_oracle
 
 
 YANG2024 = """@article{yang2024dynamic,
@@ -47,14 +47,35 @@ class DAggerArguments:
         default="span_f1",
         metadata={
             "help": f"The dynamic oracle that relabels roll-ins, one of {ORACLES}: exact span-F1 oracles (exact or "
-            "partial match) for BIO tagging, beam-search oracles for BLEU and ROUGE."
+            "partial match) for BIO tagging; for text, a beam search over whole completions for BLEU and ROUGE-2 "
+            "and exact oracles for ROUGE-1 and ROUGE-L (docs/oracles.md)."
         },
     )
     oracle_beam_size: int = field(
-        default=5, metadata={"help": "Beam size k of the BLEU / ROUGE oracle (gains level off near 20)."}
+        default=5,
+        metadata={"help": "Beam size k of the BLEU / ROUGE-2 oracle (used when oracle_lookahead >= 2)."},
     )
     oracle_lookahead: int = field(
-        default=4, metadata={"help": "Lookahead h of the BLEU / ROUGE oracle: tokens of completion searched."}
+        default=0,
+        metadata={
+            "help": "Free tokens h the BLEU / ROUGE-2 oracle searches before the aligned reference suffix finishes "
+            "each completion; 0: the best reference tail (every completion is prefix + a reference suffix)."
+        },
+    )
+    oracle_stop: Literal[STOP_RULES] = field(
+        default="reference_length",
+        metadata={
+            "help": f"When the BLEU / ROUGE oracles say EOS, one of {STOP_RULES}: reference_length: once the "
+            "output has as many tokens as the reference, and no completion is longer (SEARNN's cap; corpus BLEU "
+            "punishes outputs that run on); metric: whenever the sentence metric says so (uncapped)."
+        },
+    )
+    oracle_whole_words: bool = field(
+        default=True,
+        metadata={
+            "help": "The BLEU / ROUGE oracles never label a word piece that continues a word unless the aligned "
+            "reference continues with it there (byte-level BPE 'Ġ' / SentencePiece '▁' word starts)."
+        },
     )
     dagger_beta: float = field(
         default=0.5,
@@ -80,8 +101,8 @@ class DAggerArguments:
         default=1.0,
         metadata={
             "help": "Each roll-in's length limit as a multiple of its gold output's length (EOS included, rounded "
-            "up; >= 1). Above 1 a roll-in that runs past its reference is relabelled there too (the BLEU / ROUGE "
-            "oracles say EOS there only once no reference token is missing)."
+            "up; >= 1). Above 1 a roll-in that runs past its reference is relabelled there too (under "
+            "oracle_stop=reference_length the BLEU / ROUGE oracles say EOS there)."
         },
     )
     rollin_fraction: float = field(
@@ -100,8 +121,10 @@ class DAggerArguments:
             raise ValueError(f"oracle must be one of {ORACLES}, got {self.oracle!r}.")
         if self.oracle_beam_size < 1:
             raise ValueError(f"oracle_beam_size must be >= 1, got {self.oracle_beam_size}.")
-        if self.oracle_lookahead < 1:
-            raise ValueError(f"oracle_lookahead must be >= 1, got {self.oracle_lookahead}.")
+        if self.oracle_lookahead < 0:
+            raise ValueError(f"oracle_lookahead must be >= 0, got {self.oracle_lookahead}.")
+        if self.oracle_stop not in STOP_RULES:
+            raise ValueError(f"oracle_stop must be one of {STOP_RULES}, got {self.oracle_stop!r}.")
         if not 0.0 <= self.dagger_beta <= 1.0:
             raise ValueError(f"dagger_beta must be in [0, 1], got {self.dagger_beta}.")
         if self.dagger_beta_schedule not in BETA_SCHEDULES:
@@ -147,7 +170,14 @@ class DAggerObjective(Objective):
         tokenizer = trainer.processing_class
         if tokenizer is None:
             raise ValueError("objective='dagger' needs the trainer's processing_class (the tokenizer) for its oracle.")
-        self.oracle = make_oracle(args.oracle, tokenizer, args.oracle_beam_size, args.oracle_lookahead)
+        self.oracle = make_oracle(
+            args.oracle,
+            tokenizer,
+            args.oracle_beam_size,
+            args.oracle_lookahead,
+            stop=args.oracle_stop,
+            whole_words=args.oracle_whole_words,
+        )
         self.relabeler = DAggerRelabeler(
             self.oracle,
             rollin=args.rollin,

@@ -86,8 +86,8 @@ class DAggerRelabeler:
         static_cache: Decode with a static KV cache (GPU).
         compile: Compile the decode step (GPU; needs `static_cache`).
         length_ratio: With `max_new_tokens` None, each row's limit as a multiple of its gold length (>= 1). Above 1
-            a roll-in that runs past its reference is relabelled there too; the BLEU / ROUGE oracles say EOS there
-            only once no reference token is missing.
+            a roll-in that runs past its reference is relabelled there too (under the stop rule
+            "reference_length" the BLEU / ROUGE oracles say EOS there).
     """
 
     def __init__(

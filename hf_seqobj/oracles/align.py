@@ -1,0 +1,126 @@
+"""What the BLEU / ROUGE oracles share: alignment to the reference, the stop rule and the whole-word rule.
+
+Alignment
+---------
+A roll-in prefix p is aligned to the reference r (tokens before EOS, length R) by edit distance (unit costs for
+substitution, insertion and deletion), as Optimal Completion Distillation (Sabour et al. 2018) does: with
+D[i] = ED(p, r[:i]) for i = 0..R, the aligned position is j(p) = the largest i with D[i] = min D, so that a
+substituted word counts as the reference word it replaced and the prefix's next reference word is r[j(p)]. The
+oracles take their fallback token, their tie-breaks and the reference suffix that finishes a completion from j(p),
+never from the prefix's absolute position t (which is off by one after every insertion or deletion).
+
+The row D is updated for one appended token a in O(R): D'[0] = D[0] + 1 and
+D'[i] = min(D[i - 1] + [r[i - 1] != a], D[i] + 1, D'[i - 1] + 1), the last term a running minimum
+(D'[i] = i + min_{i' <= i} (X[i'] - i') for the first two terms X).
+
+Stop rule (`stop`)
+------------------
+- "reference_length" (SEARNN's cap): a completion never makes the output longer than the reference, and once the
+  prefix holds as many tokens as the reference (counted before EOS) the label is EOS, whatever is still missing.
+  Corpus BLEU (what translation reports) punishes outputs that run on, which the sentence metric alone rewards:
+  each appended missing reference word adds a unigram match.
+- "metric": the sentence metric alone decides when to stop (completions of any length).
+
+Whole words (`continuation_ids`)
+--------------------------------
+With a sub-word tokenizer, ids that continue a word (byte-level BPE pieces without the leading-space marker "Ġ",
+SentencePiece pieces without "▁") may start a label only where the aligned reference continues with that very id
+(r[j(p)]): a label never starts a word piece that the reference does not continue there.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+__all__ = ["STOP_RULES", "aligned_position", "continuation_mask", "edit_distance_append", "edit_distance_rows"]
+
+STOP_RULES = ("reference_length", "metric")
+"""The accepted values of an oracle's `stop`: the reference-length cap, or the sentence metric alone."""
+
+_ED = torch.int32
+
+
+def check_stop(stop: object) -> str:
+    """Returns `stop` if it is one of `STOP_RULES`, else raises a one-line ValueError."""
+    if stop not in STOP_RULES:
+        raise ValueError(f"stop = {stop!r}; accepted: {', '.join(repr(s) for s in STOP_RULES)}.")
+    return stop
+
+
+def edit_distance_append(ed: torch.Tensor, eq: torch.Tensor) -> torch.Tensor:
+    """The edit-distance row after appending one token.
+
+    Args:
+        ed: [..., R + 1] D[i] = ED(prefix, r[:i]).
+        eq: [..., R] bool, r[i] == the appended token (False past the reference).
+
+    Returns:
+        [..., R + 1] the new row.
+    """
+    x = torch.minimum(ed[..., :-1] + (~eq).to(ed.dtype), ed[..., 1:] + 1)
+    x = torch.cat([(ed[..., :1] + 1).expand(*x.shape[:-1], 1), x], -1)
+    idx = torch.arange(x.shape[-1], device=x.device, dtype=x.dtype)
+    return torch.cummin(x - idx, -1).values + idx
+
+
+def edit_distance_rows(prefix: torch.Tensor, ref: torch.Tensor, ref_valid: torch.Tensor) -> torch.Tensor:
+    """The rows D of every prefix prefix[:, :t], t = 0..T, against compacted references.
+
+    Args:
+        prefix: [B, T] token ids.
+        ref: [B, R] compacted reference ids.
+        ref_valid: [B, R] bool, inside the reference.
+
+    Returns:
+        [B, T + 1, R + 1] int32.
+    """
+    b, t = prefix.shape
+    r = ref.shape[1]
+    row = torch.arange(r + 1, device=ref.device, dtype=_ED).expand(b, r + 1)
+    rows = [row]
+    eq = (prefix[:, :, None] == ref[:, None, :]) & ref_valid[:, None, :]
+    for s in range(t):
+        row = edit_distance_append(row, eq[:, s])
+        rows.append(row)
+    return torch.stack(rows, 1)
+
+
+def aligned_position(ed: torch.Tensor, ref_len: torch.Tensor) -> torch.Tensor:
+    """j = the largest i <= ref_len with ed[..., i] minimal.
+
+    Args:
+        ed: [N, *S, R + 1] edit-distance rows.
+        ref_len: [N] reference lengths.
+
+    Returns:
+        [N, *S] int64.
+    """
+    r1 = ed.shape[-1]
+    idx = torch.arange(r1, device=ed.device)
+    limit = ref_len.view(ref_len.shape[0], *[1] * (ed.dim() - 1))
+    masked = torch.where(idx <= limit, ed, torch.iinfo(ed.dtype).max)
+    return (r1 - 1) - masked.flip(-1).argmin(-1)
+
+
+def continuation_mask(vocab: dict[str, int], size: int | None = None) -> torch.Tensor:
+    """A bool tensor over ids: True for the ids that continue a word (see the module docstring).
+
+    A vocabulary with a word-start marker ("Ġ" of byte-level BPE, "▁" of SentencePiece) marks a piece as
+    continuing a word when it lacks the marker; special tokens (written "<...>") are never continuations. A
+    vocabulary with neither marker (whitespace-split words) has no continuations.
+
+    Args:
+        vocab: token -> id (a tokenizer's `get_vocab()`).
+        size: Length of the mask (default: the largest id + 1).
+    """
+    size = max(vocab.values(), default=-1) + 1 if size is None else size
+    mask = torch.zeros(max(size, 0), dtype=torch.bool)
+    markers = [m for m in ("Ġ", "▁") if any(tok.startswith(m) for tok in vocab)]
+    if not markers:
+        return mask
+    for token, index in vocab.items():
+        if 0 <= index < size and not token.startswith(tuple(markers)):
+            special = token.startswith("<") and token.endswith(">")
+            mask[index] = not special
+    return mask
