@@ -241,7 +241,8 @@ def test_rollin_ignores_the_checkpoint_generation_config_and_switches_checkpoint
 
 @pytest.mark.parametrize("arch, oracle", [("gpt2", "bleu"), ("t5", "rougeL"), ("bart", "rouge2")])
 def test_dagger_with_the_beam_search_oracles(arch, oracle, make_trainer):
-    """The BLEU / ROUGE oracles drive the same roll-in machinery (mixing included) on any tokens."""
+    """The BLEU / ROUGE oracles drive the same roll-in machinery (mixing included) on any tokens and log the score
+    of the best completion they found."""
     trainer = make_trainer(
         arch,
         objective="dagger",
@@ -257,6 +258,8 @@ def test_dagger_with_the_beam_search_oracles(arch, oracle, make_trainer):
         entry["oracle_forced_fraction"] for entry in trainer.state.log_history if "oracle_forced_fraction" in entry
     ]
     assert len(forced) == 2 and all(0.0 < value < 1.0 for value in forced)
+    scores = [entry["oracle_score"] for entry in trainer.state.log_history if "oracle_score" in entry]
+    assert len(scores) == 2 and all(0.0 <= value <= 1.0 for value in scores)
 
 
 def test_beta_one_with_the_bleu_oracle_follows_the_reference(make_trainer):

@@ -160,8 +160,10 @@ class DAggerObjective(Objective):
     by default: the gold length).
 
     Logged (train): `dagger_beta`, `rollin_length` (mean tokens up to the first EOS), `oracle_forced_fraction`,
-    `oracle_agreement` (fraction of labelled positions where the model's greedy token equals the oracle's), and the
-    shares of step time spent in generation (`rollin_time_share`) and in the oracle (`oracle_time_share`).
+    `oracle_agreement` (fraction of labelled positions where the model's greedy token equals the oracle's),
+    `oracle_score` (BLEU / ROUGE oracles: the mean sentence score of the best whole completion the oracle found
+    from the roll-in's prefixes, the best it could teach from there), and the shares of step time spent in
+    generation (`rollin_time_share`) and in the oracle (`oracle_time_share`).
     """
 
     def __init__(self, trainer):
@@ -245,4 +247,6 @@ class DAggerObjective(Objective):
         self.record_metric("rollin_length", stats.rollin_length)
         self.record_metric("oracle_forced_fraction", stats.forced_fraction)
         self.record_metric("oracle_agreement", agreement)
+        if stats.oracle_score is not None:
+            self.record_metric("oracle_score", stats.oracle_score)
         return loss, outputs

@@ -45,6 +45,9 @@ class RelabelStats:
     """Fraction of generation steps at which the oracle's token was forced (beta mixing)."""
     labelled: int = 0
     """Positions with a label."""
+    oracle_score: float | None = None
+    """Mean over labelled positions of the sentence score of the best whole completion the oracle found from the
+    roll-in's prefix (the best this oracle could teach from there); None for oracles without `search`."""
     seconds: dict[str, float] = field(default_factory=dict)
     """Wall time of `rollin` (generation, oracle calls inside it excluded) and `oracle`."""
 
@@ -203,15 +206,21 @@ class DAggerRelabeler:
             )
             generated = time.perf_counter() - start
         start = time.perf_counter()
+        oracle_score = None
         if rollin is not None:
-            labels = self.oracle(rollin.tokens, sub_references)
+            search = getattr(self.oracle, "search", None)
+            found = search(rollin.tokens, sub_references) if callable(search) else None
+            labels = found.labels if found is not None else self.oracle(rollin.tokens, sub_references)
             position = torch.arange(labels.shape[1], device=labels.device)[None, :]
             labels = labels.masked_fill(position >= rollin.lengths[:, None], IGNORE_INDEX)
+            if found is not None and bool((labels != IGNORE_INDEX).any()):
+                oracle_score = float(found.scores[labels != IGNORE_INDEX].mean())
         oracle_seconds = time.perf_counter() - start + timed.seconds
         stats = RelabelStats(
             rollin_length=float(rollin.lengths.float().mean()) if rollin is not None else 0.0,
             forced_fraction=rollin.forced / max(rollin.steps, 1) if rollin is not None else 0.0,
             labelled=int((labels != IGNORE_INDEX).sum()) if labels is not None else 0,
+            oracle_score=oracle_score,
             seconds={"rollin": generated - timed.seconds, "oracle": oracle_seconds},
         )
         if rows is not None:  # the other rows keep their gold outputs and labels
