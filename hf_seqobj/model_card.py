@@ -7,7 +7,8 @@ and its settings (the fields of that objective only), the final metrics, the fra
 cite.
 
 An objective's settings, papers and description come from its registration
-(:func:`hf_seqobj.objectives.register_objective`).
+(:func:`hf_seqobj.objectives.register_objective`); an oracle's doc line from its registration
+(:func:`hf_seqobj.oracles.register_oracle`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from huggingface_hub import ModelCard, ModelCardData
 
 from hf_seqobj.objectives.base import get_objective
+from hf_seqobj.oracles import ORACLES
 
 
 if TYPE_CHECKING:
@@ -54,6 +56,8 @@ Objective: `{{ objective }}`{% if settings %}, with these settings:
 |---|---|
 {% for key, value in settings.items() %}| `{{ key }}` | `{{ value }}` |
 {% endfor %}{% else %} (no settings of its own).
+{% endif %}{% if oracle %}
+Oracle: `{{ oracle }}`, {{ oracle_doc }} (scores {{ oracle_output }}).
 {% endif %}
 Training: {{ training }}.
 
@@ -90,6 +94,15 @@ def objective_settings(args: Any) -> dict[str, Any]:
     """The values in `args` of the settings of `args.objective` only (e.g. dagger's oracle and beta, not ss_k)."""
     classes = get_objective(args.objective).settings
     return {f.name: getattr(args, f.name) for klass in classes for f in dataclasses.fields(klass)}
+
+
+def oracle_line(settings: dict[str, Any]) -> dict[str, str]:
+    """The card's oracle fields (name, doc line, output kind) when the settings name a registered oracle, else {}."""
+    spec = ORACLES.get(settings.get("oracle")) if isinstance(settings.get("oracle"), str) else None
+    if spec is None:
+        return {}
+    kinds = {"bio_tags": "BIO tag sequences", "text": "text"}
+    return {"oracle": spec.name, "oracle_doc": spec.doc, "oracle_output": kinds.get(spec.output, spec.output)}
 
 
 def final_metrics(log_history: list[dict[str, Any]], extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -286,6 +299,7 @@ def trainer_model_card(
         training += f" x {args.gradient_accumulation_steps} accumulation steps"
     training += f", seed {args.seed}"
     description = get_objective(args.objective).description or None
+    settings = objective_settings(args)
     return ModelCard.from_template(
         card_data,
         template_str=TEMPLATE,
@@ -295,7 +309,8 @@ def trainer_model_card(
         objective_description=f" ({description})" if description else "",
         adapter=adapter,
         quick_start=quick_start(model, hub_model_id or args.output_dir, getattr(trainer, "processing_class", None)),
-        settings=objective_settings(args),
+        settings=settings,
+        **oracle_line(settings),
         training=training,
         metrics=final_metrics(trainer.state.log_history, metrics),
         versions=library_versions(),

@@ -308,7 +308,8 @@ def check_settings(
 
 
 def check_oracle_fits_task(training_args, data_args: DataArguments) -> None:
-    """An objective's oracle must score the kind of output the task produces (BIO tags, or text)."""
+    """An objective's oracle must score the kind of output the task produces (its registration's `output`)."""
+    from hf_seqobj.oracles import get_oracle, oracle_names
     from hf_seqobj.tasks import TASKS
 
     settings = {f.name for s in get_objective(training_args.objective).settings for f in dataclasses.fields(s)}
@@ -316,9 +317,9 @@ def check_oracle_fits_task(training_args, data_args: DataArguments) -> None:
         return
     oracle = training_args.oracle
     outputs = getattr(TASKS[data_args.task], "output_kind", "text")
-    needs = "bio_tags" if oracle.startswith("span_f1") else "text"
+    needs = get_oracle(oracle).output
     if needs != outputs:
-        fitting = "span_f1, span_f1_partial" if outputs == "bio_tags" else "bleu, rouge1, rouge2, rougeL"
+        fitting = ", ".join(oracle_names(output=outputs))
         what = {"bio_tags": "BIO tag sequences", "text": "text"}
         raise ValueError(
             f"oracle {oracle!r} scores {what[needs]}, but task {data_args.task!r} outputs {what[outputs]}: the "

@@ -614,8 +614,12 @@ def speed(quick: bool, device: str, repeats: int, batch_size: int, size: str, ta
     return rows
 
 
-def oracles(quick: bool, device: str) -> list[dict]:
-    """Positions labelled per second by each oracle."""
+def oracles(
+    quick: bool, device: str, text_shape: tuple[int, int] = (32, 20), tags_shape: tuple[int, int] = (256, 30)
+) -> list[dict]:
+    """Positions labelled per second by each oracle: the built-in ones, and the generic oracle of a user's sentence
+    metric (`register_sentence_metric`) with the library's BLEU as that metric (the same labels as the `bleu` rows:
+    the difference is the cost of calling a metric on whole candidate outputs). The shapes are (batch, length)."""
     from hf_seqobj.oracles import BIOTagSet, SpanF1Oracle
 
     rows = []
@@ -623,26 +627,29 @@ def oracles(quick: bool, device: str) -> list[dict]:
     repeats = 3 if quick else 10
     tags = ["O"] + [f"{k}-{t}" for t in ("LOC", "MISC", "ORG", "PER") for k in "BI"]
     tag_set = BIOTagSet(tags, list(range(10, 10 + len(tags))))
-    gold = torch.randint(10, 10 + len(tags), (256, 31), generator=generator)
-    gold[:, 30] = 2
-    prefix = torch.randint(10, 10 + len(tags), (256, 31), generator=generator)
+    rows_n, tag_length = tags_shape
+    gold = torch.randint(10, 10 + len(tags), (rows_n, tag_length + 1), generator=generator)
+    gold[:, tag_length] = 2
+    prefix = torch.randint(10, 10 + len(tags), (rows_n, tag_length + 1), generator=generator)
     for mode in ("exact", "partial"):
         oracle = SpanF1Oracle(tag_set, eos_token_id=2, mode=mode)
         rows.append(
             _throughput(
                 f"oracle/span_f1 {mode}",
                 lambda o=oracle: o(prefix.to(device), gold.to(device)),
-                256 * 31,
+                rows_n * (tag_length + 1),
                 repeats,
                 device,
-                "256 sequences of 30 tags",
+                f"{rows_n} sequences of {tag_length} tags",
             )
         )
     try:
-        from hf_seqobj.oracles import BeamOracle, ExactRougeOracle
+        from hf_seqobj.oracles import BeamOracle, ExactRougeOracle, SentenceMetricOracle
+        from hf_seqobj.rewards import score
     except ImportError:
         return rows
-    batch, length, vocab = 32, 20, 1000
+    batch, length = text_shape
+    vocab = 1000
     refs = torch.randint(4, vocab, (batch, length + 1), generator=generator)
     refs[:, length] = 2
     hyps = torch.randint(4, vocab, (batch, length), generator=generator)
@@ -654,6 +661,16 @@ def oracles(quick: bool, device: str) -> list[dict]:
             oracles[f"oracle/{metric} k={k} h=2"] = BeamOracle(metric=metric, beam_size=k, lookahead=2, eos_token_id=2)
     for metric in ("rougeL", "rouge1"):
         oracles[f"oracle/{metric} exact"] = ExactRougeOracle(metric, eos_token_id=2)
+
+    def library_bleu(candidates: list[list[int]], references: list[list[int]]) -> torch.Tensor:
+        """A user's batched sentence metric: the library's BLEU on padded tensors."""
+        width = max(1, *(len(ids) for ids in candidates), *(len(ids) for ids in references))
+        return score("bleu", _padded(candidates, width), _padded(references, width))
+
+    for h in (0, 1):
+        oracles[f"oracle/sentence metric (bleu) h={h}"] = SentenceMetricOracle(
+            library_bleu, lookahead=h, eos_token_id=2
+        )
     for name, oracle in oracles.items():
         rows.append(
             _throughput(
@@ -666,6 +683,11 @@ def oracles(quick: bool, device: str) -> list[dict]:
             )
         )
     return rows
+
+
+def _padded(rows: list[list[int]], width: int) -> torch.Tensor:
+    """Token-id lists as one [N, width] tensor padded with -100."""
+    return torch.tensor([ids + [-100] * (width - len(ids)) for ids in rows], dtype=torch.long)
 
 
 def _throughput(name, call, positions, repeats, device, shape) -> dict:

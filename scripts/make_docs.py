@@ -16,7 +16,7 @@ the rest of a page is written by hand. The kinds:
 - `cost OBJECTIVE`: the rows of the objective in the speed benchmark (`benchmarks/results/speed_cpu.json`).
 - `objectives LINK_PREFIX`: the table of registered objectives, each linking to `LINK_PREFIX + NAME.md`.
 - `tasks`: the registered tasks with the first line of their docstrings.
-- `oracles`: the accepted values of `oracle`.
+- `oracles`: the registered oracles (the accepted values of `oracle`) with their registrations.
 - `accelerate_configs`: the packaged accelerate configs with their first comment line and main settings.
 """
 
@@ -256,7 +256,13 @@ def tasks() -> list[str]:
 def oracles() -> list[str]:
     from hf_seqobj.oracles import ORACLES
 
-    return [", ".join(f"`{name}`" for name in ORACLES)]
+    kinds = {"bio_tags": "BIO tags", "text": "text"}
+    lines = ["| oracle | scores | exact | settings | what it is |", "|---|---|---|---|---|"]
+    for name, spec in ORACLES.items():
+        used = ", ".join(f"`oracle_{setting}`" for setting in spec.settings) or "none"
+        exact = "yes" if spec.exact else "no (search)"
+        lines.append(f"| `{name}` | {kinds.get(spec.output, spec.output)} | {exact} | {used} | {_cell(spec.doc)} |")
+    return lines
 
 
 def accelerate_configs() -> list[str]:

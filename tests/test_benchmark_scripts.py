@@ -43,6 +43,15 @@ def test_peak_step_memory_counts_what_is_alive_at_once_on_cpu():
     assert 3 * MIB <= three < 3.5 * MIB
 
 
+def test_the_oracle_throughput_section_runs_every_oracle_on_a_tiny_batch(capsys):
+    rows = benchmark.oracles(quick=True, device="cpu", text_shape=(2, 4), tags_shape=(2, 4))
+    names = [row["name"] for row in rows]
+    assert "oracle/bleu h=0" in names and "oracle/span_f1 exact" in names
+    assert "oracle/sentence metric (bleu) h=0" in names and "oracle/sentence metric (bleu) h=1" in names
+    assert all(row["positions_per_second"] > 0 for row in rows)
+    assert "oracle/sentence metric (bleu) h=1" in capsys.readouterr().out
+
+
 def test_fractions_of_the_run_become_step_counts():
     settings = {
         "objective": "dagger",

@@ -34,7 +34,9 @@ def test_generated_blocks_are_up_to_date(page):
 def test_render_rewrites_only_the_blocks_and_names_bad_ones():
     stale = "Intro.\n<!-- generated: oracles -->\nold text\n<!-- /generated -->\nOutro.\n"
     rendered = make_docs.render(stale)
-    assert rendered.startswith("Intro.\n<!-- generated: oracles -->\n`span_f1`") and rendered.endswith("Outro.\n")
+    assert rendered.startswith("Intro.\n<!-- generated: oracles -->\n| oracle | scores |")
+    assert rendered.endswith("Outro.\n")
+    assert "| `span_f1` | BIO tags | yes |" in rendered
     assert "old text" not in rendered and make_docs.render(rendered) == rendered
     with pytest.raises(ValueError, match=r"page\.md:1: unknown generated block 'frobnicate'"):
         make_docs.render("<!-- generated: frobnicate -->\n<!-- /generated -->\n", "page.md")

@@ -32,8 +32,18 @@ from __future__ import annotations
 
 import torch
 
+from hf_seqobj.rewards import check_token_ids
 
-__all__ = ["STOP_RULES", "aligned_position", "continuation_mask", "edit_distance_append", "edit_distance_rows"]
+
+__all__ = [
+    "STOP_RULES",
+    "aligned_position",
+    "check_oracle_ids",
+    "check_search_inputs",
+    "continuation_mask",
+    "edit_distance_append",
+    "edit_distance_rows",
+]
 
 STOP_RULES = ("reference_length", "metric")
 """The accepted values of an oracle's `stop`: the reference-length cap, or the sentence metric alone."""
@@ -46,6 +56,65 @@ def check_stop(stop: object) -> str:
     if stop not in STOP_RULES:
         raise ValueError(f"stop = {stop!r}; accepted: {', '.join(repr(s) for s in STOP_RULES)}.")
     return stop
+
+
+def check_int(name: str, value: object, low: int) -> int:
+    """Returns `value` if it is an int >= `low` (not a bool), else raises a one-line ValueError."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} = {value!r}; accepted: an int >= {low}.")
+    return value
+
+
+def check_oracle_ids(eos_token_id: object, pad_token_id: object, continuation_ids: object) -> None:
+    """Raises a one-line ValueError unless the EOS id is an int >= 0, the pad id None or an int >= 0, and
+    `continuation_ids` None or a 1-D bool tensor (the arguments every text oracle takes)."""
+    for name, value, optional in (("eos_token_id", eos_token_id, False), ("pad_token_id", pad_token_id, True)):
+        if optional and value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} = {value!r}; accepted: {'None or ' if optional else ''}an int token id >= 0.")
+    if continuation_ids is not None and (
+        not isinstance(continuation_ids, torch.Tensor)
+        or continuation_ids.dtype != torch.bool
+        or continuation_ids.dim() != 1
+    ):
+        raise ValueError(f"continuation_ids = {continuation_ids!r}; accepted: None or a 1-D bool tensor.")
+
+
+def check_search_inputs(
+    prefix_ids: torch.Tensor, reference_ids: torch.Tensor, prefix_lengths: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The inputs of a text oracle's search as tensors, checked: `prefix_ids` [B, T] token ids, `reference_ids`
+    [B, R], `prefix_lengths` None or [B] integers in [0, T] (returned as int64 on the device of `prefix_ids`).
+
+    Raises:
+        ValueError: One line naming the first input that is not accepted.
+    """
+    prefix_ids, reference_ids = torch.as_tensor(prefix_ids), torch.as_tensor(reference_ids)
+    if prefix_ids.dim() != 2 or reference_ids.dim() != 2 or prefix_ids.shape[0] != reference_ids.shape[0]:
+        raise ValueError(
+            f"prefix_ids {tuple(prefix_ids.shape)} and reference_ids {tuple(reference_ids.shape)}; accepted: "
+            "[B, T] and [B, R] with the same B."
+        )
+    check_token_ids(prefix_ids, "prefix_ids")
+    b, t = prefix_ids.shape
+    if prefix_lengths is not None:
+        prefix_lengths = torch.as_tensor(prefix_lengths, device=prefix_ids.device)
+        if (
+            prefix_lengths.shape != (b,)
+            or prefix_lengths.dtype.is_floating_point
+            or prefix_lengths.dtype == torch.bool
+        ):
+            raise ValueError(
+                f"prefix_lengths has shape {tuple(prefix_lengths.shape)} and dtype {prefix_lengths.dtype}; "
+                f"accepted: [B] = [{b}] integers."
+            )
+        bad = (prefix_lengths < 0) | (prefix_lengths > t)
+        if bad.any():
+            row = int(bad.nonzero()[0, 0])
+            raise ValueError(f"prefix_lengths[{row}] = {int(prefix_lengths[row])}; accepted: 0 <= length <= T = {t}.")
+        prefix_lengths = prefix_lengths.long()
+    return prefix_ids, reference_ids, prefix_lengths
 
 
 def edit_distance_append(ed: torch.Tensor, eq: torch.Tensor) -> torch.Tensor:

@@ -42,7 +42,15 @@ from typing import NamedTuple
 import torch
 
 from hf_seqobj.constants import IGNORE_INDEX
-from hf_seqobj.oracles.align import aligned_position, check_stop, edit_distance_append, edit_distance_rows
+from hf_seqobj.oracles.align import (
+    aligned_position,
+    check_int,
+    check_oracle_ids,
+    check_search_inputs,
+    check_stop,
+    edit_distance_append,
+    edit_distance_rows,
+)
 from hf_seqobj.rewards import MetricState, SentenceMetric, check_token_ids
 
 
@@ -73,19 +81,6 @@ class BeamSearchResult(NamedTuple):
     scores: torch.Tensor
     gold_scores: torch.Tensor
     completions: torch.Tensor | None = None
-
-
-def _check_int(name: str, value: object, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} = {value!r}; accepted: an int >= {low}.")
-    return value
-
-
-def _check_id(name: str, value: object, optional: bool) -> None:
-    if optional and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{name} = {value!r}; accepted: {'None or ' if optional else ''}an int token id >= 0.")
 
 
 def _top(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -251,17 +246,10 @@ class BeamOracle:
                 f"metric = {metric!r}; accepted by the beam oracle: {', '.join(repr(m) for m in BEAM_METRICS)} "
                 "(ROUGE-L has an exact oracle: hf_seqobj.oracles.ExactRougeOracle)."
             )
-        _check_id("eos_token_id", eos_token_id, optional=False)
-        _check_id("pad_token_id", pad_token_id, optional=True)
-        if continuation_ids is not None and (
-            not isinstance(continuation_ids, torch.Tensor)
-            or continuation_ids.dtype != torch.bool
-            or continuation_ids.dim() != 1
-        ):
-            raise ValueError(f"continuation_ids = {continuation_ids!r}; accepted: None or a 1-D bool tensor.")
+        check_oracle_ids(eos_token_id, pad_token_id, continuation_ids)
         self.metric = metric
-        self.beam_size = _check_int("beam_size", beam_size, 1)
-        self.lookahead = _check_int("lookahead", lookahead, 0)
+        self.beam_size = check_int("beam_size", beam_size, 1)
+        self.lookahead = check_int("lookahead", lookahead, 0)
         self.eos_token_id = eos_token_id
         self.pad_token_id = pad_token_id
         self.stop = check_stop(stop)
@@ -413,34 +401,10 @@ class BeamOracle:
             A `BeamSearchResult` whose tensors are [B, T] (or [B] with `prefix_lengths`), on the device of
             `prefix_ids`.
         """
-        prefix_ids, reference_ids = torch.as_tensor(prefix_ids), torch.as_tensor(reference_ids)
-        if prefix_ids.dim() != 2 or reference_ids.dim() != 2 or prefix_ids.shape[0] != reference_ids.shape[0]:
-            raise ValueError(
-                f"prefix_ids {tuple(prefix_ids.shape)} and reference_ids {tuple(reference_ids.shape)}; accepted: "
-                "[B, T] and [B, R] with the same B."
-            )
-        check_token_ids(prefix_ids, "prefix_ids")
+        prefix_ids, reference_ids, prefix_lengths = check_search_inputs(prefix_ids, reference_ids, prefix_lengths)
         dev = prefix_ids.device
         b, t = prefix_ids.shape
         prefix = prefix_ids.long()
-        if prefix_lengths is not None:
-            prefix_lengths = torch.as_tensor(prefix_lengths, device=dev)
-            if (
-                prefix_lengths.shape != (b,)
-                or prefix_lengths.dtype.is_floating_point
-                or prefix_lengths.dtype == torch.bool
-            ):
-                raise ValueError(
-                    f"prefix_lengths has shape {tuple(prefix_lengths.shape)} and dtype {prefix_lengths.dtype}; "
-                    f"accepted: [B] = [{b}] integers."
-                )
-            bad = (prefix_lengths < 0) | (prefix_lengths > t)
-            if bad.any():
-                row = int(bad.nonzero()[0, 0])
-                raise ValueError(
-                    f"prefix_lengths[{row}] = {int(prefix_lengths[row])}; accepted: 0 <= length <= T = {t}."
-                )
-            prefix_lengths = prefix_lengths.long()
         refs = self._references(reference_ids, dev)
         scorer = refs.scorer
         width = self.lookahead + scorer.ref.shape[1] + 1

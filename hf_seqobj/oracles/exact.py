@@ -34,9 +34,15 @@ from __future__ import annotations
 import torch
 
 from hf_seqobj.constants import IGNORE_INDEX
-from hf_seqobj.oracles.align import aligned_position, check_stop, edit_distance_rows
+from hf_seqobj.oracles.align import (
+    aligned_position,
+    check_oracle_ids,
+    check_search_inputs,
+    check_stop,
+    edit_distance_rows,
+)
 from hf_seqobj.oracles.beam import TIE_TOLERANCE, BeamSearchResult
-from hf_seqobj.rewards import SentenceMetric, check_token_ids
+from hf_seqobj.rewards import SentenceMetric
 
 
 __all__ = ["EXACT_METRICS", "ExactRougeOracle"]
@@ -73,19 +79,7 @@ class ExactRougeOracle:
     ) -> None:
         if metric not in EXACT_METRICS:
             raise ValueError(f"metric = {metric!r}; accepted: {', '.join(repr(m) for m in EXACT_METRICS)}.")
-        for name, value, optional in (("eos_token_id", eos_token_id, False), ("pad_token_id", pad_token_id, True)):
-            if optional and value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(
-                    f"{name} = {value!r}; accepted: {'None or ' if optional else ''}an int token id >= 0."
-                )
-        if continuation_ids is not None and (
-            not isinstance(continuation_ids, torch.Tensor)
-            or continuation_ids.dtype != torch.bool
-            or continuation_ids.dim() != 1
-        ):
-            raise ValueError(f"continuation_ids = {continuation_ids!r}; accepted: None or a 1-D bool tensor.")
+        check_oracle_ids(eos_token_id, pad_token_id, continuation_ids)
         self.metric = metric
         self.eos_token_id = eos_token_id
         self.pad_token_id = pad_token_id
@@ -136,34 +130,10 @@ class ExactRougeOracle:
             prefix_lengths: None (every position) or [B] integers in [0, T].
             return_completions: Also return the best completion after each prefix ([..., R + 1], EOS-ended).
         """
-        prefix_ids, reference_ids = torch.as_tensor(prefix_ids), torch.as_tensor(reference_ids)
-        if prefix_ids.dim() != 2 or reference_ids.dim() != 2 or prefix_ids.shape[0] != reference_ids.shape[0]:
-            raise ValueError(
-                f"prefix_ids {tuple(prefix_ids.shape)} and reference_ids {tuple(reference_ids.shape)}; accepted: "
-                "[B, T] and [B, R] with the same B."
-            )
-        check_token_ids(prefix_ids, "prefix_ids")
+        prefix_ids, reference_ids, prefix_lengths = check_search_inputs(prefix_ids, reference_ids, prefix_lengths)
         dev = prefix_ids.device
         b, t = prefix_ids.shape
         prefix = prefix_ids.long()
-        if prefix_lengths is not None:
-            prefix_lengths = torch.as_tensor(prefix_lengths, device=dev)
-            if (
-                prefix_lengths.shape != (b,)
-                or prefix_lengths.dtype.is_floating_point
-                or prefix_lengths.dtype == (torch.bool)
-            ):
-                raise ValueError(
-                    f"prefix_lengths has shape {tuple(prefix_lengths.shape)} and dtype {prefix_lengths.dtype}; "
-                    f"accepted: [B] = [{b}] integers."
-                )
-            bad = (prefix_lengths < 0) | (prefix_lengths > t)
-            if bad.any():
-                row = int(bad.nonzero()[0, 0])
-                raise ValueError(
-                    f"prefix_lengths[{row}] = {int(prefix_lengths[row])}; accepted: 0 <= length <= T = {t}."
-                )
-            prefix_lengths = prefix_lengths.long()
         scorer = SentenceMetric(
             self.metric, reference_ids.to(dev), eos_token_id=self.eos_token_id, pad_token_id=self.pad_token_id
         )

@@ -17,7 +17,7 @@ from hf_seqobj.decoding.rollin import RollinArguments, predicted_tokens
 from hf_seqobj.objectives.base import Objective, register_objective, row_generators
 from hf_seqobj.objectives.dagger.relabeling import DAggerRelabeler
 from hf_seqobj.objectives.schedules import BETA_SCHEDULES, dagger_beta
-from hf_seqobj.oracles import ORACLES, STOP_RULES, make_oracle
+from hf_seqobj.oracles import ORACLE_NAMES, STOP_RULES, get_oracle, make_oracle
 
 
 YANG2024 = """@article{yang2024dynamic,
@@ -43,23 +43,29 @@ ROSS2011 = """@inproceedings{ross2011reduction,
 class DAggerArguments:
     """Settings of `objective="dagger"`."""
 
-    oracle: Literal[ORACLES] = field(
+    oracle: str = field(
         default="span_f1",
         metadata={
-            "help": f"The dynamic oracle that relabels roll-ins, one of {ORACLES}: exact span-F1 oracles (exact or "
+            "help": "The dynamic oracle that relabels roll-ins: a registered oracle (hf_seqobj.oracles.ORACLES; "
+            "register_oracle / register_sentence_metric add your own). Built in: exact span-F1 oracles (exact or "
             "partial match) for BIO tagging; for text, a beam search over whole completions for BLEU and ROUGE-2 "
-            "and exact oracles for ROUGE-1 and ROUGE-L (docs/oracles.md)."
+            "and exact oracles for ROUGE-1 and ROUGE-L (docs/oracles.md).",
+            "choices": ORACLE_NAMES,  # read when parsing: the command line accepts oracles registered later too
         },
     )
     oracle_beam_size: int = field(
         default=5,
-        metadata={"help": "Beam size k of the BLEU / ROUGE-2 oracle (used when oracle_lookahead >= 2)."},
+        metadata={
+            "help": "Beam size k of the searching oracles (BLEU, ROUGE-2, sentence metrics; used when "
+            "oracle_lookahead >= 2)."
+        },
     )
     oracle_lookahead: int = field(
         default=0,
         metadata={
-            "help": "Free tokens h the BLEU / ROUGE-2 oracle searches before the aligned reference suffix finishes "
-            "each completion; 0: the best reference tail (every completion is prefix + a reference suffix)."
+            "help": "Free tokens h the searching oracles (BLEU, ROUGE-2, sentence metrics) try before the aligned "
+            "reference suffix finishes each completion; 0: the best reference tail (every completion is prefix + a "
+            "reference suffix)."
         },
     )
     oracle_stop: Literal[STOP_RULES] = field(
@@ -117,8 +123,7 @@ class DAggerArguments:
 
     def validate(self) -> None:
         """Raises `ValueError` naming the first setting whose value is not accepted."""
-        if self.oracle not in ORACLES:
-            raise ValueError(f"oracle must be one of {ORACLES}, got {self.oracle!r}.")
+        get_oracle(self.oracle)  # registered now (oracles registered after import are accepted)
         if self.oracle_beam_size < 1:
             raise ValueError(f"oracle_beam_size must be >= 1, got {self.oracle_beam_size}.")
         if self.oracle_lookahead < 0:
