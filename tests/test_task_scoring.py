@@ -231,3 +231,12 @@ def test_compute_metrics_keeps_the_decoded_texts_and_eos_and_saves_them(tmp_path
     ]
     with pytest.raises(ValueError, match="1 sources for 2 decoded predictions"):
         task.save_predictions(tmp_path / "x.jsonl", ["s1"])
+
+
+def test_overwriting_a_run_deletes_its_predictions(tmp_path):
+    from hf_seqobj.run import prepare_output_dir
+
+    for name in ("test_results.json", "test_predictions.jsonl", "eval_predictions.jsonl", "notes.txt"):
+        (tmp_path / name).write_text("{}")
+    prepare_output_dir(str(tmp_path), overwrite=True, resume=False)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["notes.txt"]
