@@ -523,9 +523,23 @@ def evaluate(
 
 def save_predictions(trainer, task: Task, split: str, sources: list[str]) -> None:
     """Writes `{split}_predictions.jsonl` beside `{split}_results.json` (main process only): the texts that the last
-    generation-scored evaluation or prediction decoded (:meth:`Task.save_predictions`), with their sources."""
-    if trainer.is_world_process_zero() and task.last_outputs is not None:
-        task.save_predictions(Path(trainer.args.output_dir) / f"{split}_predictions.jsonl", sources)
+    generation-scored evaluation or prediction decoded (:meth:`Task.save_predictions`), with their sources.
+
+    Where the decoded texts are not one per example (a launched multi-process evaluation gathers every process's
+    batches), the file is not written and a warning says so: the rows could not be matched to their sources."""
+    outputs = task.last_outputs
+    if not trainer.is_world_process_zero() or outputs is None:
+        return
+    if len(outputs.predictions) != len(sources):
+        logger.warning(
+            "%s_predictions.jsonl not written: %d decoded predictions for %d examples (gathered from %d processes).",
+            split,
+            len(outputs.predictions),
+            len(sources),
+            trainer.args.world_size,
+        )
+        return
+    task.save_predictions(Path(trainer.args.output_dir) / f"{split}_predictions.jsonl", sources)
 
 
 def _plain(value: Any) -> Any:
