@@ -176,6 +176,14 @@ class DataArguments:
             "names its file and line (or data set, split and row)."
         },
     )
+    save_eval_predictions: bool = field(
+        default=False,
+        metadata={
+            "help": "Write the final validation evaluation's decoded texts to eval_predictions.jsonl beside "
+            "eval_results.json (one JSON object a line: source, prediction, reference), as test_predictions.jsonl "
+            "always holds the test split's."
+        },
+    )
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training examples."})
     max_eval_samples: int | None = field(
         default=None, metadata={"help": "Use only the first N validation and test examples."}

@@ -55,6 +55,7 @@ RUN_ARTIFACTS = (
     "trainer_state.json",
     "training_args.bin",
     "*_results.json",
+    "*_predictions.jsonl",
     "config.json",
     "generation_config.json",
     "*.safetensors",
@@ -483,10 +484,13 @@ def train(
         results["eval"] = trainer.evaluate()
         trainer.log_metrics("eval", results["eval"])
         trainer.save_metrics("eval", results["eval"])
+        if data_args.save_eval_predictions:
+            save_predictions(trainer, task, "eval", splits["validation"]["source"])
     if "test" in tokenized:
         results["test"] = trainer.predict(tokenized["test"], metric_key_prefix="test").metrics
         trainer.log_metrics("test", results["test"])
         trainer.save_metrics("test", results["test"])
+        save_predictions(trainer, task, "test", splits["test"]["source"])
     # The model card with the final metrics; with push_to_hub, the final upload (model, tokenizer, card).
     if training_args.push_to_hub:
         trainer.push_to_hub(metrics=results.get("test"))
@@ -501,7 +505,8 @@ def evaluate(
     data_args: DataArguments,
     training_args: SeqObjTrainingArguments | SeqObjSeq2SeqTrainingArguments,
 ) -> dict[str, float]:
-    """Scores a saved model on one split with generation; writes `{split}_results.json` to output_dir."""
+    """Scores a saved model on one split with generation; writes `{split}_results.json` and the decoded texts,
+    `{split}_predictions.jsonl`, to output_dir."""
     check_settings(ModelArguments(model_name_or_path=model_dir), data_args, training_args)
     task = get_task(data_args)
     splits = task.load()
@@ -513,7 +518,29 @@ def evaluate(
     trainer = build_trainer(model, tokenizer, task, tokenized, training_args)
     metrics = trainer.predict(tokenized[split], metric_key_prefix=split).metrics
     trainer.save_metrics(split, metrics)
+    save_predictions(trainer, task, split, splits[split]["source"])
     return metrics
+
+
+def save_predictions(trainer, task: Task, split: str, sources: list[str]) -> None:
+    """Writes `{split}_predictions.jsonl` beside `{split}_results.json` (main process only): the texts that the last
+    generation-scored evaluation or prediction decoded (:meth:`Task.save_predictions`), with their sources.
+
+    Where the decoded texts are not one per example (a launched multi-process evaluation gathers every process's
+    batches), the file is not written and a warning says so: the rows could not be matched to their sources."""
+    outputs = task.last_outputs
+    if not trainer.is_world_process_zero() or outputs is None:
+        return
+    if len(outputs.predictions) != len(sources):
+        logger.warning(
+            "%s_predictions.jsonl not written: %d decoded predictions for %d examples (gathered from %d processes).",
+            split,
+            len(outputs.predictions),
+            len(sources),
+            trainer.args.world_size,
+        )
+        return
+    task.save_predictions(Path(trainer.args.output_dir) / f"{split}_predictions.jsonl", sources)
 
 
 def _plain(value: Any) -> Any:

@@ -1,4 +1,5 @@
-"""The measuring parts of scripts/benchmark.py and scripts/quality.py (the benchmarks themselves are run by hand)."""
+"""The measuring parts of scripts/benchmark.py and the quality benchmark (scripts/quality.py over benchmarks/protocol/;
+the benchmarks themselves are run by hand)."""
 
 from __future__ import annotations
 
@@ -10,18 +11,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import sacrebleu
 import torch
 from transformers import TrainerCallback
 
 from hf_seqobj.arguments import DataArguments
-from hf_seqobj.tasks import get_task, synthetic_ner_splits, tag_metrics
+from hf_seqobj.tasks import Task, get_task, synthetic_ner_splits
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 import benchmark  # noqa: E402
-import quality  # noqa: E402
+import quality  # noqa: E402, F401  (puts the checkout on sys.path for benchmarks.protocol)
+
+from benchmarks.protocol import protocol, settings  # noqa: E402
+from benchmarks.protocol import report as reporting  # noqa: E402
+from benchmarks.protocol import statistics as protocol_statistics  # noqa: E402
 
 
 MIB = 2**20
@@ -62,7 +66,7 @@ def test_fractions_of_the_run_become_step_counts():
         "ss_c": 0.25,
         "ss_eps_min": 0.75,
     }
-    resolved = quality.resolve(settings, 800)
+    resolved = protocol.resolve(settings, 800)
     assert resolved["dagger_warmup_steps"] == 400
     assert resolved["sm_bc_steps"] == 10**9  # a count stays a count
     # eps = k - c * step falls from 1 to eps_min = 0.75 over the first quarter (200 steps) of the run
@@ -70,81 +74,93 @@ def test_fractions_of_the_run_become_step_counts():
     assert settings["dagger_warmup_steps"] == 0.5  # the task's table is not modified
 
 
-def _random_tags(generator: random.Random, length: int) -> list[str]:
-    tags = ["O", "O", "B-PER", "I-PER", "B-LOC", "I-LOC", "<invalid>"]
-    return [generator.choice(tags) for _ in range(length)]
-
-
-def test_ner_statistics_per_sentence_sum_to_seqeval_span_f1():
-    generator = random.Random(0)
-    references = [
-        " ".join(_random_tags(generator, generator.randint(1, 9))).replace("<invalid>", "O") for _ in range(300)
-    ]
-    # predictions of the wrong length (padded with O or cut, as the task does), with non-tags (scored as O)
-    predictions = [
-        " ".join(_random_tags(generator, len(r.split()) + generator.choice([-2, 0, 0, 0, 1]))) for r in references
-    ]
-    statistics = quality.example_statistics("ner", predictions, references)
-    assert statistics.shape == (300, 3)
-    expected = tag_metrics([p.split() for p in predictions], [r.split() for r in references])["f1"]
-    value = quality.corpus_metric("ner", "f1", statistics, np.ones((1, 300)))[0]
-    assert value == pytest.approx(expected, abs=1e-12)
-    assert 0 < expected < 1
-
-
-def test_bleu_statistics_give_sacrebleu_corpus_bleu():
-    generator = random.Random(1)
-    words = "ein Mann mit einem Hund läuft auf der Straße im Park".split()
-    references = [" ".join(generator.choices(words, k=generator.randint(3, 12))) for _ in range(100)]
-    predictions = [" ".join(generator.choices(words, k=generator.randint(1, 12))) for _ in range(100)]
-    statistics = quality.example_statistics("translation", predictions, references)
-    value = quality.corpus_metric("translation", "bleu", statistics, np.ones((1, 100)))[0]
-    assert value == pytest.approx(sacrebleu.corpus_bleu(predictions, [references]).score, abs=1e-9)
-
-
-def test_rouge_statistics_are_the_task_scores_per_example(tmp_path):
-    (tmp_path / "train.jsonl").write_text(json.dumps({"document": "a b", "summary": "a"}) + "\n")
-    task = get_task(DataArguments(task="summarization", train_file=str(tmp_path / "train.jsonl")))
-    predictions = ["the cat sat on the mat", "dogs are running", "a b c", "nothing in common"]
-    references = ["a cat sat on a mat", "the dog runs", "a b c d", "something else"]
-    statistics = quality.example_statistics("summarization", predictions, references)
-    expected = task.score(predictions, references)
-    for metric in ("rouge1", "rouge2", "rougeL", "rougeLsum"):
-        value = quality.corpus_metric("summarization", metric, statistics, np.ones((1, 4)))[0]
-        assert value == pytest.approx(expected[metric], abs=1e-9)
-
-
 def test_output_statistics_measure_length_and_repeated_bigrams():
     predictions = ["at the meeting at the meeting", "she is home", "a a"]
     references = ["they meet at noon", "she is at home now"]
     with pytest.raises(ValueError, match="3 predictions for 2 references"):
-        quality.output_statistics(predictions, references)
-    stats = quality.output_statistics(predictions, references + ["x"])
+        protocol_statistics.output_statistics(predictions, references)
+    stats = protocol_statistics.output_statistics(predictions, references + ["x"])
     assert stats == {"words": 11 / 3, "reference_words": 10 / 3, "repeated_bigram": 1 / 3}  # 6 + 3 + 2, 4 + 5 + 1
     # a repeated word is not a repeated bigram; one bigram twice is ("a a a")
-    assert quality.output_statistics(["a b a", "a a a"], ["r", "r"])["repeated_bigram"] == 0.5
+    assert protocol_statistics.output_statistics(["a b a", "a a a"], ["r", "r"])["repeated_bigram"] == 0.5
+
+
+def _arithmetic_runs(correct: list[np.ndarray]) -> list[dict]:
+    """The arithmetic task's statistics of runs whose answers are right where `correct` is 1."""
+    task = get_task(DataArguments(task="arithmetic", dataset_name="synthetic"))
+    return [task.example_statistics(["1" if c else "2" for c in run], ["1"] * len(run)) for run in correct]
 
 
 def test_paired_bootstrap_interval():
+    task = get_task(DataArguments(task="arithmetic", dataset_name="synthetic"))
     generator = np.random.default_rng(0)
-    n = 400
-    predicted, gold = generator.integers(0, 4, n), generator.integers(1, 4, n)
-    correct = np.minimum(generator.integers(0, 3, n), np.minimum(predicted, gold))
-    control = [np.stack([correct, predicted, gold], 1).astype(float)] * 3
-    same = quality.paired_bootstrap("ner", "f1", control, control, resamples=200)
+    correct = [generator.integers(0, 2, 400) for _ in range(3)]
+    control = _arithmetic_runs(correct)
+    same = protocol_statistics.paired_bootstrap(task, "accuracy", control, control, resamples=200)
     assert same["delta"] == 0 and same["ci_low"] == 0 and same["ci_high"] == 0
-    better = [c.copy() for c in control]
-    for b in better:
-        b[:, 0] = np.minimum(b[:, 0] + 1, np.minimum(b[:, 1], b[:, 2]))  # one more correct span where possible
-    result = quality.paired_bootstrap("ner", "f1", better, control, resamples=200)
+    better = _arithmetic_runs([np.maximum(c, generator.random(400) < 0.2) for c in correct])
+    result = protocol_statistics.paired_bootstrap(task, "accuracy", better, control, resamples=200)
     assert result["ci_low"] > 0 and result["ci_low"] <= result["delta"] <= result["ci_high"]
-    assert quality.verdict(result["ci_low"], result["ci_high"]) == "helps"
-    worse = quality.paired_bootstrap("ner", "f1", control, better, resamples=200)
+    assert result["delta"] == pytest.approx(
+        np.mean([b["exact"].mean() for b in better]) - np.mean([c["exact"].mean() for c in control])
+    )
+    assert protocol_statistics.verdict(result["ci_low"], result["ci_high"]) == "helps"
+    worse = protocol_statistics.paired_bootstrap(task, "accuracy", control, better, resamples=200)
     assert worse["delta"] == pytest.approx(-result["delta"]) and worse["ci_high"] < 0
-    assert quality.verdict(-0.1, 0.2) == "no difference"
-    assert quality.paired_bootstrap("ner", "f1", better, control, resamples=200) == result  # seeded
+    assert protocol_statistics.verdict(-0.1, 0.2) == "no difference"
+    assert protocol_statistics.paired_bootstrap(task, "accuracy", better, control, resamples=200) == result  # seeded
     with pytest.raises(ValueError, match="Paired seeds"):
-        quality.paired_bootstrap("ner", "f1", better[:2], control, resamples=10)
+        protocol_statistics.paired_bootstrap(task, "accuracy", better[:2], control, resamples=10)
+    with pytest.raises(ValueError, match=r"the runs have \[399, 400\] examples"):
+        shorter = [{name: column[:399] for name, column in run.items()} for run in better]
+        protocol_statistics.paired_bootstrap(task, "accuracy", shorter, control, resamples=10)
+
+
+class _WordRecall(Task):
+    """A user's own task, unknown to the benchmark: the share of reference words that the prediction holds."""
+
+    name = "word_recall"
+
+    def load_file(self, path):
+        raise NotImplementedError
+
+    def from_hub_split(self, dataset, where):
+        raise NotImplementedError
+
+    def example_statistics(self, predictions, references):
+        found = [sum(w in p.split() for w in r.split()) for p, r in zip(predictions, references, strict=True)]
+        return {"found": np.array(found, float), "words": np.array([len(r.split()) for r in references], float)}
+
+    def metrics_from_sums(self, sums, count):
+        return {"word_recall": sums["found"] / sums["words"]}
+
+
+@pytest.mark.parametrize("task_name", ["text2text", "word_recall"])
+def test_any_task_gets_bootstrap_intervals_from_its_saved_predictions(tmp_path, task_name):
+    """The generic prompt / completion task and a user's own task: their statistics, read from the predictions that
+    the protocol saves, give their score and a paired bootstrap interval, with no code of the benchmark's for them."""
+    arguments = DataArguments(task="text2text", train_file="unused.jsonl", text2text_metrics=["bleu", "exact_match"])
+    task = get_task(arguments) if task_name == "text2text" else _WordRecall(arguments)
+    metric = "bleu" if task_name == "text2text" else "word_recall"
+    generator = random.Random(0)
+    words = "a man with a dog walks in the park on a sunny day".split()
+    references = [" ".join(generator.choices(words, k=generator.randint(4, 10))) for _ in range(120)]
+
+    def saved_run(seed: int, keep: float) -> dict:
+        rng = random.Random(seed)
+        predictions = [" ".join(w if rng.random() < keep else "x" for w in r.split()) for r in references]
+        path = tmp_path / f"{seed}_{keep}.jsonl"
+        rows = [{"index": i, "prediction": p, "reference": r} for i, (p, r) in enumerate(zip(predictions, references))]
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+        statistics = protocol_statistics.run_statistics(task, path)
+        assert task.corpus_metrics(statistics)[metric][0] == task.score(predictions, references)[metric]
+        return statistics
+
+    control = [saved_run(seed, 0.6) for seed in range(3)]
+    better = [saved_run(seed, 0.8) for seed in range(3)]
+    result = protocol_statistics.paired_bootstrap(task, metric, better, control, resamples=100)
+    assert 0 < result["ci_low"] <= result["delta"] <= result["ci_high"]
+    assert protocol_statistics.verdict(result["ci_low"], result["ci_high"]) == "helps"
 
 
 def test_training_order_depends_on_the_seed_alone():
@@ -152,39 +168,39 @@ def test_training_order_depends_on_the_seed_alone():
 
     train = Dataset.from_dict({"input_ids": [[1] * (1 + i % 17) for i in range(100)]})
     torch.manual_seed(123)
-    first = quality.ordered_train(train, steps=10, batch_size=8, seed=1)
+    first = protocol.ordered_train(train, steps=10, batch_size=8, seed=1)
     torch.rand(1000)  # an objective that samples moves the global generator: the order does not change
-    again = quality.ordered_train(train, steps=10, batch_size=8, seed=1)
-    other = quality.ordered_train(train, steps=10, batch_size=8, seed=2)
+    again = protocol.ordered_train(train, steps=10, batch_size=8, seed=1)
+    other = protocol.ordered_train(train, steps=10, batch_size=8, seed=2)
     assert len(first) == 80 and first["input_ids"] == again["input_ids"]
     assert first["input_ids"] != other["input_ids"]
 
 
 def test_a_grid_has_one_to_four_points_and_the_methods_include_the_control(tmp_path):
-    methods = {quality.CONTROL: {"settings": {"objective": "mle"}, "grid": [{}]}}
+    methods = {settings.CONTROL: {"settings": {"objective": "mle"}, "grid": [{}]}}
     too_many = {**methods, "scheduled_sampling": {"settings": {}, "grid": [{}] * 5}}
     with pytest.raises(ValueError, match="grid of 5 points"):
-        quality.Benchmark("ner", tmp_path, methods=too_many)
+        protocol.Benchmark("ner", tmp_path, methods=too_many)
     with pytest.raises(ValueError, match="must include the control"):
-        quality.Benchmark("ner", tmp_path, methods={"dagger_exact": {"settings": {}, "grid": [{}]}})
+        protocol.Benchmark("ner", tmp_path, methods={"dagger_exact": {"settings": {}, "grid": [{}]}})
 
 
 def test_warm_start_learning_rates_per_family_key_the_cached_warm_starts(tmp_path):
     files = _conll_files(tmp_path)
-    default = quality.Benchmark("ner", tmp_path / "work", **files)
+    default = protocol.Benchmark("ner", tmp_path / "work", **files)
     assert default.warm_start_lr == {"gpt2": 1e-3, "bart": 3e-4, "t5": 3e-4}  # the task's rates for BART and T5
     assert default.warm_settings("bart")["learning_rate"] == 3e-4
-    one_rate = quality.Benchmark("ner", tmp_path / "work", warm_start={"learning_rate": 5e-4}, **files)
+    one_rate = protocol.Benchmark("ner", tmp_path / "work", warm_start={"learning_rate": 5e-4}, **files)
     assert set(one_rate.warm_start_lr.values()) == {5e-4}  # one rate given: every family, BART included
-    per_family = quality.Benchmark("ner", tmp_path / "work", warm_start_lr={"t5": 5e-4}, **files)
+    per_family = protocol.Benchmark("ner", tmp_path / "work", warm_start_lr={"t5": 5e-4}, **files)
     assert per_family.warm_start_lr == {"gpt2": 1e-3, "bart": 3e-4, "t5": 5e-4}  # the task's T5 rate replaced
     # the same settings reached either way share a cache entry; another rate is another warm start
     assert per_family.warm_dir("t5") == one_rate.warm_dir("t5")
     assert per_family.warm_dir("gpt2") == default.warm_dir("gpt2") != one_rate.warm_dir("gpt2")
     with pytest.raises(ValueError, match="warm_start_lr gpt3=0.001: expected a family of"):
-        quality.Benchmark("ner", tmp_path / "work", warm_start_lr={"gpt3": 1e-3}, **files)
+        protocol.Benchmark("ner", tmp_path / "work", warm_start_lr={"gpt3": 1e-3}, **files)
     with pytest.raises(ValueError, match="warm_start_lr t5=0.0: expected .* a rate > 0"):
-        quality.Benchmark("ner", tmp_path / "work", warm_start_lr={"t5": 0.0}, **files)
+        protocol.Benchmark("ner", tmp_path / "work", warm_start_lr={"t5": 0.0}, **files)
 
 
 def _conll_files(folder: Path) -> dict:
@@ -216,19 +232,19 @@ class _InterruptOnce(TrainerCallback):
 
 
 def test_the_report_counts_seeds_per_family_from_the_scored_control_runs():
-    def run(family, seed, method=quality.CONTROL, scored=True):
+    def run(family, seed, method=settings.CONTROL, scored=True):
         return {"family": family, "seed": seed, "method": method, **({"test": {}} if scored else {})}
 
     runs = [run("gpt2", s) for s in range(3)] + [run(f, s) for f in ("bart", "t5") for s in range(5)]
     runs += [run("gpt2", 7, scored=False), run("gpt2", 8, method="dagger_exact")]  # a grid run, another method
-    assert quality._seeds_text(runs, 5) == "3 (gpt2), 5 (bart, t5)"
-    assert quality._control_seeds(runs) == {"gpt2": 3, "bart": 5, "t5": 5}
-    assert quality._seeds_text(runs[3:], 3) == "5" and quality._seeds_text([], 3) == "3"
+    assert reporting._seeds_text(runs, 5) == "3 (gpt2), 5 (bart, t5)"
+    assert reporting._control_seeds(runs) == {"gpt2": 3, "bart": 5, "t5": 5}
+    assert reporting._seeds_text(runs[3:], 3) == "5" and reporting._seeds_text([], 3) == "3"
 
 
 def test_the_protocol_end_to_end_on_tiny_data(tmp_path, monkeypatch):
     methods = {
-        quality.CONTROL: {
+        settings.CONTROL: {
             "settings": {"objective": "mle"},
             "grid": [{"learning_rate": 1e-3}, {"learning_rate": 3e-3}],
         },
@@ -237,7 +253,7 @@ def test_the_protocol_end_to_end_on_tiny_data(tmp_path, monkeypatch):
             "grid": [{"dagger_beta": 0.0, "dagger_beta_schedule": "constant"}],
         },
     }
-    benchmark = quality.Benchmark(
+    benchmark = protocol.Benchmark(
         "ner",
         tmp_path / "work",
         seeds=2,
@@ -250,14 +266,14 @@ def test_the_protocol_end_to_end_on_tiny_data(tmp_path, monkeypatch):
         methods=methods,
         **_conll_files(tmp_path),
     )
-    build_trainer = quality.build_trainer
+    build_trainer = protocol.build_trainer
 
     def interrupted_build_trainer(*args, **kwargs):
         trainer = build_trainer(*args, **kwargs)
         trainer.add_callback(_InterruptOnce(6))
         return trainer
 
-    monkeypatch.setattr(quality, "build_trainer", interrupted_build_trainer)
+    monkeypatch.setattr(protocol, "build_trainer", interrupted_build_trainer)
     with pytest.raises(KeyboardInterrupt):
         benchmark.run_warm_start("gpt2")
     warm = benchmark.run_warm_start("gpt2")  # resumes from checkpoint-4 (saved with each evaluation)
@@ -270,19 +286,21 @@ def test_the_protocol_end_to_end_on_tiny_data(tmp_path, monkeypatch):
     # loss logged at the best step (F1 ties at 0 here, so the best is the first evaluation, not the last)
     assert warm["best_step"] == 4 and warm["curve"][0]["loss"] != warm["curve"][-1]["loss"]
     data_args, task, splits = benchmark._task()
-    model_args = quality.ModelArguments(model_name_or_path=str(benchmark.warm_dir("gpt2") / "best"))
-    model, tokenizer = quality.prepare_model(model_args, task, splits, str(tmp_path / "reload"), 0)
-    args = quality.training_arguments_class(model_args)(output_dir=str(tmp_path / "reload"), report_to="none")
-    curve = benchmark._eval_sets(quality.load_from_disk(str(benchmark.warm_dir("gpt2") / "tokenized")))["curve"][0]
-    trainer = build_trainer(model, tokenizer, task, quality.DatasetDict({"validation": curve}), args)
+    model_args = protocol.ModelArguments(model_name_or_path=str(benchmark.warm_dir("gpt2") / "best"))
+    model, tokenizer = protocol.prepare_model(model_args, task, splits, str(tmp_path / "reload"), 0)
+    args = protocol.training_arguments_class(model_args)(output_dir=str(tmp_path / "reload"), report_to="none")
+    curve = benchmark._eval_sets(protocol.load_from_disk(str(benchmark.warm_dir("gpt2") / "tokenized")))["curve"][0]
+    trainer = build_trainer(model, tokenizer, task, protocol.DatasetDict({"validation": curve}), args)
     assert trainer.evaluate()["eval_loss"] == pytest.approx(warm["curve"][0]["loss"], rel=1e-5)
-    monkeypatch.setattr(quality, "build_trainer", build_trainer)
+    monkeypatch.setattr(protocol, "build_trainer", build_trainer)
 
     monkeypatch.setitem(benchmark.spec, "output_statistics", True)  # the text tasks' table, here on tag outputs
     reports = tmp_path / "reports"
     (reports / "results").mkdir(parents=True)
-    (reports / "README.md").write_text(f"# Benchmarks\n\n{quality.README_START}\nold\n{quality.README_END}\n\nrest\n")
-    benchmark.run(["gpt2"], None, "all", reports)
+    (reports / "README.md").write_text(
+        f"# Benchmarks\n\n{reporting.README_START}\nold\n{reporting.README_END}\n\nrest\n"
+    )
+    benchmark.run(["gpt2"], None, "all", lambda: reporting.write_report(benchmark, reports))
     data = json.loads((reports / "results" / "quality_ner.json").read_text())
     (row,) = data["summary"]
     assert {k: row[k] for k in ("task", "family", "method", "metric", "split", "control", "seeds", "steps")} == {
@@ -296,7 +314,7 @@ def test_the_protocol_end_to_end_on_tiny_data(tmp_path, monkeypatch):
         "steps": 6,
     }
     assert row["ci_low"] <= row["delta"] <= row["ci_high"] and row["commit"]
-    control = [r for r in data["runs"] if r["method"] == quality.CONTROL]
+    control = [r for r in data["runs"] if r["method"] == settings.CONTROL]
     assert len(control) == 3  # two grid points with seed 0, and seed 1 at the chosen learning rate
     grid = [next(r for r in control if r["learning_rate"] == lr and r["role"] == "grid") for lr in (1e-3, 3e-3)]
     chosen = max(grid, key=lambda r: (r["validation"]["f1"], -grid.index(r)))  # a tie goes to the first point
@@ -307,7 +325,7 @@ def test_the_protocol_end_to_end_on_tiny_data(tmp_path, monkeypatch):
     dagger = [r for r in seeds if r["method"] == "dagger_exact"]
     assert row["delta"] == pytest.approx(
         np.mean([r["test"]["f1"] for r in dagger])
-        - np.mean([r["test"]["f1"] for r in seeds if r["method"] == quality.CONTROL])
+        - np.mean([r["test"]["f1"] for r in seeds if r["method"] == settings.CONTROL])
     )
     for run in data["runs"]:
         lines = (
@@ -323,25 +341,25 @@ def test_the_protocol_end_to_end_on_tiny_data(tmp_path, monkeypatch):
         lines = (Path(run["directory"]) / "predictions_test.jsonl").read_text().splitlines()
         predictions = [json.loads(line)["prediction"] for line in lines]
         references = [json.loads(line)["reference"] for line in lines]
-        assert run["test_outputs"] == quality.output_statistics(predictions, references)
+        assert run["test_outputs"] == protocol_statistics.output_statistics(predictions, references)
     assert "test_outputs" in data["warm_starts"][0]
     table = (reports / "quality_ner.md").read_text().split("## Test outputs")[1].split("## Grids")[0]
     assert [line.split(" | ")[1] for line in table.splitlines() if line.startswith("| gpt2 ")] == [
         "warm start",
-        quality.CONTROL,
+        settings.CONTROL,
         "dagger_exact",
     ]
 
     def no_training(*args, **kwargs):
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr(quality, "build_trainer", no_training)
+    monkeypatch.setattr(protocol, "build_trainer", no_training)
     # a run that another process holds is waited for and then reused, not trained a second time into the same files
     run = next(r for r in data["runs"] if r["method"] == "dagger_exact" and r["seed"] == 1)
     directory = Path(run["directory"])
     finished = (directory / "result.json").read_text()
     (directory / "result.json").unlink()
-    other = quality.FileLock(str(directory / ".lock"))
+    other = protocol.FileLock(str(directory / ".lock"))
     other.acquire()
     reused = []
     waiting = threading.Thread(
@@ -358,9 +376,11 @@ def test_the_protocol_end_to_end_on_tiny_data(tmp_path, monkeypatch):
     assert reused == [json.loads(finished)]
     report = reports / "quality_ner.md"
     report.write_text(
-        report.read_text().replace("## Warm starts", f"{quality.NOTES_START}\nFound: x.\n{quality.NOTES_END}")
+        report.read_text().replace("## Warm starts", f"{reporting.NOTES_START}\nFound: x.\n{reporting.NOTES_END}")
     )
-    benchmark.run(["gpt2"], None, "all", reports)  # everything is kept in the workdir
+    benchmark.run(
+        ["gpt2"], None, "all", lambda: reporting.write_report(benchmark, reports)
+    )  # everything is kept in the workdir
     text = report.read_text()
     assert text.count("Found: x.") == 1 and "## Warm starts" in text  # hand-written notes survive a rewrite
 
@@ -376,7 +396,7 @@ def test_the_protocol_end_to_end_on_tiny_data(tmp_path, monkeypatch):
         if row["family"] == "t5":
             row.pop("test_outputs", None)
     results.write_text(json.dumps(earlier))
-    quality.write_report(benchmark, reports)
+    reporting.write_report(benchmark, reports)
     data = json.loads(results.read_text())
     assert data["summary"][1]["step_time_ratio"] == data["summary"][0]["step_time_ratio"] is not None
     assert [w["family"] for w in data["warm_starts"]] == ["gpt2", "t5"]
@@ -392,7 +412,7 @@ def test_the_protocol_end_to_end_on_tiny_data(tmp_path, monkeypatch):
     assert warm_line.endswith("(t5) (linear warm-up over 2 steps, then linear decay to 0), evaluated every 4 steps.")
     earlier["protocol"]["continuation"]["steps"] = 7
     results.write_text(json.dumps(earlier))
-    quality.write_report(benchmark, reports)
+    reporting.write_report(benchmark, reports)
     assert {w["family"] for w in json.loads(results.read_text())["warm_starts"]} == {"gpt2"}
     # a broken results JSON ends in one line that names it, not a traceback from deep inside the report
     for broken, message in (
@@ -402,16 +422,14 @@ def test_the_protocol_end_to_end_on_tiny_data(tmp_path, monkeypatch):
     ):
         results.write_text(broken)
         with pytest.raises(ValueError, match=message):
-            quality.write_report(benchmark, reports)
+            reporting.write_report(benchmark, reports)
 
 
-def test_accuracy_statistics_and_generated_data_take_no_files(tmp_path):
-    statistics = quality.example_statistics("arithmetic", ["1 2", "- 3", "4"], ["1 2", "3", " 4 "])
-    assert quality.corpus_metric("arithmetic", "accuracy", statistics, np.ones((1, 3)))[0] == pytest.approx(2 / 3)
+def test_generated_data_take_no_files(tmp_path):
     with pytest.raises(ValueError, match=r"generates its data; \['--train-file'\]"):
-        quality.Benchmark("arithmetic", tmp_path, train_file="x.txt").data_arguments()
+        protocol.Benchmark("arithmetic", tmp_path, train_file="x.txt").data_arguments()
     with pytest.raises(FileNotFoundError, match="--test-file"):
-        quality.Benchmark(
+        protocol.Benchmark(
             "ner", tmp_path, **{**_conll_files(tmp_path), "test_file": str(tmp_path / "no.txt")}
         ).data_arguments()
 
@@ -425,8 +443,8 @@ def test_a_warm_start_with_patience_stops_early_and_is_recorded_as_finished(tmp_
         **_conll_files(tmp_path),
     )
     warm_start = {"steps": 16, "eval_steps": 4, "warmup_steps": 2}
-    plain = quality.Benchmark("ner", tmp_path / "work", warm_start=warm_start, **settings)
-    patient = quality.Benchmark("ner", tmp_path / "work", warm_start={**warm_start, "patience": 1}, **settings)
+    plain = protocol.Benchmark("ner", tmp_path / "work", warm_start=warm_start, **settings)
+    patient = protocol.Benchmark("ner", tmp_path / "work", warm_start={**warm_start, "patience": 1}, **settings)
     assert plain.warm_dir("gpt2") != patient.warm_dir("gpt2")  # the patience is part of the cache key
     warm = patient.run_warm_start("gpt2")
     # F1 stays 0 on this data, so the first evaluation is the best and the next one exhausts a patience of 1
@@ -435,7 +453,7 @@ def test_a_warm_start_with_patience_stops_early_and_is_recorded_as_finished(tmp_
     assert (patient.warm_dir("gpt2") / "result.json").exists()
     with pytest.raises(RuntimeError, match="stopped at step 3 of 16"):
         trainer = type("T", (), {"state": type("S", (), {"global_step": 3})()})()
-        quality._check_finished(trainer, 16, tmp_path, None)
+        protocol._check_finished(trainer, 16, tmp_path, None)
 
 
 def test_patience_can_join_a_warm_start_saved_without_it(tmp_path, monkeypatch):
@@ -445,9 +463,9 @@ def test_patience_can_join_a_warm_start_saved_without_it(tmp_path, monkeypatch):
 
     settings = dict(sizes={"gpt2": "tiny"}, batch_size=8, curve_eval_size=8, **_conll_files(tmp_path))
     warm_start = {"steps": 16, "eval_steps": 4, "warmup_steps": 2}
-    plain = quality.Benchmark("ner", tmp_path / "work", warm_start=warm_start, **settings)
-    patient = quality.Benchmark("ner", tmp_path / "work", warm_start={**warm_start, "patience": 1}, **settings)
-    build_trainer = quality.build_trainer
+    plain = protocol.Benchmark("ner", tmp_path / "work", warm_start=warm_start, **settings)
+    patient = protocol.Benchmark("ner", tmp_path / "work", warm_start={**warm_start, "patience": 1}, **settings)
+    build_trainer = protocol.build_trainer
 
     def interrupted_build_trainer(*args, **kwargs):
         trainer = build_trainer(*args, **kwargs)
@@ -455,10 +473,10 @@ def test_patience_can_join_a_warm_start_saved_without_it(tmp_path, monkeypatch):
         return trainer
 
     _InterruptOnce.fired = False
-    monkeypatch.setattr(quality, "build_trainer", interrupted_build_trainer)
+    monkeypatch.setattr(protocol, "build_trainer", interrupted_build_trainer)
     with pytest.raises(KeyboardInterrupt):
         plain.run_warm_start("gpt2")
-    monkeypatch.setattr(quality, "build_trainer", build_trainer)
+    monkeypatch.setattr(protocol, "build_trainer", build_trainer)
     shutil.copytree(plain.warm_dir("gpt2"), patient.warm_dir("gpt2"))
     warm = patient.run_warm_start("gpt2")  # resumes from checkpoint-4, saved without the callback
     assert warm["resumed_from"] == "checkpoint-4"
@@ -503,11 +521,11 @@ def test_a_task_json_the_readme_table_cannot_read_is_one_usage_line_before_anyth
     other = reports / "results" / "quality_ner.json"
     other.write_text(json.dumps({"summary": [{"family": "bart", "method": "spg"}]}))
     with pytest.raises(ValueError, match=r"quality_ner.json: 'summary' is not a list of rows with keys \['ci_high'"):
-        quality.headline_table(reports)
+        reporting.headline_table(reports)
     with pytest.raises(SystemExit) as exited:
         benchmark.main(["quality", "--task", "translation", "--workdir", str(workdir), "--reports", str(reports)])
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert exited.value.code == 2 and "quality_ner.json: 'summary' is not a list" in error
     assert not workdir.exists()
     other.write_text("[]")  # a report of the earlier protocol: left out of the table
-    assert len(quality.headline_table(reports)) == 2
+    assert len(reporting.headline_table(reports)) == 2

@@ -168,9 +168,11 @@ def test_train_then_evaluate_end_to_end(tmp_path, capsys):
         "eval_results.json",
         "test_results.json",
         "train_results.json",
+        "test_predictions.jsonl",
         "hf_seqobj_run.yaml",
     ):
         assert (out / name).exists(), f"{name} missing from the run's output_dir"
+    assert not (out / "eval_predictions.jsonl").exists()  # only with save_eval_predictions
     eval_results = json.loads((out / "eval_results.json").read_text())
     assert 0.0 <= eval_results["eval_f1"] <= 1.0 and "eval_f1_PER" in eval_results
     state = json.loads((out / "trainer_state.json").read_text())
@@ -179,6 +181,8 @@ def test_train_then_evaluate_end_to_end(tmp_path, capsys):
     assert main(["evaluate", str(out), "--split", "validation"]) == 0
     results = json.loads((out / "eval_validation" / "validation_results.json").read_text())
     assert results["validation_f1"] == pytest.approx(eval_results["eval_f1"])
+    rows = [json.loads(line) for line in (out / "eval_validation" / "validation_predictions.jsonl").open()]
+    assert len(rows) == 16 and all(len(row["reference"].split()) == len(row["source"].split()) for row in rows)
     assert main(["evaluate", str(tmp_path / "nothing_here")]) == 2
 
 

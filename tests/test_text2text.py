@@ -216,6 +216,7 @@ def test_samsum_config_trains_a_few_steps(tmp_path):
         "generation_max_length": "24",
         "use_cpu": "true",
         "disable_tqdm": "true",
+        "save_eval_predictions": "true",
     }
     # SAMSum's train split holds one empty dialogue (line 6055): an error unless the config skips it
     assert config["skip_invalid_examples"] is True
@@ -232,3 +233,10 @@ def test_samsum_config_trains_a_few_steps(tmp_path):
     assert main(["train", str(SAMSUM_CONFIG), *argv]) == 0
     results = json.loads((tmp_path / "out" / "test_results.json").read_text())
     assert {"test_rougeL", "test_bleu"} <= set(results) and "test_exact_match" not in results
+    # the decoded texts beside the results: test always, the final evaluation with save_eval_predictions
+    for split, data in (("eval", "validation"), ("test", "test")):
+        lines = (tmp_path / "out" / f"{split}_predictions.jsonl").read_text(encoding="utf-8").splitlines()
+        rows = [json.loads(line) for line in lines]
+        expected = [json.loads(line) for line in (SHARED_DATA / "samsum" / f"{data}.jsonl").open(encoding="utf-8")][:8]
+        assert [row["source"] for row in rows] == [record["dialogue"] for record in expected]
+        assert all(set(row) == {"source", "prediction", "reference"} and row["reference"] for row in rows)

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 from datasets import Dataset, DatasetDict
 
-from hf_seqobj.tasks.base import Task, read_records, text_pairs
+from hf_seqobj.tasks.base import Statistics, Task, ratio, read_records, text_pairs
 
 
 DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
@@ -106,17 +107,21 @@ class ArithmeticTask(Task):
         rows = [(f"{where}, row {i}", row) for i, row in enumerate(dataset.select_columns(["source", "target"]))]
         return text_pairs(rows, "source", "target", where, self.reject)
 
-    def score(self, predictions: list[str], references: list[str]) -> dict[str, float]:
-        """Exact-match accuracy (whitespace-normalised) and the share of answers that are well formed numbers."""
+    def example_statistics(self, predictions: list[str], references: list[str]) -> Statistics:
+        """Per answer: `exact` (1 when it equals the reference up to whitespace) and `well_formed` (1 when it is a
+        number of the base: digits, after an optional `-`)."""
         if len(predictions) != len(references):
             raise ValueError(f"{len(predictions)} predictions for {len(references)} references.")
-        if not references:
-            return {"accuracy": 0.0, "well_formed_rate": 0.0}
         digits = set(DIGITS[: self.args.arithmetic_base])
-        exact = well_formed = 0
+        exact, well_formed = [], []
         for predicted, reference in zip(predictions, references, strict=True):
             tokens = predicted.split()
-            exact += tokens == reference.split()
+            exact.append(float(tokens == reference.split()))
             body = tokens[1:] if tokens[:1] == ["-"] else tokens
-            well_formed += bool(body) and all(token in digits for token in body)
-        return {"accuracy": exact / len(references), "well_formed_rate": well_formed / len(references)}
+            well_formed.append(float(bool(body) and all(token in digits for token in body)))
+        return {"exact": np.array(exact, dtype=np.float64), "well_formed": np.array(well_formed, dtype=np.float64)}
+
+    def metrics_from_sums(self, sums: Statistics, count: np.ndarray) -> dict[str, np.ndarray]:
+        """`accuracy` = sum(exact) / count (exact-match accuracy) and `well_formed_rate` = sum(well_formed) / count;
+        0 for no answers."""
+        return {"accuracy": ratio(sums["exact"], count), "well_formed_rate": ratio(sums["well_formed"], count)}

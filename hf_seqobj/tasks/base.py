@@ -3,6 +3,13 @@
 A task turns its data into a `datasets.DatasetDict` with string columns `source` and `target` and splits among
 `train`, `validation` and `test`; says how its texts become token ids and back; and scores predicted against
 reference texts offline.
+
+Scoring goes through per-example sufficient statistics: :meth:`Task.example_statistics` gives, for examples
+i = 1..n, named columns s_i (one number per example), and :meth:`Task.corpus_metrics` computes every corpus metric
+from the weighted sums S = sum_i w_i s_i and the weight W = sum_i w_i alone. All weights 1 give the corpus score
+(:meth:`Task.score`); the counts of a bootstrap resample (how often each example was drawn) give the metric of the
+resampled corpus, so any task, a user's own included, gets paired bootstrap intervals without code of its own.
+:func:`output_statistics` are the task-independent statistics of the outputs themselves (length, EOS, repetition).
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import io
 import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -35,6 +43,106 @@ _SPLIT_ALIASES = {"train": ("train",), "validation": ("validation", "valid", "va
 
 Reject = Callable[[str, str], None]
 """`reject(where, problem)`: what a reader calls on a malformed example (raise, or drop it and count it)."""
+
+
+Statistics = dict[str, np.ndarray]
+"""Per-example sufficient statistics: a name -> a float64 array with one value per example (all of one length)."""
+
+
+def weighted_sums(statistics: Statistics, weights: np.ndarray | None = None) -> tuple[Statistics, np.ndarray]:
+    """The sums S_b = sum_i w_bi s_i of every statistic and the total weights W_b = sum_i w_bi, for each weighting b.
+
+    Args:
+        statistics: `{name: [n] values}`.
+        weights: `[b, n]`: how often each example counts in each of b weightings (bootstrap resamples). None: one
+            weighting of ones (the whole set), summed left to right as a plain loop over the examples sums.
+
+    Returns:
+        (`{name: [b] sums}`, `[b]` total weights).
+    """
+    sizes = {len(column) for column in statistics.values()}
+    if len(sizes) > 1:
+        raise ValueError(f"Statistics of different lengths {sorted(sizes)}; every column has one value per example.")
+    size = sizes.pop() if sizes else 0
+    if weights is None:
+        sums = {
+            name: np.cumsum(np.asarray(v, dtype=np.float64))[-1:] if size else np.zeros(1)
+            for name, v in statistics.items()
+        }
+        return sums, np.array([float(size)])
+    weights = np.asarray(weights, dtype=np.float64)
+    if weights.ndim != 2 or weights.shape[1] != size:
+        raise ValueError(f"weights of shape {weights.shape} for {size} examples; expected [resamples, {size}].")
+    return {name: weights @ np.asarray(v, dtype=np.float64) for name, v in statistics.items()}, weights.sum(axis=1)
+
+
+def ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """numerator / denominator elementwise, 0 where the denominator is 0."""
+    numerator, denominator = np.asarray(numerator, dtype=np.float64), np.asarray(denominator, dtype=np.float64)
+    return np.divide(numerator, denominator, out=np.zeros_like(numerator), where=denominator != 0)
+
+
+def has_repeated_ngram(words: Sequence[str], n: int = 2) -> bool:
+    """Whether some n-gram occurs at least twice in `words` ("at the meeting at the meeting" for n = 2)."""
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    return len(set(grams)) < len(grams)
+
+
+def output_statistics(
+    predictions: Sequence[str], references: Sequence[str], eos_reached: Sequence[bool] | None = None, n: int = 2
+) -> Statistics:
+    """Per-example statistics of the outputs themselves, the symptoms of a model that runs on, stops short or loops.
+
+    Words are whitespace-separated tokens. Columns: `output_length` |y_i| and `reference_length` |r_i| (words),
+    `repeated_ngram` (1 when some n-gram occurs twice in y_i, else 0) and, where `eos_reached` is given (whether
+    generation ended with EOS rather than at the length limit), `eos_reached` (1 or 0). See
+    :func:`output_summary` for the corpus values.
+
+    Raises:
+        ValueError: the three sequences differ in length, naming the counts.
+    """
+    if len(predictions) != len(references) or (eos_reached is not None and len(eos_reached) != len(predictions)):
+        given = "" if eos_reached is None else f" and {len(eos_reached)} EOS flags"
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} references{given}; need as many.")
+    words = [prediction.split() for prediction in predictions]
+    columns = {
+        "output_length": np.array([len(w) for w in words], dtype=np.float64),
+        "reference_length": np.array([len(r.split()) for r in references], dtype=np.float64),
+        "repeated_ngram": np.array([float(has_repeated_ngram(w, n)) for w in words], dtype=np.float64),
+    }
+    if eos_reached is not None:
+        columns["eos_reached"] = np.array([float(bool(e)) for e in eos_reached], dtype=np.float64)
+    return columns
+
+
+def output_summary(statistics: Statistics, weights: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Corpus values of :func:`output_statistics` for each weighting (see :func:`weighted_sums`).
+
+    With S the weighted sums and W the total weight: `length_ratio` = S[output_length] / S[reference_length] (the
+    output / reference length ratio of the corpus), `output_length` = S[output_length] / W and `reference_length` =
+    S[reference_length] / W (mean words), `repeated_ngram_rate` = S[repeated_ngram] / W (the share of outputs with a
+    repeated n-gram) and, where recorded, `eos_rate` = S[eos_reached] / W (the share of outputs that reached EOS).
+    Each is 0 where its denominator is.
+    """
+    sums, count = weighted_sums(statistics, weights)
+    summary = {
+        "length_ratio": ratio(sums["output_length"], sums["reference_length"]),
+        "output_length": ratio(sums["output_length"], count),
+        "reference_length": ratio(sums["reference_length"], count),
+        "repeated_ngram_rate": ratio(sums["repeated_ngram"], count),
+    }
+    if "eos_reached" in sums:
+        summary["eos_rate"] = ratio(sums["eos_reached"], count)
+    return summary
+
+
+@dataclass
+class DecodedOutputs:
+    """What the last `compute_metrics` decoded: one prediction, reference and EOS flag per example, in order."""
+
+    predictions: list[str]
+    references: list[str]
+    eos_reached: list[bool]
 
 
 def raise_invalid(where: str, problem: str) -> None:
@@ -200,6 +308,8 @@ class Task(abc.ABC):
         self.args = args
         self.dropped: list[str] = []
         """The malformed examples dropped by the last :meth:`load` (with `skip_invalid_examples`), where and why."""
+        self.last_outputs: DecodedOutputs | None = None
+        """What the last `compute_metrics` (:meth:`compute_metrics_fn`) decoded; None before the first."""
 
     def reject(self, where: str, problem: str) -> None:
         """Called by the readers on a malformed example: an error naming it, or (`skip_invalid_examples`) a drop."""
@@ -315,8 +425,56 @@ class Task(abc.ABC):
         return tokenizer.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False).strip()
 
     @abc.abstractmethod
+    def example_statistics(self, predictions: list[str], references: list[str]) -> Statistics:
+        """Per-example sufficient statistics of the task's metrics: `{name: [n] values}` (see the module docstring).
+
+        Raises:
+            ValueError: the predictions and references differ in number.
+        """
+
+    @abc.abstractmethod
+    def metrics_from_sums(self, sums: Statistics, count: np.ndarray) -> dict[str, np.ndarray]:
+        """The corpus metrics from summed statistics: `sums` `{name: [b] weighted sums}` and `count` `[b]` total
+        weights (see :func:`weighted_sums`); returns `{metric: [b] values}`. A statistic that no example of the sums
+        had (a per-type count of a type absent there) may be missing from `sums`."""
+
+    def corpus_metrics(self, statistics: Statistics, weights: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Every corpus metric for each weighting of the examples: `metrics_from_sums(*weighted_sums(...))`.
+
+        Args:
+            statistics: :meth:`example_statistics` of n examples.
+            weights: `[b, n]` how often each example counts in each of b weightings (bootstrap resamples); None: the
+                whole set once.
+
+        Returns:
+            `{metric: [b] values}`, on the scales of :meth:`score`.
+        """
+        return self.metrics_from_sums(*weighted_sums(statistics, weights))
+
     def score(self, predictions: list[str], references: list[str]) -> dict[str, float]:
-        """The task's metrics of predicted against reference texts."""
+        """The task's metrics of predicted against reference texts: the corpus metrics of the summed statistics."""
+        metrics = self.corpus_metrics(self.example_statistics(predictions, references))
+        return {name: float(values[0]) for name, values in metrics.items()}
+
+    def save_predictions(self, path: str | Path, sources: Sequence[str]) -> None:
+        """Writes what the last `compute_metrics` decoded as JSON lines `{"source", "prediction", "reference"}`.
+
+        Args:
+            path: The file (`{split}_predictions.jsonl` beside `{split}_results.json`).
+            sources: The source texts of the scored examples, in the order they were scored.
+
+        Raises:
+            ValueError: nothing was decoded yet, or `sources` is not one text per decoded example.
+        """
+        outputs = self.last_outputs
+        if outputs is None:
+            raise ValueError("No predictions to save: compute_metrics has not run (set predict_with_generate).")
+        if len(sources) != len(outputs.predictions):
+            raise ValueError(f"{len(sources)} sources for {len(outputs.predictions)} decoded predictions.")
+        with open(path, "w", encoding="utf-8") as stream:
+            for source, prediction, reference in zip(sources, outputs.predictions, outputs.references, strict=True):
+                row = {"source": source, "prediction": prediction, "reference": reference}
+                stream.write(json.dumps(row, ensure_ascii=False) + "\n")
 
     # ----------------------------------------------------------------------------------------------------------
     def tokenize(self, splits: DatasetDict, tokenizer: PreTrainedTokenizerBase, decoder_only: bool) -> DatasetDict:
@@ -377,6 +535,9 @@ class Task(abc.ABC):
     ) -> Callable[[EvalPrediction], dict[str, float]]:
         """A `compute_metrics` for the Trainers with generation: decodes predictions and labels, then scores.
 
+        The decoded texts are kept in :attr:`last_outputs` (see :meth:`save_predictions`), so that whoever called
+        `evaluate` or `predict` can read or save them without decoding again.
+
         Args:
             tokenizer: Decodes the ids.
             decoder_start_token_id: For encoder-decoder generations, the first generated id, which is dropped.
@@ -386,22 +547,36 @@ class Task(abc.ABC):
             predictions = eval_prediction.predictions
             if isinstance(predictions, tuple):
                 predictions = predictions[0]
-            predicted = [self.decode(ids, tokenizer) for ids in _trim(predictions, tokenizer, decoder_start_token_id)]
+            eos_reached: list[bool] = []
+            rows = _trim(predictions, tokenizer, decoder_start_token_id, eos_reached)
+            predicted = [self.decode(ids, tokenizer) for ids in rows]
             references = [self.decode(ids, tokenizer) for ids in _trim(eval_prediction.label_ids, tokenizer, None)]
+            self.last_outputs = DecodedOutputs(predicted, references, eos_reached)
             return self.score(predicted, references)
 
         return compute_metrics
 
 
-def _trim(batch: np.ndarray, tokenizer: PreTrainedTokenizerBase, start_token_id: int | None) -> list[list[int]]:
-    """Rows of generated or label ids cut at the first EOS, without -100, padding and the decoder start token."""
+def _trim(
+    batch: np.ndarray,
+    tokenizer: PreTrainedTokenizerBase,
+    start_token_id: int | None,
+    eos_reached: list[bool] | None = None,
+) -> list[list[int]]:
+    """Rows of generated or label ids cut at the first EOS, without -100, padding and the decoder start token.
+
+    `eos_reached`, where given, is extended with whether each row holds an EOS (else generation stopped at its
+    length limit)."""
     rows = []
     special = set(tokenizer.all_special_ids)
     for row in np.asarray(batch):
         ids = [int(i) for i in row if i != IGNORE_INDEX]
         if start_token_id is not None and ids and ids[0] == start_token_id:
             ids = ids[1:]
-        if tokenizer.eos_token_id in ids:
+        ended = tokenizer.eos_token_id in ids
+        if ended:
             ids = ids[: ids.index(tokenizer.eos_token_id)]
+        if eos_reached is not None:
+            eos_reached.append(ended)
         rows.append([i for i in ids if i not in special])
     return rows

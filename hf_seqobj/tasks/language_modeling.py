@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 from datasets import Dataset
 
-from hf_seqobj.tasks.base import Task, read_lines
+from hf_seqobj.tasks.base import Statistics, Task, ratio, read_lines
 
 
 logger = logging.getLogger(__name__)
@@ -73,12 +74,27 @@ class LanguageModelingTask(Task):
             )
         return Dataset.from_dict({"source": sources, "target": targets})
 
-    def score(self, predictions: list[str], references: list[str]) -> dict[str, float]:
+    def example_statistics(self, predictions: list[str], references: list[str]) -> Statistics:
+        """Per sample: `repetition_4` (:func:`repetition_rate` of its 4-grams) and `length` (words)."""
+        if len(predictions) != len(references):
+            raise ValueError(f"{len(predictions)} predictions for {len(references)} references.")
         samples = [prediction.split() for prediction in predictions]
-        count = max(1, len(samples))
         return {
-            "distinct_1": distinct_n(samples, 1),
-            "distinct_2": distinct_n(samples, 2),
-            "repetition_4": sum(repetition_rate(sample) for sample in samples) / count,
-            "mean_length": sum(len(sample) for sample in samples) / count,
+            "repetition_4": np.array([repetition_rate(sample) for sample in samples], dtype=np.float64),
+            "length": np.array([len(sample) for sample in samples], dtype=np.float64),
         }
+
+    def metrics_from_sums(self, sums: Statistics, count: np.ndarray) -> dict[str, np.ndarray]:
+        """`repetition_4` = sum(repetition_4) / count and `mean_length` = sum(length) / count (0 for no samples)."""
+        return {"repetition_4": ratio(sums["repetition_4"], count), "mean_length": ratio(sums["length"], count)}
+
+    def score(self, predictions: list[str], references: list[str]) -> dict[str, float]:
+        """distinct-1 / distinct-2 of all samples together, then the metrics of the summed statistics.
+
+        distinct-n counts the unique n-grams of the whole set of samples, which no sum of per-sample numbers gives:
+        it is the one metric of a task computed from the texts rather than from :meth:`example_statistics` (and has
+        no bootstrap interval).
+        """
+        samples = [prediction.split() for prediction in predictions]
+        distinct = {"distinct_1": distinct_n(samples, 1), "distinct_2": distinct_n(samples, 2)}
+        return {**distinct, **super().score(predictions, references)}

@@ -4,7 +4,8 @@ Data: CoNLL files (4 columns `TOKEN POS CHUNK NER` as in CoNLL-2003, or 2 column
 with `tokens` / `ner_tags` columns (ClassLabel ids or strings), or the package's synthetic data set. Each tag is a
 single token of the model's vocabulary: targets are encoded tag by tag, never through the tokenizer's text split.
 
-Metric: seqeval span F1 / precision / recall (micro, default conlleval mode) and per-type F1.
+Metric: seqeval span F1 / precision / recall (micro, default conlleval mode) and per-type F1, from per-sentence span
+counts (:func:`tag_statistics`).
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict
 from datasets import Sequence as SequenceFeature
-from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
+from seqeval.metrics.sequence_labeling import get_entities
 
-from hf_seqobj.oracles.span_f1 import BIO_TAG_PATTERN, corpus_partial_f1
-from hf_seqobj.tasks.base import Reject, Task, raise_invalid, read_lines
+from hf_seqobj.oracles.span_f1 import BIO_TAG_PATTERN, _parse, _partial_counts, _read_spans
+from hf_seqobj.tasks.base import Reject, Statistics, Task, raise_invalid, ratio, read_lines, weighted_sums
 
 
 INVALID_TAG = "<invalid>"
@@ -166,41 +168,100 @@ class NERTask(Task):
         tokens = tokenizer.convert_ids_to_tokens(list(ids))
         return " ".join(token if BIO_TAG_PATTERN.match(token) else INVALID_TAG for token in tokens)
 
-    def score(self, predictions: list[str], references: list[str]) -> dict[str, float]:
-        """seqeval scores of predicted tag strings against reference tag strings.
+    def example_statistics(self, predictions: list[str], references: list[str]) -> Statistics:
+        """Span counts of predicted against reference tag strings: :func:`tag_statistics` of the split strings."""
+        return tag_statistics([p.split() for p in predictions], [r.split() for r in references])
 
-        A prediction is made to have as many tags as its reference before scoring: missing tags count as `O` and
-        extra tags are cut, and non-tag tokens count as `O`. Neither is hidden: `length_mismatch_rate` is the share
-        of predictions of the wrong length and `invalid_tag_rate` the share of predicted tokens that are not tags.
-        """
-        return tag_metrics([p.split() for p in predictions], [r.split() for r in references])
+    def metrics_from_sums(self, sums: Statistics, count: np.ndarray) -> dict[str, np.ndarray]:
+        """seqeval span F1 / precision / recall and per-type F1, partial-match F1, and the length-mismatch and
+        invalid-tag rates: :func:`tag_metrics_from_sums`."""
+        return tag_metrics_from_sums(sums, count)
+
+
+def tag_statistics(predictions: Sequence[Sequence[str]], references: Sequence[Sequence[str]]) -> Statistics:
+    """Per-sentence sufficient statistics of the NER metrics (see :func:`tag_metrics_from_sums`).
+
+    A prediction is first made to have as many tags as its reference: non-tag tokens (`<invalid>`) count as `O`,
+    missing tags are `O` and extra tags are cut. Spans are read as seqeval reads them (`get_entities`, default mode).
+    Per sentence:
+
+    - `tp`, `predicted`, `gold`: spans predicted exactly (same type, start and end), predicted spans, gold spans;
+    - `tp_X`, `predicted_X`, `gold_X`: the same for the spans of type X, for each type X of the predictions and
+      references;
+    - `partial_hits` (a: predicted spans that overlap a gold position of their type) and `partial_covered` (b: gold
+      spans overlapped by a predicted span of their type), the partial-match counts of
+      :func:`hf_seqobj.oracles.span_f1.corpus_partial_f1`;
+    - `length_mismatch` (1 when the prediction's length differs from the reference's), `invalid_tags` (non-tag
+      tokens predicted) and `predicted_tags` (tokens predicted, before the alignment).
+
+    Raises:
+        ValueError: the predictions and references differ in number.
+    """
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} references.")
+    rows = []
+    for predicted, reference in zip(predictions, references):
+        predicted, reference = list(predicted), list(reference)
+        row = {"invalid_tags": sum(tag == INVALID_TAG for tag in predicted), "predicted_tags": len(predicted)}
+        row["length_mismatch"] = int(len(predicted) != len(reference))
+        aligned = (["O" if tag == INVALID_TAG else tag for tag in predicted] + ["O"] * len(reference))[
+            : len(reference)
+        ]
+        predicted_spans, gold_spans = set(get_entities(aligned)), set(get_entities(reference))
+        row.update(tp=len(predicted_spans & gold_spans), predicted=len(predicted_spans), gold=len(gold_spans))
+        for typ in {span[0] for span in predicted_spans | gold_spans}:
+            row[f"tp_{typ}"] = sum(span[0] == typ for span in predicted_spans & gold_spans)
+            row[f"predicted_{typ}"] = sum(span[0] == typ for span in predicted_spans)
+            row[f"gold_{typ}"] = sum(span[0] == typ for span in gold_spans)
+        gold_parsed = [_parse(tag, "reference") for tag in reference]
+        row["partial_hits"], row["partial_covered"] = _partial_counts(
+            _read_spans([_parse(tag, "prediction") for tag in aligned]),
+            _read_spans(gold_parsed),
+            [typ for _, typ in gold_parsed],
+        )
+        rows.append(row)
+    names = ["tp", "predicted", "gold", "partial_hits", "partial_covered"]
+    names += ["length_mismatch", "invalid_tags", "predicted_tags"]
+    types = sorted({name[3:] for row in rows for name in row if name.startswith("tp_")})
+    names += [f"{kind}_{typ}" for typ in types for kind in ("tp", "predicted", "gold")]
+    return {name: np.array([row.get(name, 0) for row in rows], dtype=np.float64) for name in names}
+
+
+def _f1(tp: np.ndarray, predicted: np.ndarray, gold: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(precision, recall, F1) as seqeval computes them: P = tp / predicted, R = tp / gold, F1 = 2 P R / (P + R),
+    each 0 where its denominator is 0."""
+    precision, recall = ratio(tp, predicted), ratio(tp, gold)
+    return precision, recall, ratio(2 * precision * recall, precision + recall)
+
+
+def tag_metrics_from_sums(sums: Statistics, count: np.ndarray) -> dict[str, np.ndarray]:
+    """The NER metrics from summed :func:`tag_statistics` (`count`, the number of sentences, is the weight).
+
+    With sums T = tp, P = predicted, G = gold (micro-averaged, as seqeval averages), precision = T / P, recall =
+    T / G and `f1` = 2 precision recall / (precision + recall); `f1_X` likewise from the counts of type X;
+    `partial_precision` = a / P, `partial_recall` = b / G and `partial_f1` their harmonic mean;
+    `length_mismatch_rate` = sum(length_mismatch) / count and `invalid_tag_rate` = sum(invalid_tags) /
+    max(sum(predicted_tags), 1). Every ratio is 0 where its denominator is 0.
+    """
+    precision, recall, f1 = _f1(sums["tp"], sums["predicted"], sums["gold"])
+    metrics = {
+        "f1": f1,
+        "precision": precision,
+        "recall": recall,
+        "length_mismatch_rate": ratio(sums["length_mismatch"], count),
+        "invalid_tag_rate": ratio(sums["invalid_tags"], np.maximum(sums["predicted_tags"], 1)),
+    }
+    partial_precision = ratio(sums["partial_hits"], sums["predicted"])
+    partial_recall = ratio(sums["partial_covered"], sums["gold"])
+    metrics["partial_precision"], metrics["partial_recall"] = partial_precision, partial_recall
+    metrics["partial_f1"] = ratio(2 * partial_precision * partial_recall, partial_precision + partial_recall)
+    for typ in sorted(name[3:] for name in sums if name.startswith("tp_")):
+        metrics[f"f1_{typ}"] = _f1(sums[f"tp_{typ}"], sums[f"predicted_{typ}"], sums[f"gold_{typ}"])[2]
+    return metrics
 
 
 def tag_metrics(predictions: Sequence[Sequence[str]], references: Sequence[Sequence[str]]) -> dict[str, float]:
-    """seqeval metrics of tag sequences (see :meth:`NERTask.score` for how lengths and invalid tags are handled)."""
-    if len(predictions) != len(references):
-        raise ValueError(f"{len(predictions)} predictions for {len(references)} references.")
-    aligned, mismatched, invalid, total = [], 0, 0, 0
-    for predicted, reference in zip(predictions, references):
-        predicted = list(predicted)
-        total += len(predicted)
-        invalid += sum(tag == INVALID_TAG for tag in predicted)
-        predicted = ["O" if tag == INVALID_TAG else tag for tag in predicted]
-        if len(predicted) != len(reference):
-            mismatched += 1
-            predicted = (predicted + ["O"] * len(reference))[: len(reference)]
-        aligned.append(predicted)
-    references = [list(reference) for reference in references]
-    metrics = {
-        "f1": f1_score(references, aligned, zero_division=0),
-        "precision": precision_score(references, aligned, zero_division=0),
-        "recall": recall_score(references, aligned, zero_division=0),
-        "length_mismatch_rate": mismatched / max(len(references), 1),
-        "invalid_tag_rate": invalid / max(total, 1),
-    }
-    metrics.update(corpus_partial_f1(aligned, references))
-    report = classification_report(references, aligned, output_dict=True, zero_division=0)
-    for entity_type, values in report.items():
-        if entity_type not in ("micro avg", "macro avg", "weighted avg"):
-            metrics[f"f1_{entity_type}"] = values["f1-score"]
-    return {key: float(value) for key, value in metrics.items()}
+    """seqeval metrics of tag sequences (see :func:`tag_statistics` for how lengths and invalid tags are handled):
+    :func:`tag_metrics_from_sums` of the summed :func:`tag_statistics`."""
+    metrics = tag_metrics_from_sums(*weighted_sums(tag_statistics(predictions, references)))
+    return {name: float(values[0]) for name, values in metrics.items()}

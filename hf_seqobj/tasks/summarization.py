@@ -2,25 +2,39 @@
 
 from __future__ import annotations
 
+import numpy as np
 from datasets import Dataset
 from rouge_score import rouge_scorer
 
-from hf_seqobj.tasks.base import Task, read_records, text_pairs
+from hf_seqobj.tasks.base import Statistics, Task, ratio, read_records, text_pairs, weighted_sums
 
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 
 
+def rouge_statistics(predictions: list[str], references: list[str]) -> Statistics:
+    """Per-example ROUGE-1/2/L/Lsum F-measure (in [0, 1]) of rouge-score with stemming; Lsum splits sentences on
+    newlines. Columns `rouge1`, `rouge2`, `rougeL`, `rougeLsum`.
+
+    Raises:
+        ValueError: the predictions and references differ in number.
+    """
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} references.")
+    scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
+    scores = [scorer.score(reference, prediction) for prediction, reference in zip(predictions, references)]
+    return {t: np.array([s[t].fmeasure for s in scores], dtype=np.float64) for t in ROUGE_TYPES}
+
+
+def rouge_from_sums(sums: Statistics, count: np.ndarray) -> dict[str, np.ndarray]:
+    """Mean ROUGE F-measure x100 from summed :func:`rouge_statistics`: 100 sum(F) / count (0 for no examples)."""
+    return {rouge_type: ratio(100.0 * sums[rouge_type], count) for rouge_type in ROUGE_TYPES}
+
+
 def rouge_scores(predictions: list[str], references: list[str]) -> dict[str, float]:
     """Mean ROUGE-1/2/L/Lsum F-measure (x100) of rouge-score with stemming; Lsum splits sentences on newlines."""
-    scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
-    totals = dict.fromkeys(ROUGE_TYPES, 0.0)
-    for prediction, reference in zip(predictions, references, strict=True):
-        scores = scorer.score(reference, prediction)
-        for rouge_type in ROUGE_TYPES:
-            totals[rouge_type] += scores[rouge_type].fmeasure
-    count = max(len(predictions), 1)
-    return {rouge_type: 100.0 * total / count for rouge_type, total in totals.items()}
+    metrics = rouge_from_sums(*weighted_sums(rouge_statistics(predictions, references)))
+    return {name: float(values[0]) for name, values in metrics.items()}
 
 
 class SummarizationTask(Task):
@@ -54,6 +68,10 @@ class SummarizationTask(Task):
         rows = [(f"{where}, row {index}", row) for index, row in enumerate(dataset.select_columns(list(columns)))]
         return text_pairs(rows, *columns, where, self.reject)
 
-    def score(self, predictions: list[str], references: list[str]) -> dict[str, float]:
-        """Mean ROUGE-1/2/L/Lsum F-measure (x100): :func:`rouge_scores`."""
-        return rouge_scores(predictions, references)
+    def example_statistics(self, predictions: list[str], references: list[str]) -> Statistics:
+        """Per-example ROUGE-1/2/L/Lsum F-measure (:func:`rouge_statistics`)."""
+        return rouge_statistics(predictions, references)
+
+    def metrics_from_sums(self, sums: Statistics, count: np.ndarray) -> dict[str, np.ndarray]:
+        """Mean ROUGE-1/2/L/Lsum F-measure (x100): :func:`rouge_from_sums`."""
+        return rouge_from_sums(sums, count)

@@ -13,8 +13,11 @@ ROUGE-1/2/L/Lsum F (rouge-score, as the summarization task scores) and exact mat
 
 from __future__ import annotations
 
-from hf_seqobj.tasks.summarization import SummarizationTask, rouge_scores
-from hf_seqobj.tasks.translation import sacrebleu_scores
+import numpy as np
+
+from hf_seqobj.tasks.base import Statistics, ratio
+from hf_seqobj.tasks.summarization import SummarizationTask, rouge_from_sums, rouge_statistics
+from hf_seqobj.tasks.translation import sacrebleu_from_sums, sacrebleu_statistics
 
 
 TEXT2TEXT_METRICS = ("bleu", "chrf", "rouge", "exact_match")
@@ -61,15 +64,33 @@ class Text2TextTask(SummarizationTask):
         super().__init__(args)
         self.metrics = check_text2text_metrics(args.text2text_metrics)
 
-    def score(self, predictions: list[str], references: list[str]) -> dict[str, float]:
-        """The chosen metrics: `bleu` and `chrf` (x100), `rouge1` / `rouge2` / `rougeL` / `rougeLsum` (F x100) and
-        `exact_match` (a fraction in [0, 1])."""
-        scores: dict[str, float] = {}
-        sacrebleu_metrics = tuple(name for name in ("bleu", "chrf") if name in self.metrics)
-        if sacrebleu_metrics:
-            scores.update(sacrebleu_scores(predictions, references, sacrebleu_metrics))
+    @property
+    def _sacrebleu_metrics(self) -> tuple[str, ...]:
+        return tuple(name for name in ("bleu", "chrf") if name in self.metrics)
+
+    def example_statistics(self, predictions: list[str], references: list[str]) -> Statistics:
+        """The statistics of the chosen metrics: sacrebleu's per-sentence BLEU / chrF statistics, per-example ROUGE
+        F-measures and `exact_match` (1 when the prediction equals its reference up to whitespace, else 0)."""
+        if len(predictions) != len(references):
+            raise ValueError(f"{len(predictions)} predictions for {len(references)} references.")
+        statistics: Statistics = {}
+        if self._sacrebleu_metrics:
+            statistics.update(sacrebleu_statistics(predictions, references, self._sacrebleu_metrics))
         if "rouge" in self.metrics:
-            scores.update(rouge_scores(predictions, references))
+            statistics.update(rouge_statistics(predictions, references))
         if "exact_match" in self.metrics:
-            scores["exact_match"] = exact_match(predictions, references)
-        return scores
+            same = [float(p.split() == r.split()) for p, r in zip(predictions, references, strict=True)]
+            statistics["exact_match"] = np.array(same, dtype=np.float64)
+        return statistics
+
+    def metrics_from_sums(self, sums: Statistics, count: np.ndarray) -> dict[str, np.ndarray]:
+        """The chosen metrics: `bleu` and `chrf` (x100), `rouge1` / `rouge2` / `rougeL` / `rougeLsum` (F x100) and
+        `exact_match` = sum(exact_match) / count (a fraction in [0, 1])."""
+        metrics: dict[str, np.ndarray] = {}
+        if self._sacrebleu_metrics:
+            metrics.update(sacrebleu_from_sums(sums, self._sacrebleu_metrics))
+        if "rouge" in self.metrics:
+            metrics.update(rouge_from_sums(sums, count))
+        if "exact_match" in self.metrics:
+            metrics["exact_match"] = ratio(sums["exact_match"], count)
+        return metrics

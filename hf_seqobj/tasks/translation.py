@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import sacrebleu
+import numpy as np
 from datasets import Dataset
 
-from hf_seqobj.tasks.base import Reject, Task, raise_invalid, read_lines
+from hf_seqobj.tasks.base import Reject, Statistics, Task, raise_invalid, read_lines, weighted_sums
 
 
 def read_parallel(source_path: str | Path, target_path: str | Path, reject: Reject = raise_invalid) -> Dataset:
@@ -38,21 +38,80 @@ def read_parallel(source_path: str | Path, target_path: str | Path, reject: Reje
     return Dataset.from_dict({"source": kept_sources, "target": kept_targets})
 
 
+SACREBLEU_METRICS = ("bleu", "chrf")
+
+
+def _sacrebleu_metric(name: str):
+    """sacrebleu's metric object of `name` at its default settings (BLEU: 13a tokenisation; chrF: 6 character
+    n-gram orders, beta 2)."""
+    from sacrebleu.metrics import BLEU, CHRF
+
+    return {"bleu": BLEU, "chrf": CHRF}[name]()
+
+
+def _check_sacrebleu_metrics(metrics: tuple[str, ...]) -> None:
+    unknown = [name for name in metrics if name not in SACREBLEU_METRICS]
+    if unknown:
+        raise ValueError(f"sacrebleu computes {SACREBLEU_METRICS}, not {unknown}.")
+
+
+def sacrebleu_statistics(
+    predictions: list[str], references: list[str], metrics: tuple[str, ...] = SACREBLEU_METRICS
+) -> Statistics:
+    """sacrebleu's per-sentence sufficient statistics (one reference per prediction), as its corpus scores and its
+    paired bootstrap sum them: for BLEU `bleu_0` .. `bleu_9` = [hypothesis length, reference length, matching
+    1..4-grams, hypothesis 1..4-grams]; for chrF `chrf_0` .. `chrf_17` = per character n-gram order 1..6
+    [hypothesis n-grams, reference n-grams, matching n-grams].
+
+    Raises:
+        ValueError: a metric is not one of `SACREBLEU_METRICS`, or the predictions and references differ in number.
+    """
+    _check_sacrebleu_metrics(metrics)
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} references.")
+    columns: Statistics = {}
+    for name in metrics:
+        rows = np.asarray(
+            _sacrebleu_metric(name)._extract_corpus_statistics(list(predictions), [list(references)]),
+            dtype=np.float64,
+        )
+        width = rows.shape[1] if rows.ndim == 2 else 0
+        columns.update({f"{name}_{k}": rows[:, k] for k in range(width)})
+    return columns
+
+
+def sacrebleu_from_sums(sums: Statistics, metrics: tuple[str, ...] = SACREBLEU_METRICS) -> dict[str, np.ndarray]:
+    """Corpus BLEU and / or chrF (x100) from summed :func:`sacrebleu_statistics`, one value per weighting, by
+    sacrebleu's own `_compute_score_from_stats` (what `corpus_bleu` / `corpus_chrf` apply to the summed
+    statistics)."""
+    _check_sacrebleu_metrics(metrics)
+    scores = {}
+    for name in metrics:
+        metric = _sacrebleu_metric(name)
+        keys = sorted((key for key in sums if key.startswith(f"{name}_")), key=lambda key: int(key.split("_")[1]))
+        table = np.stack([sums[key] for key in keys], axis=1)
+        scores[name] = np.array(
+            [
+                float(metric._compute_score_from_stats([int(v) if v.is_integer() else v for v in row.tolist()]).score)
+                for row in table
+            ]
+        )
+    return scores
+
+
 def sacrebleu_scores(
-    predictions: list[str], references: list[str], metrics: tuple[str, ...] = ("bleu", "chrf")
+    predictions: list[str], references: list[str], metrics: tuple[str, ...] = SACREBLEU_METRICS
 ) -> dict[str, float]:
-    """Corpus BLEU and / or chrF of sacrebleu (default settings: 13a tokenisation, one reference per prediction).
+    """Corpus BLEU and / or chrF of sacrebleu (default settings: 13a tokenisation, one reference per prediction),
+    from the summed :func:`sacrebleu_statistics`.
 
     Args:
         predictions: Generated texts.
         references: One reference text per prediction.
         metrics: Which of "bleu" and "chrf" to compute.
     """
-    corpus = {"bleu": sacrebleu.corpus_bleu, "chrf": sacrebleu.corpus_chrf}
-    unknown = [name for name in metrics if name not in corpus]
-    if unknown:
-        raise ValueError(f"sacrebleu_scores computes {tuple(corpus)}, not {unknown}.")
-    return {name: float(corpus[name](predictions, [references]).score) for name in metrics}
+    sums, _ = weighted_sums(sacrebleu_statistics(predictions, references, metrics))
+    return {name: float(values[0]) for name, values in sacrebleu_from_sums(sums, metrics).items()}
 
 
 class TranslationTask(Task):
@@ -84,6 +143,10 @@ class TranslationTask(Task):
             targets.append(pair[self.args.target_lang])
         return Dataset.from_dict({"source": sources, "target": targets})
 
-    def score(self, predictions: list[str], references: list[str]) -> dict[str, float]:
-        """Corpus BLEU and chrF of sacrebleu (default settings: 13a tokenisation, one reference)."""
-        return sacrebleu_scores(predictions, references)
+    def example_statistics(self, predictions: list[str], references: list[str]) -> Statistics:
+        """sacrebleu's per-sentence BLEU and chrF statistics (:func:`sacrebleu_statistics`)."""
+        return sacrebleu_statistics(predictions, references)
+
+    def metrics_from_sums(self, sums: Statistics, count: np.ndarray) -> dict[str, np.ndarray]:
+        """Corpus BLEU and chrF of sacrebleu (default settings: 13a tokenisation, one reference), x100."""
+        return sacrebleu_from_sums(sums)
