@@ -11,16 +11,23 @@ from hf_seqobj.tasks.base import Task, read_records, text_pairs
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 
 
-def rouge_scores(predictions: list[str], references: list[str]) -> dict[str, float]:
-    """Mean ROUGE-1/2/L/Lsum F-measure (x100) of rouge-score with stemming; Lsum splits sentences on newlines."""
+def rouge_example_scores(predictions: list[str], references: list[str]) -> dict[str, list[float]]:
+    """Each pair's ROUGE-1/2/L/Lsum F-measure (in [0, 1]) of rouge-score with stemming; Lsum splits sentences on
+    newlines."""
     scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
-    totals = dict.fromkeys(ROUGE_TYPES, 0.0)
+    values: dict[str, list[float]] = {rouge_type: [] for rouge_type in ROUGE_TYPES}
     for prediction, reference in zip(predictions, references, strict=True):
         scores = scorer.score(reference, prediction)
         for rouge_type in ROUGE_TYPES:
-            totals[rouge_type] += scores[rouge_type].fmeasure
+            values[rouge_type].append(scores[rouge_type].fmeasure)
+    return values
+
+
+def rouge_scores(predictions: list[str], references: list[str]) -> dict[str, float]:
+    """Mean ROUGE-1/2/L/Lsum F-measure (x100) of rouge-score with stemming (:func:`rouge_example_scores`)."""
     count = max(len(predictions), 1)
-    return {rouge_type: 100.0 * total / count for rouge_type, total in totals.items()}
+    values = rouge_example_scores(predictions, references)
+    return {rouge_type: 100.0 * sum(scores) / count for rouge_type, scores in values.items()}
 
 
 class SummarizationTask(Task):

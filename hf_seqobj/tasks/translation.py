@@ -39,20 +39,27 @@ def read_parallel(source_path: str | Path, target_path: str | Path, reject: Reje
 
 
 def sacrebleu_scores(
-    predictions: list[str], references: list[str], metrics: tuple[str, ...] = ("bleu", "chrf")
+    predictions: list[str], references: list[str] | list[list[str]], metrics: tuple[str, ...] = ("bleu", "chrf")
 ) -> dict[str, float]:
-    """Corpus BLEU and / or chrF of sacrebleu (default settings: 13a tokenisation, one reference per prediction).
+    """Corpus BLEU and / or chrF of sacrebleu (default settings: 13a tokenisation).
 
     Args:
         predictions: Generated texts.
-        references: One reference text per prediction.
+        references: One reference text per prediction, or one list of reference texts per prediction (all as long).
         metrics: Which of "bleu" and "chrf" to compute.
     """
     corpus = {"bleu": sacrebleu.corpus_bleu, "chrf": sacrebleu.corpus_chrf}
     unknown = [name for name in metrics if name not in corpus]
     if unknown:
         raise ValueError(f"sacrebleu_scores computes {tuple(corpus)}, not {unknown}.")
-    return {name: float(corpus[name](predictions, [references]).score) for name in metrics}
+    if all(isinstance(reference, str) for reference in references):
+        streams = [list(references)]
+    else:
+        counts = sorted({len(reference) for reference in references})
+        if len(counts) != 1 or counts[0] == 0:
+            raise ValueError(f"every prediction needs as many references (at least one); the counts are {counts}.")
+        streams = [list(stream) for stream in zip(*references)]
+    return {name: float(corpus[name](predictions, streams).score) for name in metrics}
 
 
 class TranslationTask(Task):
