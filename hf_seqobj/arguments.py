@@ -154,6 +154,16 @@ class DataArguments:
             "level), rouge (rouge-score ROUGE-1/2/L/Lsum F, stemmed), exact_match (whitespace-normalised)."
         },
     )
+    evaluate_metric: str | None = field(
+        default=None,
+        metadata={
+            "help": "An evaluate module scored beside the task's own metrics at every evaluation with generation: "
+            "a packaged one (span_f1, bleu_chrf, rouge, token_bleu, token_rouge), the path of a local module (a .py "
+            "script, or a folder NAME holding NAME.py), or in Python a loaded evaluate.EvaluationModule; never "
+            "fetched from the Hub. It gets the decoded predictions and references (tag lists for ner) and its "
+            "numbers are reported as eval_NAME_KEY / test_NAME_KEY (NAME: the module's name; see docs/metrics.md)."
+        },
+    )
     tokens_column: str = field(default="tokens", metadata={"help": "ner (Hub-style data): the words column."})
     tags_column: str = field(default="ner_tags", metadata={"help": "ner (Hub-style data): the tags column."})
     source_prefix: str = field(
@@ -214,6 +224,10 @@ class DataArguments:
             raise ValueError(
                 f"dataset_name 'synthetic' exists for the ner and arithmetic tasks only, not for {self.task!r}."
             )
+        if self.evaluate_metric is not None:
+            from hf_seqobj.metrics import check_metric_source
+
+            check_metric_source(self.evaluate_metric)
         if not 2 <= self.arithmetic_base <= 36:
             raise ValueError(f"arithmetic_base must be in [2, 36], got {self.arithmetic_base}.")
         if not self.arithmetic_operations or set(self.arithmetic_operations) - {"+", "-"}:

@@ -565,6 +565,10 @@ def write_run_config(
 ) -> None:
     """Writes `RUN_CONFIG_NAME` into output_dir: the model and data settings (data paths made absolute, so that
     `hf-seqobj evaluate` finds them from any directory), the settings as given, and an adapter's base model."""
+    if data_args.evaluate_metric is not None:  # a loaded module is saved as its script; a local path made absolute
+        from hf_seqobj.metrics import metric_source
+
+        data_args = dataclasses.replace(data_args, evaluate_metric=metric_source(data_args.evaluate_metric))
     data = dataclasses.asdict(data_args)
     for name in ("train_file", "validation_file", "test_file"):
         if data[name] is not None:

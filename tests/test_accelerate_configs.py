@@ -22,6 +22,7 @@ from accelerate.commands.launch import _validate_launch_command, launch_command_
 from accelerate.utils import DistributedType
 
 from hf_seqobj.cli import ACCELERATE_CONFIGS, ConfigError, resolve_accelerate_config
+from hf_seqobj.metrics import METRIC_MODULES
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,7 +134,7 @@ def test_unknown_names_are_errors_that_list_the_packaged_configs():
 
 def test_a_wheel_carries_the_configs(tmp_path):
     """Built from the project's files, the wheel holds every config in the package folder where `hf_seqobj.cli.launch`
-    looks them up."""
+    looks them up, and every packaged `evaluate` module script (hf_seqobj.metrics), and requires `evaluate`."""
     source = tmp_path / "src"
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
@@ -145,7 +146,11 @@ def test_a_wheel_carries_the_configs(tmp_path):
     wheel = source / "dist" / result.stdout.strip().splitlines()[-1]
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
+        metadata = archive.read(next(name for name in names if name.endswith(".dist-info/METADATA"))).decode()
     assert "hf_seqobj/cli/launch.py" in names
+    for module in METRIC_MODULES:
+        assert f"hf_seqobj/metrics/modules/{module}/{module}.py" in names, module
+    assert "Requires-Dist: evaluate>=" in metadata
     for config in EXPECTED:
         assert f"hf_seqobj/accelerate_configs/{config}.yaml" in names, config
     launch = Path(sys.modules["hf_seqobj.cli.launch"].__file__).resolve()

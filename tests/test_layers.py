@@ -11,9 +11,17 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "hf_seqobj"
 
-APPLICATION = ("hf_seqobj.cli", "hf_seqobj.run", "hf_seqobj.arguments", "hf_seqobj.tasks", "hf_seqobj.modeling")
-"""The application layer: the command line, whole runs, argument parsing, tasks and the offline model factory. The
-rest (objectives, oracles, rewards, decoding, backspace, trainers, ...) is the library layer."""
+APPLICATION = (
+    "hf_seqobj.cli",
+    "hf_seqobj.run",
+    "hf_seqobj.arguments",
+    "hf_seqobj.tasks",
+    "hf_seqobj.modeling",
+    "hf_seqobj.metrics.modules",
+)
+"""The application layer: the command line, whole runs, argument parsing, tasks, the offline model factory and the
+`evaluate` module scripts (entry points that `evaluate.load` runs, which the tasks' metrics back). The rest
+(objectives, oracles, rewards, decoding, backspace, trainers, metrics, ...) is the library layer."""
 
 
 def _modules() -> dict[str, Path]:

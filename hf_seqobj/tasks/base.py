@@ -538,10 +538,19 @@ class Task(abc.ABC):
         The decoded texts are kept in :attr:`last_outputs` (see :meth:`save_predictions`), so that whoever called
         `evaluate` or `predict` can read or save them without decoding again.
 
+        With `evaluate_metric` set, the evaluate module also scores the decoded texts (lists of tags for a task
+        whose outputs are BIO tags) and its numbers are added as `{module.name}_{key}`
+        (:func:`hf_seqobj.metrics.module_scores`).
+
         Args:
             tokenizer: Decodes the ids.
             decoder_start_token_id: For encoder-decoder generations, the first generated id, which is dropped.
         """
+        module = None
+        if getattr(self.args, "evaluate_metric", None) is not None:
+            from hf_seqobj.metrics import load_metric, module_scores
+
+            module = load_metric(self.args.evaluate_metric)
 
         def compute_metrics(eval_prediction: EvalPrediction) -> dict[str, float]:
             predictions = eval_prediction.predictions
@@ -552,7 +561,12 @@ class Task(abc.ABC):
             predicted = [self.decode(ids, tokenizer) for ids in rows]
             references = [self.decode(ids, tokenizer) for ids in _trim(eval_prediction.label_ids, tokenizer, None)]
             self.last_outputs = DecodedOutputs(predicted, references, eos_reached)
-            return self.score(predicted, references)
+            scores = self.score(predicted, references)
+            if module is not None:
+                as_tags = self.output_kind == "bio_tags"
+                inputs = [[text.split() for text in texts] if as_tags else texts for texts in (predicted, references)]
+                scores.update(module_scores(module, *inputs))
+            return scores
 
         return compute_metrics
 

@@ -37,6 +37,12 @@ def rouge_scores(predictions: list[str], references: list[str]) -> dict[str, flo
     return {name: float(values[0]) for name, values in metrics.items()}
 
 
+def rouge_example_scores(predictions: list[str], references: list[str]) -> dict[str, list[float]]:
+    """Each pair's ROUGE-1/2/L/Lsum F-measure (in [0, 1]) of rouge-score with stemming (:func:`rouge_statistics`
+    as lists)."""
+    return {name: values.tolist() for name, values in rouge_statistics(predictions, references).items()}
+
+
 class SummarizationTask(Task):
     """Summarization of `source_column` into `target_column` (default columns `document` / `summary`)."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import sacrebleu
 from datasets import Dataset
 
 from hf_seqobj.tasks.base import Reject, Statistics, Task, raise_invalid, read_lines, weighted_sums
@@ -100,18 +101,26 @@ def sacrebleu_from_sums(sums: Statistics, metrics: tuple[str, ...] = SACREBLEU_M
 
 
 def sacrebleu_scores(
-    predictions: list[str], references: list[str], metrics: tuple[str, ...] = SACREBLEU_METRICS
+    predictions: list[str], references: list[str] | list[list[str]], metrics: tuple[str, ...] = SACREBLEU_METRICS
 ) -> dict[str, float]:
-    """Corpus BLEU and / or chrF of sacrebleu (default settings: 13a tokenisation, one reference per prediction),
-    from the summed :func:`sacrebleu_statistics`.
+    """Corpus BLEU and / or chrF of sacrebleu (default settings: 13a tokenisation): with one reference per
+    prediction from the summed :func:`sacrebleu_statistics`, with several from sacrebleu's corpus scores.
 
     Args:
         predictions: Generated texts.
-        references: One reference text per prediction.
+        references: One reference text per prediction, or one list of reference texts per prediction (all as long).
         metrics: Which of "bleu" and "chrf" to compute.
     """
-    sums, _ = weighted_sums(sacrebleu_statistics(predictions, references, metrics))
-    return {name: float(values[0]) for name, values in sacrebleu_from_sums(sums, metrics).items()}
+    _check_sacrebleu_metrics(metrics)
+    if all(isinstance(reference, str) for reference in references):
+        sums, _ = weighted_sums(sacrebleu_statistics(predictions, references, metrics))
+        return {name: float(values[0]) for name, values in sacrebleu_from_sums(sums, metrics).items()}
+    counts = sorted({len(reference) for reference in references})
+    if len(counts) != 1 or counts[0] == 0:
+        raise ValueError(f"every prediction needs as many references (at least one); the counts are {counts}.")
+    streams = [list(stream) for stream in zip(*references)]
+    corpus = {"bleu": sacrebleu.corpus_bleu, "chrf": sacrebleu.corpus_chrf}
+    return {name: float(corpus[name](predictions, streams).score) for name in metrics}
 
 
 class TranslationTask(Task):
