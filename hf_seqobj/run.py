@@ -33,6 +33,7 @@ from hf_seqobj.modeling import (
 )
 from hf_seqobj.objectives import get_objective
 from hf_seqobj.peft_utils import lora_config_for
+from hf_seqobj.reports import PREDICTIONS_FILE, bootstrap_interval, decode_predictions, write_predictions
 from hf_seqobj.tasks import Task, get_task
 from hf_seqobj.trainers import (
     SeqObjSeq2SeqTrainer,
@@ -70,6 +71,9 @@ RUN_ARTIFACTS = (
     "chat_template.*",
     "README.md",
     "comparison.md",
+    "comparison_*.png",
+    "completions.jsonl",
+    "*_predictions.jsonl",
     f"{PREFIX_CHECKPOINT_DIR}-*",
     INITIAL_MODEL_DIR,
     "eval_*",
@@ -483,7 +487,12 @@ def train(
         trainer.log_metrics("eval", results["eval"])
         trainer.save_metrics("eval", results["eval"])
     if "test" in tokenized:
-        results["test"] = trainer.predict(tokenized["test"], metric_key_prefix="test").metrics
+        output = trainer.predict(tokenized["test"], metric_key_prefix="test")
+        results["test"] = output.metrics
+        if training_args.predict_with_generate and trainer.is_world_process_zero():  # for the comparison plots
+            start = model.config.decoder_start_token_id if model.config.is_encoder_decoder else None
+            texts = decode_predictions(task, tokenizer, output.predictions, output.label_ids, start)
+            write_predictions(Path(output_dir) / PREDICTIONS_FILE.format(split="test"), *texts)
         trainer.log_metrics("test", results["test"])
         trainer.save_metrics("test", results["test"])
     # The model card with the final metrics; with push_to_hub, the final upload (model, tokenizer, card).
@@ -500,7 +509,10 @@ def evaluate(
     data_args: DataArguments,
     training_args: SeqObjTrainingArguments | SeqObjSeq2SeqTrainingArguments,
 ) -> dict[str, float]:
-    """Scores a saved model on one split with generation; writes `{split}_results.json` to output_dir."""
+    """Scores a saved model on one split with generation; writes `{split}_results.json` and the decoded
+    `{split}_predictions.jsonl` to output_dir. The metrics include the task's main metric's 95% bootstrap interval
+    over examples (:func:`hf_seqobj.reports.bootstrap_interval`): `{split}_{metric}_low` / `_high`, and
+    `{split}_bootstrap_resamples`."""
     check_settings(ModelArguments(model_name_or_path=model_dir), data_args, training_args)
     task = get_task(data_args)
     splits = task.load()
@@ -510,7 +522,18 @@ def evaluate(
     tokenized = task.tokenize(DatasetDict({split: splits[split]}), tokenizer, not model.config.is_encoder_decoder)
     training_args.predict_with_generate = True
     trainer = build_trainer(model, tokenizer, task, tokenized, training_args)
-    metrics = trainer.predict(tokenized[split], metric_key_prefix=split).metrics
+    output = trainer.predict(tokenized[split], metric_key_prefix=split)
+    metrics = output.metrics
+    start = model.config.decoder_start_token_id if model.config.is_encoder_decoder else None
+    predictions, references = decode_predictions(task, tokenizer, output.predictions, output.label_ids, start)
+    interval = bootstrap_interval(task.score, predictions, references, seed=training_args.seed)
+    metrics[f"{split}_{interval.metric}_low"] = interval.low
+    metrics[f"{split}_{interval.metric}_high"] = interval.high
+    metrics[f"{split}_bootstrap_resamples"] = interval.resamples
+    if trainer.is_world_process_zero():
+        write_predictions(
+            Path(training_args.output_dir) / PREDICTIONS_FILE.format(split=split), predictions, references
+        )
     trainer.save_metrics(split, metrics)
     return metrics
 
