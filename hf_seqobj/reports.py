@@ -1,7 +1,7 @@
 """What a finished run reports beyond its metrics: decoded predictions, bootstrap intervals, comparison plots.
 
-- :func:`decode_predictions` turns generated and label ids into the texts the task scores (as `compute_metrics`
-  does); `train` and `evaluate` write them to `{split}_predictions.jsonl` in the output folder.
+- :func:`write_predictions` / :func:`read_predictions`: the decoded outputs and references of a split, which
+  `hf_seqobj.run.train` and `evaluate` write to `{split}_predictions.jsonl` in the output folder.
 - :func:`bootstrap_interval` gives a metric's interval over examples (`hf-seqobj evaluate` prints it).
 - :func:`write_comparison_plots` draws, beside a comparison's `comparison.md`, each run's evaluation metric over the
   steps (`comparison_metric.png`) and its output lengths against the reference lengths (`comparison_lengths.png`).
@@ -18,7 +18,6 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -31,20 +30,6 @@ METRIC_PLOT = "comparison_metric.png"
 
 LENGTH_PLOT = "comparison_lengths.png"
 """Each run's output length against the reference length (test predictions, in words), beside `comparison.md`."""
-
-
-def decode_predictions(
-    task: Any, tokenizer: Any, predictions: np.ndarray, label_ids: np.ndarray, decoder_start_token_id: int | None
-) -> tuple[list[str], list[str]]:
-    """The texts the task scores: generated and reference ids cut at EOS, without special tokens, decoded with the
-    task's `decode` (what the task's `compute_metrics` does before it calls `score`)."""
-    from hf_seqobj.tasks.base import _trim
-
-    if isinstance(predictions, tuple):
-        predictions = predictions[0]
-    predicted = [task.decode(ids, tokenizer) for ids in _trim(predictions, tokenizer, decoder_start_token_id)]
-    references = [task.decode(ids, tokenizer) for ids in _trim(label_ids, tokenizer, None)]
-    return predicted, references
 
 
 def write_predictions(path: str | Path, predictions: Sequence[str], references: Sequence[str]) -> None:

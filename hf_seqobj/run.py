@@ -33,8 +33,9 @@ from hf_seqobj.modeling import (
 )
 from hf_seqobj.objectives import get_objective
 from hf_seqobj.peft_utils import lora_config_for
-from hf_seqobj.reports import PREDICTIONS_FILE, bootstrap_interval, decode_predictions, write_predictions
+from hf_seqobj.reports import PREDICTIONS_FILE, bootstrap_interval, write_predictions
 from hf_seqobj.tasks import Task, get_task
+from hf_seqobj.tasks.base import _trim
 from hf_seqobj.trainers import (
     SeqObjSeq2SeqTrainer,
     SeqObjSeq2SeqTrainingArguments,
@@ -536,6 +537,17 @@ def evaluate(
         )
     trainer.save_metrics(split, metrics)
     return metrics
+
+
+def decode_predictions(
+    task: Task, tokenizer: PreTrainedTokenizerBase, predictions, label_ids, decoder_start_token_id: int | None
+) -> tuple[list[str], list[str]]:
+    """The texts the task scores: generated and reference ids cut at EOS, without special tokens, decoded with the
+    task's `decode`, as its `compute_metrics` decodes them before it calls `score`."""
+    if isinstance(predictions, tuple):
+        predictions = predictions[0]
+    predicted = [task.decode(ids, tokenizer) for ids in _trim(predictions, tokenizer, decoder_start_token_id)]
+    return predicted, [task.decode(ids, tokenizer) for ids in _trim(label_ids, tokenizer, None)]
 
 
 def _plain(value: Any) -> Any:
