@@ -33,6 +33,7 @@ from hf_seqobj.modeling import (
 )
 from hf_seqobj.objectives import get_objective
 from hf_seqobj.peft_utils import lora_config_for
+from hf_seqobj.reports import bootstrap_interval
 from hf_seqobj.tasks import Task, get_task
 from hf_seqobj.trainers import (
     SeqObjSeq2SeqTrainer,
@@ -71,6 +72,9 @@ RUN_ARTIFACTS = (
     "chat_template.*",
     "README.md",
     "comparison.md",
+    "comparison_*.png",
+    "completions.jsonl",
+    "*_predictions.jsonl",
     f"{PREFIX_CHECKPOINT_DIR}-*",
     INITIAL_MODEL_DIR,
     "eval_*",
@@ -487,7 +491,8 @@ def train(
         if data_args.save_eval_predictions:
             save_predictions(trainer, task, "eval", splits["validation"]["source"])
     if "test" in tokenized:
-        results["test"] = trainer.predict(tokenized["test"], metric_key_prefix="test").metrics
+        output = trainer.predict(tokenized["test"], metric_key_prefix="test")
+        results["test"] = output.metrics
         trainer.log_metrics("test", results["test"])
         trainer.save_metrics("test", results["test"])
         save_predictions(trainer, task, "test", splits["test"]["source"])
@@ -506,7 +511,9 @@ def evaluate(
     training_args: SeqObjTrainingArguments | SeqObjSeq2SeqTrainingArguments,
 ) -> dict[str, float]:
     """Scores a saved model on one split with generation; writes `{split}_results.json` and the decoded texts,
-    `{split}_predictions.jsonl`, to output_dir."""
+    `{split}_predictions.jsonl`, to output_dir. The metrics include the task's main metric's 95% bootstrap interval
+    over examples (:func:`hf_seqobj.reports.bootstrap_interval`): `{split}_{metric}_low` / `_high`, and
+    `{split}_bootstrap_resamples`."""
     check_settings(ModelArguments(model_name_or_path=model_dir), data_args, training_args)
     task = get_task(data_args)
     splits = task.load()
@@ -516,7 +523,13 @@ def evaluate(
     tokenized = task.tokenize(DatasetDict({split: splits[split]}), tokenizer, not model.config.is_encoder_decoder)
     training_args.predict_with_generate = True
     trainer = build_trainer(model, tokenizer, task, tokenized, training_args)
-    metrics = trainer.predict(tokenized[split], metric_key_prefix=split).metrics
+    output = trainer.predict(tokenized[split], metric_key_prefix=split)
+    metrics = output.metrics
+    decoded = task.last_outputs  # what the task's compute_metrics decoded and scored
+    interval = bootstrap_interval(task.score, decoded.predictions, decoded.references, seed=training_args.seed)
+    metrics[f"{split}_{interval.metric}_low"] = interval.low
+    metrics[f"{split}_{interval.metric}_high"] = interval.high
+    metrics[f"{split}_bootstrap_resamples"] = interval.resamples
     trainer.save_metrics(split, metrics)
     save_predictions(trainer, task, split, splits[split]["source"])
     return metrics

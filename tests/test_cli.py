@@ -109,6 +109,7 @@ def test_compare_runs_that_continue_an_earlier_run(tmp_path, capsys):
         "control": {"start_from": "warm", "max_steps": 2},
         "dagger": {"start_from": "warm", "max_steps": 2, "objective": "dagger", "dagger_beta": 0.0},
     }
+    config["compare"]["dagger"].update({"log_completions": True, "num_completions_to_print": 2, "logging_steps": 1})
     path = tmp_path / "cmp.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     assert main(["train", str(path)]) == 0
@@ -121,6 +122,14 @@ def test_compare_runs_that_continue_an_earlier_run(tmp_path, capsys):
     assert (
         "test f1 - control" in table and "| dagger | dagger | warm |" in table and "| warm | mle | scratch |" in table
     )
+    # what DAgger trained on, at each of its 2 logging steps, for 2 examples; the comparison's plots
+    completions = [json.loads(line) for line in (tmp_path / "cmp" / "dagger" / "completions.jsonl").open()]
+    assert [(row["step"], row["example"]) for row in completions] == [(1, 0), (1, 1), (2, 0), (2, 1)]
+    assert not (tmp_path / "cmp" / "control" / "completions.jsonl").exists()
+    printed = capsys.readouterr().out
+    for name in ("comparison_metric.png", "comparison_lengths.png"):
+        assert (tmp_path / "cmp" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"Plot: {tmp_path / 'cmp' / name}" in printed
     with pytest.raises(ConfigError, match=r"start_from of run 'a' in c\.yaml must name an earlier run .*got 'b'"):
         expand_compare({**BASE, "compare": {"a": {"start_from": "b"}, "b": {}}}, "c.yaml")
     with pytest.raises(ConfigError, match=r"compare_baseline in c\.yaml must name a run of compare \(a\), got 'z'"):
@@ -178,11 +187,18 @@ def test_train_then_evaluate_end_to_end(tmp_path, capsys):
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["global_step"] == 15 and any("loss" in entry for entry in state["log_history"])
 
+    capsys.readouterr()
     assert main(["evaluate", str(out), "--split", "validation"]) == 0
     results = json.loads((out / "eval_validation" / "validation_results.json").read_text())
     assert results["validation_f1"] == pytest.approx(eval_results["eval_f1"])
     rows = [json.loads(line) for line in (out / "eval_validation" / "validation_predictions.jsonl").open()]
     assert len(rows) == 16 and all(len(row["reference"].split()) == len(row["source"].split()) for row in rows)
+    # the main metric with its bootstrap interval over the 16 examples
+    assert results["validation_f1_low"] <= results["validation_f1"] <= results["validation_f1_high"]
+    assert (
+        f"f1: {results['validation_f1']:.4f}, 95% bootstrap interval over examples "
+        f"[{results['validation_f1_low']:.4f}, {results['validation_f1_high']:.4f}]" in capsys.readouterr().out
+    )
     assert main(["evaluate", str(tmp_path / "nothing_here")]) == 2
 
 

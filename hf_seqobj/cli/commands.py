@@ -153,6 +153,14 @@ def evaluate_command(argv: list[str], debug: bool = False) -> int:
     metrics = evaluate(model_args.model_name_or_path, split, data_args, training_args)
     print(f"\nResults ({model_dir}, {split}):")
     print(format_metrics_table({split: metrics}))
+    low = next((key for key in metrics if key.endswith("_low")), None)
+    if low is not None:  # the main metric's bootstrap interval over examples
+        name = low[len(split) + 1 : -len("_low")]
+        resamples = metrics[f"{split}_bootstrap_resamples"]
+        print(
+            f"{name}: {metrics[f'{split}_{name}']:.4f}, 95% bootstrap interval over examples "
+            f"[{metrics[low]:.4f}, {metrics[f'{split}_{name}_high']:.4f}] ({resamples} resamples)"
+        )
     return 0
 
 

@@ -1,6 +1,7 @@
 """A config's `compare` mapping: one run per entry, each in `output_dir/NAME`, started from the same initial model or
 (`start_from: OTHER`) from an earlier run's trained model, and one table of their results (with each run's difference
-to the run `compare_baseline` names), printed and written to `output_dir/comparison.md`."""
+to the run `compare_baseline` names), printed and written to `output_dir/comparison.md`, with plots beside it of each
+run's evaluation metric over the steps and of its output lengths against the reference lengths (matplotlib)."""
 
 from __future__ import annotations
 
@@ -65,6 +66,7 @@ def compare_runs(config: dict[str, Any], flags: list[str], source: str) -> int:
     Every run's settings and output folder are checked before the first run starts (a run that continues another
     run's model is checked as the model it continues from is built).
     """
+    from hf_seqobj.reports import write_comparison_plots
     from hf_seqobj.run import check_settings, format_comparison_table, prepare_output_dir, resolve_resume, train
 
     runs = expand_compare(config, source)
@@ -100,4 +102,7 @@ def compare_runs(config: dict[str, Any], flags: list[str], source: str) -> int:
     print(table)
     base_dir.mkdir(parents=True, exist_ok=True)
     (base_dir / "comparison.md").write_text(table + "\n", encoding="utf-8")
+    outputs = {name: (run.training.output_dir, results[name][1]) for name, run in settings.items()}
+    for path in write_comparison_plots(base_dir, outputs):
+        print(f"Plot: {path}")
     return 0

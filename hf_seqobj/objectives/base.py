@@ -103,6 +103,49 @@ class Objective(abc.ABC):
             callbacks.append(ObjectiveStateCallback(self))
         return callbacks
 
+    def completions(
+        self, model: torch.nn.Module, inputs: dict[str, Any], generator: torch.Generator
+    ) -> list[dict[str, Any]]:
+        """What the objective trains on for each example of `inputs`, as table cells (`log_completions`).
+
+        The :class:`~hf_seqobj.callbacks.CompletionsCallback` calls this at each logging step on a few fixed training
+        examples, without gradients, and shows each returned mapping (column -> text or number) between the
+        example's source and its reference (columns `score` and `oracle score` after it); see
+        :mod:`hf_seqobj.completions` for the helpers that render token ids. It must not change the training: draw
+        only from `generator` (the callback also restores every global random state afterwards), record no metric
+        and leave the objective's state (buffers, caches that change results) as it was.
+
+        Default (teacher forcing): `predicted`, the model's greedy token at each gold position, and `labels`, the
+        gold targets, `[marked]` where the model predicts another token. Override it to show your objective's own
+        inputs and targets.
+
+        Args:
+            model: The (possibly wrapped) model, in training mode.
+            inputs: The collated examples, on the device.
+            generator: A CPU generator for any random draw the display needs (seeded from the seed and the step).
+
+        Returns:
+            One mapping per row of `inputs`.
+        """
+        from hf_seqobj.completions import render_targets, render_tokens
+        from hf_seqobj.decoding.rollin import dropout_mode, predicted_tokens
+
+        tokenizer = self.trainer.processing_class
+        encoder_decoder = bool(self.trainer.accelerator.unwrap_model(model).config.is_encoder_decoder)
+        with dropout_mode(model, False):
+            _, outputs = self.teacher_forced_loss(model, inputs)
+        predicted = predicted_tokens(outputs.logits, encoder_decoder)
+        rows = []
+        for index, labels in enumerate(inputs["labels"]):
+            targets = labels != -100
+            rows.append(
+                {
+                    "predicted": render_tokens(tokenizer, predicted[index][targets]),
+                    "labels": render_targets(tokenizer, predicted[index][targets], labels[targets]),
+                }
+            )
+        return rows
+
     def save_state(self, checkpoint_dir: str) -> None:
         """Saves objective state that a resumed run needs (e.g. a replay buffer) into a checkpoint. Default: none."""
         return None

@@ -120,11 +120,11 @@ class ScheduledSamplingObjective(Objective):
         draws = torch.multinomial(flat.to(generator.device), 1, generator=generator)
         return draws.reshape(probs.shape[:-1]).to(logits.device)
 
-    def training_loss(self, model, inputs, num_items_in_batch):
+    def _mixed_inputs(self, model, inputs, eps: float, generator: torch.Generator):
+        """Pass 1 and the mixing: `(inputs of pass 2, replaced [B, L], replaceable [B, L])`, where the positions are
+        those of the decoder inputs (encoder-decoder) or of `input_ids` (decoder-only)."""
         trainer = self.trainer
-        eps = self.eps()
         labels = inputs["labels"]
-        generator = self.step_generator(labels.device)
         unwrapped = trainer.accelerator.unwrap_model(model)
         encoder_decoder = bool(unwrapped.config.is_encoder_decoder)
         inputs = dict(inputs)
@@ -144,9 +144,52 @@ class ScheduledSamplingObjective(Objective):
         else:
             gold = inputs["input_ids"]
             shifted = torch.cat([gold[:, :1], predicted[:, :-1]], dim=1)
-            inputs["input_ids"], replaced = mix_tokens(gold, shifted, labels != IGNORE_INDEX, eps, generator)
             target = labels != IGNORE_INDEX
+            inputs["input_ids"], replaced = mix_tokens(gold, shifted, target, eps, generator)
+        return inputs, replaced, target
+
+    def training_loss(self, model, inputs, num_items_in_batch):
+        eps = self.eps()
+        generator = self.step_generator(inputs["labels"].device)
+        inputs, replaced, target = self._mixed_inputs(model, inputs, eps, generator)
         self.record_metric("ss_eps", eps)
         self.record_metric("ss_replaced_fraction", replaced.sum() / target.sum().clamp(min=1))
         loss, outputs = self.teacher_forced_loss(model, inputs, num_items_in_batch)
         return loss, outputs
+
+    def completions(self, model, inputs, generator):
+        """The inputs of pass 2 at the current eps (`inputs`: the gold output as the model reads it, `[marked]` where
+        the token is the model's own prediction, drawn from `generator`), the gold `labels`, the number of `sampled`
+        tokens and the sentence `score` of the model's teacher-forced greedy output (the metric `oracle` names)."""
+        from hf_seqobj.completions import render_tokens, sentence_score, until_eos
+        from hf_seqobj.decoding.rollin import predicted_tokens
+
+        tokenizer = self.trainer.processing_class
+        encoder_decoder = bool(self.trainer.accelerator.unwrap_model(model).config.is_encoder_decoder)
+        mixed, replaced, _ = self._mixed_inputs(model, inputs, self.eps(), generator)
+        self._step_seconds.pop("first_pass", None)  # a display is no part of the step's time
+        key = "decoder_input_ids" if encoder_decoder else "input_ids"
+        with dropout_mode(model, False):
+            _, outputs = self.teacher_forced_loss(model, inputs)
+        predicted = predicted_tokens(outputs.logits, encoder_decoder)
+        eos = tokenizer.eos_token_id
+        rows = []
+        for index, labels in enumerate(inputs["labels"]):
+            # gold token t is read at decoder input t + 1 (encoder-decoder), at its own position (decoder-only)
+            gold = labels[labels != IGNORE_INDEX]
+            if encoder_decoder:
+                read, marks = mixed[key][index][1 : 1 + len(gold)], replaced[index][1 : 1 + len(gold)]
+            else:
+                read, marks = mixed[key][index][labels != IGNORE_INDEX], replaced[index][labels != IGNORE_INDEX]
+            hypothesis = until_eos(predicted[index][labels != IGNORE_INDEX], eos, keep_eos=False)
+            rows.append(
+                {
+                    "inputs": render_tokens(tokenizer, read, marks.tolist()),
+                    "labels": render_tokens(tokenizer, gold),
+                    "sampled": int(marks.sum()),
+                    "score": sentence_score(
+                        self.trainer.args.oracle, tokenizer, hypothesis, until_eos(gold, eos, keep_eos=False)
+                    ),
+                }
+            )
+        return rows

@@ -428,6 +428,17 @@ class SequenceMatchObjective(Objective):
 
     # ----------------------------------------------------------------------------------------------------------
     def _rollins(self, model, inputs, encoder_decoder, max_new, generator) -> list[_Rollin]:
+        with self.timed("rollin"):
+            rollins, result = self._generate_rollins(model, inputs, encoder_decoder, max_new, generator)
+        total = max(1, int(result.num_actions.sum()))
+        self.record_metric("rollin_backspace_rate", float(result.num_backspaces.sum()) / total)
+        self.record_metric("rollin_length", result.num_actions.float().mean())
+        self.record_metric("rollin_truncated_rate", sum(item.truncated for item in rollins) / max(1, len(rollins)))
+        self.check_cycles("rollin", float(result.two_cycles.float().mean()))
+        return rollins
+
+    def _generate_rollins(self, model, inputs, encoder_decoder, max_new, generator):
+        """Backspace roll-ins of the examples of `inputs`: `(roll-ins, the decoding's BackspaceGeneration)`."""
         trainer, args = self.trainer, self.trainer.args
         tokenizer = trainer.processing_class
         unwrapped = trainer.accelerator.unwrap_model(model)
@@ -446,7 +457,7 @@ class SequenceMatchObjective(Objective):
             eos_token_id=tokenizer.eos_token_id,
             decoder_start_token_id=getattr(unwrapped.config, "decoder_start_token_id", None),
         )
-        with self.timed("rollin"), unwrap_for_generation(model, trainer.accelerator) as (generating, synced):
+        with unwrap_for_generation(model, trainer.accelerator) as (generating, synced):
             with generation_mode(generating, args.rollin_dropout, args.gradient_checkpointing_kwargs):
                 result = generate_with_backspace(
                     generating,
@@ -467,12 +478,44 @@ class SequenceMatchObjective(Objective):
             source = prompt_ids[row][mask].tolist()
             actions = result.actions[row, : int(result.num_actions[row])].tolist()
             rollins.append(_Rollin(source, actions, step, truncated=not actions or actions[-1] != eos))
-        total = max(1, int(result.num_actions.sum()))
-        self.record_metric("rollin_backspace_rate", float(result.num_backspaces.sum()) / total)
-        self.record_metric("rollin_length", result.num_actions.float().mean())
-        self.record_metric("rollin_truncated_rate", sum(item.truncated for item in rollins) / max(1, len(rollins)))
-        self.check_cycles("rollin", float(result.two_cycles.float().mean()))
-        return rollins
+        return rollins, result
+
+    def completions(self, model, inputs, generator):
+        """A fresh backspace roll-in (`rollin`, its actions with `<bksp>`; `output`, what is left after the
+        backspaces), the data row as trained (`data`, the target with the backspace noise; `labels`, its targets,
+        `·` on the noise's wrong tokens, which are masked) and the sentence `score` of the output (the metric the
+        `oracle` setting names). The roll-in is made whether or not the loss uses roll-ins at this step, its samples
+        drawn from `generator`; the noise is drawn as training draws it (one generator per row, keyed by the seed,
+        the step and the row); the replay buffer is left as it is."""
+        from hf_seqobj.backspace import apply_backspaces
+        from hf_seqobj.completions import render_tokens, sentence_score, until_eos
+
+        trainer, args = self.trainer, self.trainer.args
+        tokenizer = trainer.processing_class
+        unwrapped = trainer.accelerator.unwrap_model(model)
+        encoder_decoder = bool(unwrapped.config.is_encoder_decoder)
+        start = getattr(unwrapped.config, "decoder_start_token_id", None)
+        data = self._data_rows(inputs, encoder_decoder, start, tokenizer.pad_token_id, micro_step=0)
+        max_new = args.sm_max_new_tokens or 2 * int(data["target_lengths"].max())
+        rollins, _ = self._generate_rollins(model, inputs, encoder_decoder, max_new, generator)
+        eos = tokenizer.eos_token_id
+        rows = []
+        for index, rollin in enumerate(rollins):
+            count = int(data["num_actions"][index])
+            output = apply_backspaces(rollin.actions, self.bksp)
+            labels = inputs["labels"][index]
+            reference = until_eos(labels[labels != IGNORE_INDEX], eos, keep_eos=False)
+            hypothesis = until_eos(torch.tensor(output, dtype=torch.long), eos, keep_eos=False)
+            rows.append(
+                {
+                    "rollin": render_tokens(tokenizer, rollin.actions),
+                    "output": render_tokens(tokenizer, output),
+                    "data": render_tokens(tokenizer, data["actions"][index, :count]),
+                    "labels": render_tokens(tokenizer, data["labels"][index, :count]),
+                    "score": sentence_score(args.oracle, tokenizer, hypothesis, reference),
+                }
+            )
+        return rows
 
     def _draw_rollins(self, model, inputs, encoder_decoder, max_new, generator) -> list[_Rollin]:
         args, step = self.trainer.args, self.trainer.state.global_step

@@ -13,7 +13,8 @@ What differs from the stock classes, and why:
   (e.g. `eval_backspace_rate`) and, for a language model, `{prefix}_perplexity` (exp of the teacher-forced loss).
 - `save_model` (and so each checkpoint) also writes a model card, README.md.
 - Objectives other than `mle` add the callbacks they need (:meth:`~hf_seqobj.objectives.base.Objective.callbacks`);
-  `eval_samples_to_log > 0` adds a :class:`~hf_seqobj.callbacks.SampleGenerationsCallback`.
+  `eval_samples_to_log > 0` adds a :class:`~hf_seqobj.callbacks.SampleGenerationsCallback`, `log_completions` a
+  :class:`~hf_seqobj.callbacks.CompletionsCallback`.
 - `peft_config=` wraps the model with a PEFT adapter, as TRL's trainers do.
 """
 
@@ -30,7 +31,7 @@ import torch
 from transformers import GenerationConfig, Seq2SeqTrainer, Trainer
 
 from hf_seqobj.backspace import backspace_token_id, generate_with_backspace, warn_on_two_cycles
-from hf_seqobj.callbacks import SampleGenerationsCallback
+from hf_seqobj.callbacks import CompletionsCallback, SampleGenerationsCallback
 from hf_seqobj.decoding.prompts import gather_targets, split_prompts
 from hf_seqobj.decoding.rollin import first_eos_lengths
 from hf_seqobj.model_card import trainer_model_card
@@ -104,6 +105,8 @@ class _SeqObjMixin:
             self.add_callback(callback)
         if getattr(self.args, "eval_samples_to_log", 0) > 0:
             self.add_callback(SampleGenerationsCallback(self, self.args.eval_samples_to_log))
+        if getattr(self.args, "log_completions", False):
+            self.add_callback(CompletionsCallback(self, self.args.num_completions_to_print))
 
     def create_model_card(
         self,

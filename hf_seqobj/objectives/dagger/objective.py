@@ -255,3 +255,41 @@ class DAggerObjective(Objective):
         if stats.oracle_score is not None:
             self.record_metric("oracle_score", stats.oracle_score)
         return loss, outputs
+
+    def completions(self, model, inputs, generator):
+        """The roll-in at the current beta (mixing draws from `generator`), the oracle's label at each position
+        (`[marked]` where the model chose another token), for the BLEU / ROUGE oracles the best whole output the
+        oracle found from the first such position (the roll-in's prefix up to it, `‖`, the oracle's completion) with
+        its `oracle score`, and the sentence `score` of the roll-in (the oracle's metric). During the warm-up
+        (`dagger_warmup_steps`), what teacher forcing trains on."""
+        if self.trainer.state.global_step < self.trainer.args.dagger_warmup_steps:
+            return super().completions(model, inputs, generator)
+        from hf_seqobj.completions import render_targets, render_tokens, sentence_score, until_eos
+
+        tokenizer = self.trainer.processing_class
+        rollin, labels, references = self.relabeler.rollin_with_labels(
+            model, inputs, beta=self.beta(), generator=generator, accelerator=self.trainer.accelerator
+        )
+        search = getattr(self.oracle, "search", None)
+        found = search(rollin.tokens, references, return_completions=True) if search is not None else None
+        eos = tokenizer.eos_token_id
+        rows = []
+        for index in range(rollin.tokens.shape[0]):
+            length = int(rollin.lengths[index])
+            tokens, row_labels = rollin.tokens[index, :length], labels[index, :length]
+            reference = until_eos(references[index], eos, keep_eos=False)
+            row = {
+                "rollin": render_tokens(tokenizer, tokens),
+                "labels": render_targets(tokenizer, tokens, row_labels),
+            }
+            if found is not None and found.completions is not None:
+                differs = ((row_labels != tokens) & (row_labels != IGNORE_INDEX)).nonzero().flatten().tolist()
+                at = differs[0] if differs else 0
+                completion = until_eos(found.completions[index, at], eos)
+                prefix = render_tokens(tokenizer, tokens[:at])
+                row["oracle completion"] = f"{prefix} ‖ {render_tokens(tokenizer, completion)}".strip()
+                row["oracle score"] = float(found.scores[index, at])
+            hypothesis = until_eos(tokens, eos, keep_eos=False)
+            row["score"] = sentence_score(self.trainer.args.oracle, tokenizer, hypothesis, reference)
+            rows.append(row)
+        return rows

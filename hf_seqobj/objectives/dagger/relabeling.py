@@ -160,10 +160,7 @@ class DAggerRelabeler:
         start_token = getattr(config, "decoder_start_token_id", None)
         references = reference_targets(batch, encoder_decoder)
         gold_lengths = (references != IGNORE_INDEX).sum(1)
-        if self.max_new_tokens is None:
-            limits = torch.ceil(gold_lengths.double() * self.length_ratio).long().clamp(min=1)
-        else:
-            limits = torch.full_like(references[:, 0], self.max_new_tokens)
+        limits = self._limits(references)
         rows = None
         if rollin_rows is not None:
             rollin_rows = rollin_rows.to(references.device).bool()
@@ -177,56 +174,97 @@ class DAggerRelabeler:
         sub_references = references if rows is None else references[rows]
         sub_limits = limits if rows is None else limits[rows]
         timed = _TimedOracle(self.oracle)
-        rollin, generated, labels = None, 0.0, None
+        rollin, labels, generated, oracle_score = None, None, 0.0, None
         if rows is None or rows.numel() > 0:
-            generation_config = rollin_generation_config(
-                unwrapped,
-                max(int(sub_limits.max()), 1),
-                self.rollin,
-                self.temperature,
-                self.pad_token_id,
-                self.eos_token_id,
+            where, kwargs = (row_offset, global_rows, rows), checkpointing_kwargs
+            rollin, labels, generated, oracle_score = self._rollin_and_labels(
+                model, sub, sub_references, sub_limits, beta, generator, accelerator, kwargs, timed, where
             )
-            mixing = None
-            if beta > 0:
-                mixing = OracleMixing(timed, sub_references, beta, generator, row_offset, global_rows, rows)
-            start = time.perf_counter()
-            rollin = generate_rollin(
-                model,
-                sub,
-                generation_config,
-                accelerator,
-                self.dropout,
-                checkpointing_kwargs,
-                limits=sub_limits,
-                mixing=mixing,
-                fixed_length=self.fixed_length,
-                static_cache=self.static_cache,
-                compile=self.compile,
-            )
-            generated = time.perf_counter() - start
-        start = time.perf_counter()
-        oracle_score = None
-        if rollin is not None:
-            search = getattr(self.oracle, "search", None)
-            found = search(rollin.tokens, sub_references) if callable(search) else None
-            labels = found.labels if found is not None else self.oracle(rollin.tokens, sub_references)
-            position = torch.arange(labels.shape[1], device=labels.device)[None, :]
-            labels = labels.masked_fill(position >= rollin.lengths[:, None], IGNORE_INDEX)
-            if found is not None and bool((labels != IGNORE_INDEX).any()):
-                oracle_score = float(found.scores[labels != IGNORE_INDEX].mean())
-        oracle_seconds = time.perf_counter() - start + timed.seconds
         stats = RelabelStats(
             rollin_length=float(rollin.lengths.float().mean()) if rollin is not None else 0.0,
             forced_fraction=rollin.forced / max(rollin.steps, 1) if rollin is not None else 0.0,
             labelled=int((labels != IGNORE_INDEX).sum()) if labels is not None else 0,
             oracle_score=oracle_score,
-            seconds={"rollin": generated - timed.seconds, "oracle": oracle_seconds},
+            seconds={"rollin": generated, "oracle": timed.seconds},
         )
         if rows is not None:  # the other rows keep their gold outputs and labels
             rollin, labels = self._with_gold_rows(batch, references, gold_lengths, rows, rollin, labels, config)
         train_batch = rollin_training_batch(batch, rollin, labels, start_token)
         return train_batch, stats
+
+    def _limits(self, references: torch.Tensor) -> torch.Tensor:
+        """[B] each row's longest roll-in: `length_ratio` x its gold length (EOS included), or `max_new_tokens`."""
+        if self.max_new_tokens is None:
+            gold_lengths = (references != IGNORE_INDEX).sum(1)
+            return torch.ceil(gold_lengths.double() * self.length_ratio).long().clamp(min=1)
+        return torch.full_like(references[:, 0], self.max_new_tokens)
+
+    def _rollin_and_labels(
+        self, model, batch, references, limits, beta, generator, accelerator, checkpointing_kwargs, timed, where
+    ) -> tuple[RollIn, torch.Tensor, float, float | None]:
+        """Rolls in on `batch` and labels every position with the oracle: `(roll-in, labels, seconds generating,
+        oracle score)`, the last the mean score of the best whole completion found from the labelled prefixes (for
+        oracles with `search`; else None).
+
+        The seconds generating leave out the oracle's calls inside generation; those and the labelling are added to
+        `timed.seconds`. `where`: `(row_offset, global_rows, rows)` of the beta mixing.
+        """
+        unwrapped = accelerator.unwrap_model(model) if accelerator is not None else model
+        generation_config = rollin_generation_config(
+            unwrapped, max(int(limits.max()), 1), self.rollin, self.temperature, self.pad_token_id, self.eos_token_id
+        )
+        mixing = None
+        if beta > 0:
+            mixing = OracleMixing(timed, references, beta, generator, *where)
+        start = time.perf_counter()
+        rollin = generate_rollin(
+            model,
+            batch,
+            generation_config,
+            accelerator,
+            self.dropout,
+            checkpointing_kwargs,
+            limits=limits,
+            mixing=mixing,
+            fixed_length=self.fixed_length,
+            static_cache=self.static_cache,
+            compile=self.compile,
+        )
+        generated = time.perf_counter() - start - timed.seconds
+        start = time.perf_counter()
+        search = getattr(self.oracle, "search", None)
+        found = search(rollin.tokens, references) if callable(search) else None
+        labels = found.labels if found is not None else self.oracle(rollin.tokens, references)
+        position = torch.arange(labels.shape[1], device=labels.device)[None, :]
+        labels = labels.masked_fill(position >= rollin.lengths[:, None], IGNORE_INDEX)
+        oracle_score = None
+        if found is not None and bool((labels != IGNORE_INDEX).any()):
+            oracle_score = float(found.scores[labels != IGNORE_INDEX].mean())
+        timed.seconds += time.perf_counter() - start
+        return rollin, labels, generated, oracle_score
+
+    def rollin_with_labels(
+        self,
+        model: torch.nn.Module,
+        batch: dict[str, torch.Tensor],
+        beta: float = 0.0,
+        generator: torch.Generator | None = None,
+        accelerator=None,
+    ) -> tuple[RollIn, torch.Tensor, torch.Tensor]:
+        """The roll-in of every row of `batch` and the oracle's labels along it, as :meth:`__call__` makes them
+        (for a display: no statistics, no training batch).
+
+        Returns:
+            `(roll-in, labels [B, T] (-100 from each row's end on), reference targets [B, M])`.
+        """
+        unwrapped = accelerator.unwrap_model(model) if accelerator is not None else model
+        references = reference_targets(batch, bool(unwrapped.config.is_encoder_decoder))
+        limits = self._limits(references)
+        timed = _TimedOracle(self.oracle)
+        rollin, labels, _, _ = self._rollin_and_labels(
+            model, batch, references, limits, beta, generator, accelerator, None, timed, (0, None, None)
+        )
+        return rollin, labels, references
 
     def _with_gold_rows(self, batch, references, gold_lengths, rows, rollin, labels, config):
         """The roll-in of every row of `batch`: rows `rows` from `rollin`, the others their gold outputs."""
