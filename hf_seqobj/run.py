@@ -74,8 +74,14 @@ RUN_ARTIFACTS = (
     INITIAL_MODEL_DIR,
     "eval_*",
     "runs",
+    "*_predictions.jsonl",
+    "completions.jsonl",
+    "*.png",
 )
-"""What a run writes into its output_dir (file and folder name patterns): what `overwrite_output_dir` deletes."""
+"""Every name a run writes into its output_dir (file and folder patterns), in one place: a code that adds a file to
+a run folder (predictions, completions, plots) adds its pattern here. A new run refuses an output_dir that holds any
+of them (it would overwrite it) unless `overwrite_output_dir` is set, which deletes them first (see
+:func:`prepare_output_dir`)."""
 
 RUN_MARKERS = (
     RUN_CONFIG_NAME,
@@ -123,6 +129,14 @@ def earlier_run(output_dir: str | Path) -> list[str]:
     return sorted(entry.name for entry in path.iterdir() if _matches(entry.name, RUN_MARKERS))
 
 
+def written_by_a_run(output_dir: str | Path) -> list[str]:
+    """The names in `output_dir` that a run writes (see `RUN_ARTIFACTS`), sorted: a new run would overwrite them."""
+    path = Path(output_dir)
+    if not path.is_dir():
+        return []
+    return sorted(entry.name for entry in path.iterdir() if _matches(entry.name, RUN_ARTIFACTS))
+
+
 def prepare_output_dir(output_dir: str, overwrite: bool, resume: bool, delete: bool = True) -> None:
     """Refuses to train into an output_dir that holds a run, unless resuming it or told to replace it.
 
@@ -133,20 +147,41 @@ def prepare_output_dir(output_dir: str, overwrite: bool, resume: bool, delete: b
         resume: The run resumes from a checkpoint (so the folder holds the run it continues).
         delete: Do the deleting (False on all but the main process).
 
+    With both `resume` and `overwrite` set, resuming wins: nothing is deleted (a warning says so).
+
     Raises:
-        ValueError: the folder holds a run and neither `overwrite` nor `resume` is set; the message names the folder
-            and both ways on.
+        ValueError: the folder holds a run, or a file that the run writes (a README.md, which would become the model
+            card, say), and neither `overwrite` nor `resume` is set; the message names the folder, the files and
+            the ways on. Also an empty output_dir, or one that is a file.
     """
+    if not str(output_dir).strip():
+        raise ValueError("output_dir is empty: set it to the folder the run writes to (e.g. output_dir: outputs/ner).")
+    if Path(output_dir).exists() and not Path(output_dir).is_dir():
+        raise ValueError(f"output_dir {output_dir!r} is a file, not a folder: choose another output_dir.")
     found = earlier_run(output_dir)
-    if not found or resume:
+    if resume:
+        if overwrite and delete:
+            logger.warning(
+                "resume_from_checkpoint and overwrite_output_dir are both set: resuming wins, and nothing in %s is "
+                "deleted (unset resume_from_checkpoint to replace the run).",
+                output_dir,
+            )
         return
-    if not overwrite:
-        shown = ", ".join(found[:4]) + (", ..." if len(found) > 4 else "")
+    clashing = [] if found else written_by_a_run(output_dir)
+    if not overwrite and (found or clashing):
+        shown = ", ".join((found or clashing)[:4]) + (", ..." if len(found or clashing) > 4 else "")
+        if found:
+            raise ValueError(
+                f"output_dir {output_dir!r} already holds a run ({shown}); nothing was changed. Continue it with "
+                "--resume_from_checkpoint latest, or delete it and train anew with --overwrite_output_dir true (or "
+                "choose another output_dir)."
+            )
         raise ValueError(
-            f"output_dir {output_dir!r} already holds a run ({shown}); nothing was changed. Continue it with "
-            "--resume_from_checkpoint latest, or delete it and train anew with --overwrite_output_dir true (or "
-            "choose another output_dir)."
+            f"output_dir {output_dir!r} holds {shown}, which the run would overwrite; nothing was changed. Move "
+            "it, choose another output_dir, or let the run replace it with --overwrite_output_dir true."
         )
+    if not found and not clashing:
+        return
     if not delete:
         return
     kept = []

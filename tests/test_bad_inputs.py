@@ -575,6 +575,51 @@ CASES = [
         flags=["--resume_from_checkpoint", "out/checkpoint-2"],
         setup=lambda root: _checkpoint(root, "no_state"),
     ),
+    # ------------------------------------------------------------------ lost data: files of the user's
+    Case(
+        "readme_in_output_dir",
+        "lost data",
+        r"output_dir 'out' holds README\.md, which the run would overwrite; nothing was changed.*"
+        r"--overwrite_output_dir true",
+        setup=lambda root: _user_file(root, "README.md"),
+    ),
+    Case(
+        "plot_in_output_dir",
+        "lost data",
+        r"output_dir 'out' holds loss\.png, which the run would overwrite",
+        setup=lambda root: _user_file(root, "loss.png"),
+    ),
+    Case(
+        "comparison_table_in_output_dir",
+        "lost data",
+        r"out/comparison\.md exists, and the comparison would overwrite it; nothing was changed",
+        {"compare": {"mle": {}}},
+        setup=lambda root: _user_file(root, "comparison.md"),
+    ),
+    # ------------------------------------------------------------------ paths from the config
+    *[
+        Case(
+            f"compare_run_name_{label}",
+            "path",
+            rf"compare in config\.yaml: run name {re.escape(repr(name))} is not a plain folder name",
+            {"compare": {name: {}}},
+        )
+        for label, name in (("parent", "../escape"), ("separator", "a/b"), ("dots", ".."), ("empty", ""), ("int", 1))
+    ],
+    Case("output_dir_empty", "path", r"output_dir is empty: set it to the folder", {"output_dir": ""}),
+    Case(
+        "compare_output_dir_empty",
+        "path",
+        r"output_dir in config\.yaml is empty",
+        {"output_dir": "", "compare": {"mle": {}}},
+    ),
+    Case(
+        "output_dir_is_a_file",
+        "path",
+        r"output_dir 'notes\.txt' is a file, not a folder",
+        {"output_dir": "notes.txt"},
+        files={"notes.txt": "mine"},
+    ),
     Case(
         "evaluate_bad_split",
         "setting",
@@ -585,6 +630,12 @@ CASES = [
         setup=lambda root: _run_config(root),
     ),
 ]
+
+
+def _user_file(root: Path, name: str) -> None:
+    """An output folder that holds only a file of the user's, of a name that a run also writes."""
+    (root / "out").mkdir()
+    (root / "out" / name).write_text("the user's own file")
 
 
 def _run_config(root: Path) -> None:
@@ -645,7 +696,7 @@ def test_bad_input_is_one_line_and_changes_nothing(case, tmp_path, monkeypatch, 
 
 def test_the_corpus_covers_every_kind():
     kinds = {case.kind for case in CASES}
-    assert kinds == {"setting", "config", "model", "data", "run folder", "checkpoint"}
+    assert kinds == {"setting", "config", "model", "data", "run folder", "checkpoint", "lost data", "path"}
     assert len({case.id for case in CASES}) == len(CASES)
 
 
