@@ -23,6 +23,7 @@ from transformers import DataCollatorForSeq2Seq, PreTrainedModel, PreTrainedToke
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from hf_seqobj.arguments import DataArguments, ModelArguments
+from hf_seqobj.datafiles import check_data_files
 from hf_seqobj.modeling import (
     RUN_CONFIG_NAME,
     base_model_record,
@@ -301,8 +302,8 @@ def check_settings(
     """Checks what the argument classes cannot check alone, before any data is read or anything is written.
 
     Stock settings that transformers would only trip over later (a batch size of 0, `max_steps: 0`, ...), settings
-    that have no effect on this machine (`fp16` without a GPU), an oracle that does not fit the task's outputs, and
-    a model that cannot be loaded here.
+    that have no effect on this machine (`fp16` without a GPU), an oracle that does not fit the task's outputs, a
+    model that cannot be loaded here, and data files that cannot be read safely (:func:`check_data_files`).
 
     Raises:
         ValueError: naming the setting, its value and what would be accepted.
@@ -340,6 +341,7 @@ def check_settings(
     check_oracle_fits_task(args, data_args)
     if model_args.model_name_or_path is not None:
         check_model_source(model_args.model_name_or_path)
+    check_data_files(data_args)
 
 
 def check_oracle_fits_task(training_args, data_args: DataArguments) -> None:

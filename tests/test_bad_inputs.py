@@ -121,6 +121,18 @@ def _not_a_run(root: Path) -> None:
     (root / "some_model" / "config.json").write_text("{}")
 
 
+def _fifo(root: Path) -> None:
+    """A FIFO (which blocks a reader until something writes to it) and a link to it."""
+    os.mkfifo(root / "fifo.txt")
+    (root / "link.txt").symlink_to("fifo.txt")
+
+
+def _user_file(root: Path, name: str) -> None:
+    """An output folder that holds only a file of the user's, of a name that a run also writes."""
+    (root / "out").mkdir()
+    (root / "out" / name).write_text("the user's own file")
+
+
 CASES = [
     # ------------------------------------------------------------------ settings: types, ranges, names
     Case(
@@ -596,6 +608,71 @@ CASES = [
         {"compare": {"mle": {}}},
         setup=lambda root: _user_file(root, "comparison.md"),
     ),
+    # ------------------------------------------------------------------ files: non-regular, strict CSV, repeated keys
+    *[
+        Case(
+            f"data_file_{label}",
+            "file",
+            rf"train_file: {name}\.txt is a FIFO \(after following links\); a data file must be a regular file",
+            {**NER_FILES, "train_file": f"{name}.txt"},
+            setup=_fifo,
+        )
+        for label, name in (("fifo", "fifo"), ("link_to_fifo", "link"))
+    ],
+    Case(
+        "csv_unterminated_quote",
+        "file",
+        r"d\.csv:3: a quoted field is never closed",
+        {**SUMMARIES, "train_file": "d.csv"},
+        files={"d.csv": 'dialogue,summary\na b,a\nx,"a\nc,d\ne,f\n'},
+    ),
+    Case(
+        "csv_field_over_limit",
+        "file",
+        r"d\.csv:2: a field is longer than the csv module's limit of 131072 characters",
+        {**SUMMARIES, "train_file": "d.csv"},
+        files={"d.csv": 'dialogue,summary\nx,"' + "a" * 140000 + '"\n'},
+    ),
+    Case(
+        "jsonl_duplicate_key",
+        "file",
+        r"d\.jsonl:2: the key 'summary' appears twice in one object",
+        {**SUMMARIES, "train_file": "d.jsonl"},
+        files={"d.jsonl": '{"dialogue": "a", "summary": "b"}\n{"dialogue": "a", "summary": "b", "summary": "c"}\n'},
+    ),
+    Case(
+        "json_duplicate_key",
+        "file",
+        r"d\.json:4: the key 'summary' appears twice in one object",
+        {**SUMMARIES, "train_file": "d.json"},
+        files={"d.json": '[\n{"dialogue": "a",\n "summary": "b",\n "summary": "c"}\n]\n'},
+    ),
+    Case(
+        "yaml_duplicate_key",
+        "file",
+        r"config\.yaml:3: the key 'max_steps' is given twice \(first on line 2\)",
+        raw_config=b"task: ner\nmax_steps: 1\nmax_steps: 2\n",
+    ),
+    Case(
+        "yaml_alias_bomb",
+        "file",
+        r"Config file config\.yaml holds over 100000 YAML nodes once its aliases \(\*name\) are expanded",
+        raw_config=b"a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+        + b"".join(f"{b}: &{b} [{', '.join(['*' + a] * 10)}]\n".encode() for a, b in zip("abcdefgh", "bcdefghi")),
+    ),
+    Case(
+        "yaml_over_one_mib",
+        "file",
+        r"Config file config\.yaml holds 1048589 bytes, over the limit of 1048576 \(1 MiB\)",
+        raw_config=b"task: ner\n# " + b"x" * (1 << 20) + b"\n",
+    ),
+    Case(
+        "conll_long_line_is_clipped",
+        "file",
+        r"train\.txt:2: 50000 fields in 'x x x.*'\.\.\. \(99999 characters\)",
+        NER_FILES,
+        files={"train.txt": "EU B-ORG\n" + " ".join(["x"] * 50000) + "\n"},
+    ),
     # ------------------------------------------------------------------ paths from the config
     *[
         Case(
@@ -630,12 +707,6 @@ CASES = [
         setup=lambda root: _run_config(root),
     ),
 ]
-
-
-def _user_file(root: Path, name: str) -> None:
-    """An output folder that holds only a file of the user's, of a name that a run also writes."""
-    (root / "out").mkdir()
-    (root / "out" / name).write_text("the user's own file")
 
 
 def _run_config(root: Path) -> None:
@@ -690,13 +761,14 @@ def test_bad_input_is_one_line_and_changes_nothing(case, tmp_path, monkeypatch, 
     assert status == 2, stderr[-3000:]
     assert len(lines) == 1, stderr[-3000:]
     assert re.search(case.message, lines[0]), lines[0]
+    assert len(lines[0]) <= 700, "an error line quotes at most a short excerpt"
     assert "Traceback" not in stderr
     assert _snapshot(tmp_path / "out") == before
 
 
 def test_the_corpus_covers_every_kind():
     kinds = {case.kind for case in CASES}
-    assert kinds == {"setting", "config", "model", "data", "run folder", "checkpoint", "lost data", "path"}
+    assert kinds == {"setting", "config", "model", "data", "run folder", "checkpoint", "lost data", "path", "file"}
     assert len({case.id for case in CASES}) == len(CASES)
 
 

@@ -198,8 +198,18 @@ def _user_error(error: BaseException) -> bool:
     return type(error).__name__ in ("SafetensorError", "DatasetGenerationError", "DatasetNotFoundError")
 
 
+MAX_MESSAGE_CHARS = 600
+"""The longest error line: a longer message (one that quotes a long piece of a data file, say) keeps its start and
+its end, where the advice is."""
+
+
 def _one_line(error: BaseException) -> str:
     message = " ".join(part.strip() for part in str(error).splitlines() if part.strip())
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = (
+            f"{message[: MAX_MESSAGE_CHARS - 200]} [... {len(message) - MAX_MESSAGE_CHARS} characters] "
+            + (message[-200:])
+        )
     return message or type(error).__name__
 
 

@@ -16,6 +16,7 @@ from datasets import ClassLabel, Dataset, DatasetDict
 from datasets import Sequence as SequenceFeature
 from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
 
+from hf_seqobj.datafiles import clip
 from hf_seqobj.oracles.span_f1 import BIO_TAG_PATTERN, corpus_partial_f1
 from hf_seqobj.tasks.base import Reject, Task, raise_invalid, read_lines
 
@@ -60,13 +61,13 @@ def read_conll(path: str, reject: Reject = raise_invalid) -> Dataset:
         problem = None
         if len(fields) not in (2, 4):
             problem = (
-                f"{len(fields)} fields in {text!r}; a CoNLL line has 4 (TOKEN POS CHUNK NER) or 2 (TOKEN TAG), "
+                f"{len(fields)} fields in {clip(text)}; a CoNLL line has 4 (TOKEN POS CHUNK NER) or 2 (TOKEN TAG), "
                 "separated by spaces or tabs"
             )
         elif columns is not None and len(fields) != columns:
             problem = f"{len(fields)} fields where earlier lines have {columns}"
         elif not BIO_TAG_PATTERN.match(fields[-1]):
-            problem = f"{fields[-1]!r} is not a BIO tag (expected 'O', 'B-TYPE' or 'I-TYPE')"
+            problem = f"{clip(fields[-1])} is not a BIO tag (expected 'O', 'B-TYPE' or 'I-TYPE')"
         if problem is not None:
             reject(f"{path}:{number}", problem)
             bad = True
