@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import errno
 import fnmatch
 import json
 import logging
@@ -24,6 +25,20 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 
 from hf_seqobj.arguments import DataArguments, ModelArguments
 from hf_seqobj.datafiles import check_data_files
+from hf_seqobj.guards import (
+    CHECKPOINT_MARKER,
+    CheckpointMarkerCallback,
+    FiniteWeightsCallback,
+    check_accelerate_environment,
+    check_finite_settings,
+    check_lengths_fit_model,
+    check_metric_for_best_model,
+    check_optimizer,
+    check_resume_matches,
+    is_complete_checkpoint,
+    run_identity,
+    warn_unknown_tokens,
+)
 from hf_seqobj.modeling import (
     RUN_CONFIG_NAME,
     base_model_record,
@@ -223,12 +238,18 @@ def resolve_resume(training_args) -> str | None:
         if not Path(checkpoint).is_dir():
             raise ValueError(f"resume_from_checkpoint {checkpoint!r} is not a checkpoint folder (it does not exist).")
     check_checkpoint(checkpoint)
+    if not is_complete_checkpoint(checkpoint):
+        raise ValueError(
+            f"resume_from_checkpoint {checkpoint!r} holds no {CHECKPOINT_MARKER}, which hf-seqobj train writes last: "
+            "the checkpoint is incomplete (or not written by hf-seqobj train); resume from another one."
+        )
     return checkpoint
 
 
 def latest_checkpoint(output_dir: str | Path) -> str | None:
-    """The newest complete `checkpoint-*` folder of output_dir (one with trainer_state.json, which the Trainer writes
-    last), or None. A newer, incomplete one (a run stopped while writing it) is named in a warning and passed over."""
+    """The newest complete `checkpoint-*` folder of output_dir (one with `CHECKPOINT_MARKER`, which is written after
+    every other part of it), or None. A newer, incomplete one (a run stopped while writing it) is named in a warning
+    and passed over."""
     folder = Path(output_dir)
     if not folder.is_dir() or get_last_checkpoint(str(folder)) is None:
         return None
@@ -238,9 +259,13 @@ def latest_checkpoint(output_dir: str | Path) -> str | None:
         if entry.name.startswith(f"{PREFIX_CHECKPOINT_DIR}-") and suffix.isdigit() and entry.is_dir():
             steps[int(suffix)] = entry
     for step in sorted(steps, reverse=True):
-        if (steps[step] / "trainer_state.json").is_file():
+        if (steps[step] / "trainer_state.json").is_file() and is_complete_checkpoint(steps[step]):
             return str(steps[step])
-        logger.warning("%s is incomplete (no trainer_state.json): passed over for an older checkpoint.", steps[step])
+        logger.warning(
+            "%s is incomplete (no %s, which is written last): passed over for an older checkpoint.",
+            steps[step],
+            CHECKPOINT_MARKER,
+        )
     return None
 
 
@@ -309,6 +334,11 @@ def check_settings(
         ValueError: naming the setting, its value and what would be accepted.
     """
     args = training_args
+    check_finite_settings(model_args, data_args, args)
+    if not model_args.vocab_size >= 1 or not model_args.min_frequency >= 0:
+        name = "vocab_size" if not model_args.vocab_size >= 1 else "min_frequency"
+        bound = ">= 1" if name == "vocab_size" else ">= 0"
+        raise ValueError(f"{name} must be {bound}, got {getattr(model_args, name)}.")
     at_least_one = ["per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"]
     at_least_one += ["generation_max_new_tokens", "generation_max_length", "generation_num_beams"]
     at_least_one += ["eval_accumulation_steps", "save_total_limit", "torch_empty_cache_steps"]
@@ -338,7 +368,10 @@ def check_settings(
                     f"{name}: true has no effect on this machine, which trains on the CPU ({why}): fp16 needs a CUDA "
                     f"GPU. Use bf16 on the CPU, or set {name}: false."
                 )
+    check_accelerate_environment(args)
     check_oracle_fits_task(args, data_args)
+    check_optimizer(args)
+    check_metric_for_best_model(args, get_task(data_args))
     if model_args.model_name_or_path is not None:
         check_model_source(model_args.model_name_or_path)
     check_data_files(data_args)
@@ -487,26 +520,35 @@ def train(
             prepare_output_dir(output_dir, overwrite_output_dir, checkpoint is not None)
     # In a multi-process run the local main process builds an offline model first; the others then load it. A
     # resumed run loads the model it built before.
-    existed = Path(output_dir).exists()
+    before = sorted(p.name for p in Path(output_dir).iterdir()) if Path(output_dir).is_dir() else None
     built = checkpoint is not None and (Path(output_dir) / INITIAL_MODEL_DIR).is_dir()
     build = training_args.local_process_index == 0 and not built and model_args.model_name_or_path is None
+    trainer = None
     try:
         with training_args.main_process_first(local=True, desc="building or loading the model"):
             model, tokenizer = prepare_model(model_args, task, splits, output_dir, training_args.seed, build=build)
+        check_lengths_fit_model(model, data_args, training_args)
         tokenized = task.tokenize(splits, tokenizer, decoder_only=not model.config.is_encoder_decoder)
+        vocabulary = f"the tokenizer of model_name_or_path {model_args.model_name_or_path!r}"
+        if model_args.model_name_or_path is None:
+            vocabulary = f"vocab_size={model_args.vocab_size}, min_frequency={model_args.min_frequency}"
+        warn_unknown_tokens(tokenized, tokenizer, vocabulary)
         # the objective's changes to the model (SequenceMatch's <bksp>) come before the adapter is configured
         get_objective(training_args.objective).prepare_model(model, tokenizer)
+        size = model_args.model_size if model_args.model_name_or_path is None else None
+        identity = run_identity(model, tokenizer, training_args.objective, task.extra_tokens(splits), size)
+        if checkpoint is not None:
+            check_resume_matches(checkpoint, identity)
         peft_config = get_peft_config(model_args, model, tokenizer)
         trainer = build_trainer(model, tokenizer, task, tokenized, training_args, peft_config=peft_config)
-    except Exception:
-        if build:  # a run that fails before training leaves no trace: an output_dir as it was
-            shutil.rmtree(Path(output_dir) / INITIAL_MODEL_DIR, ignore_errors=True)
-            if not existed and Path(output_dir).is_dir() and not any(Path(output_dir).iterdir()):
-                Path(output_dir).rmdir()
-        raise
-    base_model = model_args.model_name_or_path or str(Path(output_dir) / INITIAL_MODEL_DIR)
-    results: dict[str, dict[str, float]] = {}
-    train_result = trainer.train(resume_from_checkpoint=checkpoint)
+        trainer.add_callback(FiniteWeightsCallback())
+        trainer.add_callback(CheckpointMarkerCallback(identity))  # last: after every other part of a checkpoint
+        base_model = model_args.model_name_or_path or str(Path(output_dir) / INITIAL_MODEL_DIR)
+        results: dict[str, dict[str, float]] = {}
+        train_result = trainer.train(resume_from_checkpoint=checkpoint)
+    except BaseException as error:
+        step = trainer.state.global_step if trainer is not None else 0
+        raise _failed_run(error, output_dir, before, training_args.process_index == 0, step) from error
     trainer.save_model()
     trainer.save_state()
     results["train"] = {**train_result.metrics, "global_step": train_result.global_step}
@@ -529,6 +571,46 @@ def train(
     else:
         trainer.create_model_card(metrics=results.get("test"))
     return results
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """A run stopped with Ctrl-C; the message says what was kept and how to go on."""
+
+
+def _failed_run(error: BaseException, output_dir: str, before: list[str] | None, main: bool, step: int):
+    """What a run that stopped with `error` leaves, and the error to report.
+
+    A run that wrote no complete checkpoint removes everything it created in output_dir (never what was there
+    before, and the folder itself only if the run created it), so that the same command can start again. A run that
+    wrote a complete checkpoint keeps it (and the rest) to resume from. Ctrl-C becomes :class:`RunInterrupted` and a
+    full disk an `OSError`, each with one line that says what was kept; other errors are returned as they are.
+    """
+    folder = Path(output_dir)
+    created = [] if not folder.is_dir() else [p for p in folder.iterdir() if before is None or p.name not in before]
+    new_checkpoint = any(p.name.startswith(f"{PREFIX_CHECKPOINT_DIR}-") and is_complete_checkpoint(p) for p in created)
+    if main and not new_checkpoint:
+        for entry in created:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+        if before is None and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+    last = latest_checkpoint(folder) if folder.is_dir() else None
+    kept = (
+        f"the last complete checkpoint is {last}: continue with --resume_from_checkpoint latest"
+        if last is not None
+        else f"no checkpoint was complete, so the files the run created in {output_dir} were removed"
+    )
+    if isinstance(error, KeyboardInterrupt):
+        return RunInterrupted(f"interrupted at step {step}; {kept}.")
+    text = " ".join(str(error).split())
+    full = getattr(error, "errno", None) == errno.ENOSPC or any(
+        sign in text for sign in ("No space left", "file write failed", "StorageFull")
+    )
+    if full:
+        return OSError(errno.ENOSPC, f"writing to {output_dir} failed, the disk is full ({text[:160]}); {kept}")
+    return error
 
 
 def evaluate(

@@ -239,6 +239,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if helped else 2
     try:
         return COMMANDS[argv[0]](argv[1:], debug=debug)
+    except KeyboardInterrupt as error:  # Ctrl-C: one line (a run says what it kept and how to go on)
+        if debug:
+            traceback.print_exc()
+        print(f"hf-seqobj {argv[0]}: {_one_line(error) if str(error) else 'interrupted.'}", file=sys.stderr)
+        return 130
     except Exception as error:
         if not _user_error(error):
             raise

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
+import math
 import re
 import types
 import typing
@@ -185,14 +186,16 @@ def _coerce(value: Any, hint: Any) -> Any:
         if isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip()):
             return int(value)
         raise _Mismatch
-    if hint is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
+    if hint is float:  # (NaN and infinities are no settings: nothing trains with them)
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
             return float(value)
         if isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 raise _Mismatch from None
+            if math.isfinite(number):
+                return number
         raise _Mismatch
     if hint is str:
         if isinstance(value, str):
@@ -231,7 +234,7 @@ def _describe(hint: Any) -> str:
         return "a mapping"
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
         return "one of " + ", ".join(repr(member.value) for member in hint)
-    words = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    words = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}
     return words.get(hint, getattr(hint, "__name__", str(hint)))
 
 
