@@ -916,6 +916,9 @@ def test_the_corpus_covers_every_kind():
         "fault",
     }
     assert len({case.id for case in CASES}) == len(CASES)
+    table = (ROOT / "docs" / "errors.md").read_text(encoding="utf-8")
+    missing = [case.id for case in CASES if f"| {case.kind} | `{case.id}` |" not in table]
+    assert not missing, f"docs/errors.md's table of the corpus lacks {missing}"
 
 
 # ------------------------------------------------------------------ through a real process: exit status, --debug
@@ -1206,3 +1209,35 @@ def test_ctrl_c_keeps_the_last_complete_checkpoint_and_says_how_to_resume(tmp_pa
     )
     last = lines[0].split("checkpoint is ")[1].split(":")[0]
     assert (tmp_path / last / CHECKPOINT_MARKER).is_file()
+
+
+def test_resume_wins_over_overwrite_and_says_so(tmp_path, caplog):
+    from hf_seqobj.run import prepare_output_dir
+
+    _earlier_run(tmp_path)
+    before = _snapshot(tmp_path / "out")
+    with caplog.at_level("WARNING"):
+        prepare_output_dir(str(tmp_path / "out"), overwrite=True, resume=True)
+    assert "resume_from_checkpoint and overwrite_output_dir are both set: resuming wins" in caplog.text
+    assert _snapshot(tmp_path / "out") == before
+
+
+def test_diverged_weights_stop_the_run_but_a_step_the_loss_scaler_skips_does_not():
+    from types import SimpleNamespace
+
+    from hf_seqobj.guards import FiniteWeightsCallback
+
+    model = torch.nn.Linear(2, 1)
+    args = SimpleNamespace(learning_rate=1e-3, weight_decay=0.0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.learning_rate)
+    scaler = torch.amp.GradScaler("cpu")
+    loss = model(torch.ones(1, 2)).sum() * float("inf")  # an overflowed loss, as fp16's can be
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)  # skipped: the gradients are not finite
+    scaler.update()
+    FiniteWeightsCallback().on_step_end(args, SimpleNamespace(global_step=1), None, model=model)
+    optimizer.step()  # the same step without the scaler: the weights become NaN
+    with pytest.raises(
+        ValueError, match=r"Step 2: the weights became NaN or infinite \(weight\).*learning_rate=0.001"
+    ):
+        FiniteWeightsCallback().on_step_end(args, SimpleNamespace(global_step=2), None, model=model)
