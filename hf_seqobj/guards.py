@@ -137,10 +137,10 @@ def check_lengths_fit_model(model, data_args, training_args) -> None:
                     f"{name}={value} is beyond the model's {positions} positions (max_position_embeddings): use "
                     f"at most {positions}."
                 )
-    elif source + target + 1 > positions:
+    elif source + target > positions:  # (a decoder-only example: source, separator, target, EOS)
         raise ValueError(
-            f"max_source_length + max_target_length + 1 (the separator) = {source + target + 1} is beyond the "
-            f"model's {positions} positions (n_positions): lower them to fit {positions}."
+            f"max_source_length + max_target_length = {source + target} is beyond the model's {positions} positions "
+            f"(n_positions), which hold the source, separator, target and EOS: lower them to fit {positions}."
         )
 
 

@@ -762,7 +762,7 @@ CASES = [
     Case(
         "gpt2_lengths_beyond_positions",
         "unservable setting",
-        r"max_source_length \+ max_target_length \+ 1 \(the separator\) = 601 is beyond the model's 512 positions",
+        r"max_source_length \+ max_target_length = 600 is beyond the model's 512 positions \(n_positions\)",
         {"architecture": "gpt2", "max_source_length": 300, "max_target_length": 300},
     ),
     # ------------------------------------------------------------------ the environment (accelerate's variables)
