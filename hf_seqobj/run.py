@@ -196,9 +196,7 @@ def prepare_output_dir(output_dir: str, overwrite: bool, resume: bool, delete: b
             f"output_dir {output_dir!r} holds {shown}, which the run would overwrite; nothing was changed. Move "
             "it, choose another output_dir, or let the run replace it with --overwrite_output_dir true."
         )
-    if not found and not clashing:
-        return
-    if not delete:
+    if not (found or clashing) or not delete:
         return
     kept = []
     for entry in sorted(Path(output_dir).iterdir()):
@@ -493,7 +491,10 @@ def train(
 
     Before anything is read or written, the settings are checked (:func:`check_settings`), the checkpoint to resume
     from is resolved and checked (:func:`resolve_resume`), and an output_dir that holds an earlier run is refused
-    (:func:`prepare_output_dir`).
+    (:func:`prepare_output_dir`). Once the model is loaded, its positions, the vocabulary and the checkpoint's run
+    (:func:`hf_seqobj.guards.check_resume_matches`) are checked; while training, the weights must stay finite, and
+    each checkpoint gets its completion marker last. A run that stops without a new complete checkpoint removes what
+    it created (:func:`_failed_run`).
 
     Args:
         model_args: Which model.
@@ -548,7 +549,10 @@ def train(
         train_result = trainer.train(resume_from_checkpoint=checkpoint)
     except BaseException as error:
         step = trainer.state.global_step if trainer is not None else 0
-        raise _failed_run(error, output_dir, before, training_args.process_index == 0, step) from error
+        reported = _failed_run(error, output_dir, before, training_args.process_index == 0, step)
+        if reported is error:
+            raise
+        raise reported from error
     trainer.save_model()
     trainer.save_state()
     results["train"] = {**train_result.metrics, "global_step": train_result.global_step}
