@@ -633,6 +633,14 @@ CASES = [
         for label, name in (("fifo", "fifo"), ("link_to_fifo", "link"))
     ],
     Case(
+        "config_file_fifo",
+        "file",
+        r"Config file 'fifo\.txt' is not a regular file",
+        config=None,
+        flags=["--config", "fifo.txt"],
+        setup=_fifo,
+    ),
+    Case(
         "csv_unterminated_quote",
         "file",
         r"d\.csv:3: a quoted field is never closed",
