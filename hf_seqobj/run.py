@@ -24,7 +24,6 @@ from transformers import DataCollatorForSeq2Seq, PreTrainedModel, PreTrainedToke
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from hf_seqobj.arguments import DataArguments, ModelArguments
-from hf_seqobj.datafiles import check_data_files
 from hf_seqobj.guards import (
     CHECKPOINT_MARKER,
     CheckpointMarkerCallback,
@@ -50,6 +49,7 @@ from hf_seqobj.modeling import (
 from hf_seqobj.objectives import get_objective
 from hf_seqobj.peft_utils import lora_config_for
 from hf_seqobj.tasks import Task, get_task
+from hf_seqobj.tasks.files import check_data_files
 from hf_seqobj.trainers import (
     SeqObjSeq2SeqTrainer,
     SeqObjSeq2SeqTrainingArguments,

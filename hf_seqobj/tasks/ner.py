@@ -16,9 +16,9 @@ from datasets import ClassLabel, Dataset, DatasetDict
 from datasets import Sequence as SequenceFeature
 from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
 
-from hf_seqobj.datafiles import clip
 from hf_seqobj.oracles.span_f1 import BIO_TAG_PATTERN, corpus_partial_f1
 from hf_seqobj.tasks.base import Reject, Task, raise_invalid, read_lines
+from hf_seqobj.tasks.files import clip
 
 
 INVALID_TAG = "<invalid>"
