@@ -196,7 +196,10 @@ def create_offline_model(
     """
     import torch
 
+    from hf_seqobj.guards import check_vocabulary
+
     tokenizer = train_tokenizer(texts, tokenizer_type, vocab_size, min_frequency, extra_tokens)
+    check_vocabulary(tokenizer, extra_tokens, vocab_size, min_frequency)
     torch.manual_seed(seed)
     model = build_model(architecture, tokenizer, size)
     save_dir = Path(save_dir)

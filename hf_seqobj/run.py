@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import errno
 import fnmatch
 import json
 import logging
@@ -23,6 +24,20 @@ from transformers import DataCollatorForSeq2Seq, PreTrainedModel, PreTrainedToke
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from hf_seqobj.arguments import DataArguments, ModelArguments
+from hf_seqobj.guards import (
+    CHECKPOINT_MARKER,
+    CheckpointMarkerCallback,
+    FiniteWeightsCallback,
+    check_accelerate_environment,
+    check_finite_settings,
+    check_lengths_fit_model,
+    check_metric_for_best_model,
+    check_optimizer,
+    check_resume_matches,
+    is_complete_checkpoint,
+    run_identity,
+    warn_unknown_tokens,
+)
 from hf_seqobj.modeling import (
     RUN_CONFIG_NAME,
     base_model_record,
@@ -35,6 +50,7 @@ from hf_seqobj.objectives import get_objective
 from hf_seqobj.peft_utils import lora_config_for
 from hf_seqobj.reports import bootstrap_interval
 from hf_seqobj.tasks import Task, get_task
+from hf_seqobj.tasks.files import check_data_files
 from hf_seqobj.trainers import (
     SeqObjSeq2SeqTrainer,
     SeqObjSeq2SeqTrainingArguments,
@@ -79,8 +95,14 @@ RUN_ARTIFACTS = (
     INITIAL_MODEL_DIR,
     "eval_*",
     "runs",
+    "*_predictions.jsonl",
+    "completions.jsonl",
+    "*.png",
 )
-"""What a run writes into its output_dir (file and folder name patterns): what `overwrite_output_dir` deletes."""
+"""Every name a run writes into its output_dir (file and folder patterns), in one place: a code that adds a file to
+a run folder (predictions, completions, plots) adds its pattern here. A new run refuses an output_dir that holds any
+of them (it would overwrite it) unless `overwrite_output_dir` is set, which deletes them first (see
+:func:`prepare_output_dir`)."""
 
 RUN_MARKERS = (
     RUN_CONFIG_NAME,
@@ -128,6 +150,14 @@ def earlier_run(output_dir: str | Path) -> list[str]:
     return sorted(entry.name for entry in path.iterdir() if _matches(entry.name, RUN_MARKERS))
 
 
+def written_by_a_run(output_dir: str | Path) -> list[str]:
+    """The names in `output_dir` that a run writes (see `RUN_ARTIFACTS`), sorted: a new run would overwrite them."""
+    path = Path(output_dir)
+    if not path.is_dir():
+        return []
+    return sorted(entry.name for entry in path.iterdir() if _matches(entry.name, RUN_ARTIFACTS))
+
+
 def prepare_output_dir(output_dir: str, overwrite: bool, resume: bool, delete: bool = True) -> None:
     """Refuses to train into an output_dir that holds a run, unless resuming it or told to replace it.
 
@@ -138,21 +168,40 @@ def prepare_output_dir(output_dir: str, overwrite: bool, resume: bool, delete: b
         resume: The run resumes from a checkpoint (so the folder holds the run it continues).
         delete: Do the deleting (False on all but the main process).
 
+    With both `resume` and `overwrite` set, resuming wins: nothing is deleted (a warning says so).
+
     Raises:
-        ValueError: the folder holds a run and neither `overwrite` nor `resume` is set; the message names the folder
-            and both ways on.
+        ValueError: the folder holds a run, or a file that the run writes (a README.md, which would become the model
+            card, say), and neither `overwrite` nor `resume` is set; the message names the folder, the files and
+            the ways on. Also an empty output_dir, or one that is a file.
     """
+    if not str(output_dir).strip():
+        raise ValueError("output_dir is empty: set it to the folder the run writes to (e.g. output_dir: outputs/ner).")
+    if Path(output_dir).exists() and not Path(output_dir).is_dir():
+        raise ValueError(f"output_dir {output_dir!r} is a file, not a folder: choose another output_dir.")
     found = earlier_run(output_dir)
-    if not found or resume:
+    if resume:
+        if overwrite and delete:
+            logger.warning(
+                "resume_from_checkpoint and overwrite_output_dir are both set: resuming wins, and nothing in %s is "
+                "deleted (unset resume_from_checkpoint to replace the run).",
+                output_dir,
+            )
         return
-    if not overwrite:
-        shown = ", ".join(found[:4]) + (", ..." if len(found) > 4 else "")
+    clashing = [] if found else written_by_a_run(output_dir)
+    if not overwrite and (found or clashing):
+        shown = ", ".join((found or clashing)[:4]) + (", ..." if len(found or clashing) > 4 else "")
+        if found:
+            raise ValueError(
+                f"output_dir {output_dir!r} already holds a run ({shown}); nothing was changed. Continue it with "
+                "--resume_from_checkpoint latest, or delete it and train anew with --overwrite_output_dir true (or "
+                "choose another output_dir)."
+            )
         raise ValueError(
-            f"output_dir {output_dir!r} already holds a run ({shown}); nothing was changed. Continue it with "
-            "--resume_from_checkpoint latest, or delete it and train anew with --overwrite_output_dir true (or "
-            "choose another output_dir)."
+            f"output_dir {output_dir!r} holds {shown}, which the run would overwrite; nothing was changed. Move "
+            "it, choose another output_dir, or let the run replace it with --overwrite_output_dir true."
         )
-    if not delete:
+    if not (found or clashing) or not delete:
         return
     kept = []
     for entry in sorted(Path(output_dir).iterdir()):
@@ -192,12 +241,18 @@ def resolve_resume(training_args) -> str | None:
         if not Path(checkpoint).is_dir():
             raise ValueError(f"resume_from_checkpoint {checkpoint!r} is not a checkpoint folder (it does not exist).")
     check_checkpoint(checkpoint)
+    if not is_complete_checkpoint(checkpoint):
+        raise ValueError(
+            f"resume_from_checkpoint {checkpoint!r} holds no {CHECKPOINT_MARKER}, which hf-seqobj train writes last: "
+            "the checkpoint is incomplete (or not written by hf-seqobj train); resume from another one."
+        )
     return checkpoint
 
 
 def latest_checkpoint(output_dir: str | Path) -> str | None:
-    """The newest complete `checkpoint-*` folder of output_dir (one with trainer_state.json, which the Trainer writes
-    last), or None. A newer, incomplete one (a run stopped while writing it) is named in a warning and passed over."""
+    """The newest complete `checkpoint-*` folder of output_dir (one with `CHECKPOINT_MARKER`, which is written after
+    every other part of it), or None. A newer, incomplete one (a run stopped while writing it) is named in a warning
+    and passed over."""
     folder = Path(output_dir)
     if not folder.is_dir() or get_last_checkpoint(str(folder)) is None:
         return None
@@ -207,9 +262,13 @@ def latest_checkpoint(output_dir: str | Path) -> str | None:
         if entry.name.startswith(f"{PREFIX_CHECKPOINT_DIR}-") and suffix.isdigit() and entry.is_dir():
             steps[int(suffix)] = entry
     for step in sorted(steps, reverse=True):
-        if (steps[step] / "trainer_state.json").is_file():
+        if (steps[step] / "trainer_state.json").is_file() and is_complete_checkpoint(steps[step]):
             return str(steps[step])
-        logger.warning("%s is incomplete (no trainer_state.json): passed over for an older checkpoint.", steps[step])
+        logger.warning(
+            "%s is incomplete (no %s, which is written last): passed over for an older checkpoint.",
+            steps[step],
+            CHECKPOINT_MARKER,
+        )
     return None
 
 
@@ -271,13 +330,18 @@ def check_settings(
     """Checks what the argument classes cannot check alone, before any data is read or anything is written.
 
     Stock settings that transformers would only trip over later (a batch size of 0, `max_steps: 0`, ...), settings
-    that have no effect on this machine (`fp16` without a GPU), an oracle that does not fit the task's outputs, and
-    a model that cannot be loaded here.
+    that have no effect on this machine (`fp16` without a GPU), an oracle that does not fit the task's outputs, a
+    model that cannot be loaded here, and data files that cannot be read safely (:func:`check_data_files`).
 
     Raises:
         ValueError: naming the setting, its value and what would be accepted.
     """
     args = training_args
+    check_finite_settings(model_args, data_args, args)
+    if not model_args.vocab_size >= 1 or not model_args.min_frequency >= 0:
+        name = "vocab_size" if not model_args.vocab_size >= 1 else "min_frequency"
+        bound = ">= 1" if name == "vocab_size" else ">= 0"
+        raise ValueError(f"{name} must be {bound}, got {getattr(model_args, name)}.")
     at_least_one = ["per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"]
     at_least_one += ["generation_max_new_tokens", "generation_max_length", "generation_num_beams"]
     at_least_one += ["eval_accumulation_steps", "save_total_limit", "torch_empty_cache_steps"]
@@ -307,9 +371,13 @@ def check_settings(
                     f"{name}: true has no effect on this machine, which trains on the CPU ({why}): fp16 needs a CUDA "
                     f"GPU. Use bf16 on the CPU, or set {name}: false."
                 )
+    check_accelerate_environment(args)
     check_oracle_fits_task(args, data_args)
+    check_optimizer(args)
+    check_metric_for_best_model(args, get_task(data_args))
     if model_args.model_name_or_path is not None:
         check_model_source(model_args.model_name_or_path)
+    check_data_files(data_args)
 
 
 def check_oracle_fits_task(training_args, data_args: DataArguments) -> None:
@@ -429,7 +497,10 @@ def train(
 
     Before anything is read or written, the settings are checked (:func:`check_settings`), the checkpoint to resume
     from is resolved and checked (:func:`resolve_resume`), and an output_dir that holds an earlier run is refused
-    (:func:`prepare_output_dir`).
+    (:func:`prepare_output_dir`). Once the model is loaded, its positions, the vocabulary and the checkpoint's run
+    (:func:`hf_seqobj.guards.check_resume_matches`) are checked; while training, the weights must stay finite, and
+    each checkpoint gets its completion marker last. A run that stops without a new complete checkpoint removes what
+    it created (:func:`_failed_run`).
 
     Args:
         model_args: Which model.
@@ -456,26 +527,38 @@ def train(
             prepare_output_dir(output_dir, overwrite_output_dir, checkpoint is not None)
     # In a multi-process run the local main process builds an offline model first; the others then load it. A
     # resumed run loads the model it built before.
-    existed = Path(output_dir).exists()
+    before = sorted(p.name for p in Path(output_dir).iterdir()) if Path(output_dir).is_dir() else None
     built = checkpoint is not None and (Path(output_dir) / INITIAL_MODEL_DIR).is_dir()
     build = training_args.local_process_index == 0 and not built and model_args.model_name_or_path is None
+    trainer = None
     try:
         with training_args.main_process_first(local=True, desc="building or loading the model"):
             model, tokenizer = prepare_model(model_args, task, splits, output_dir, training_args.seed, build=build)
+        check_lengths_fit_model(model, data_args, training_args)
         tokenized = task.tokenize(splits, tokenizer, decoder_only=not model.config.is_encoder_decoder)
+        vocabulary = f"the tokenizer of model_name_or_path {model_args.model_name_or_path!r}"
+        if model_args.model_name_or_path is None:
+            vocabulary = f"vocab_size={model_args.vocab_size}, min_frequency={model_args.min_frequency}"
+        warn_unknown_tokens(tokenized, tokenizer, vocabulary)
         # the objective's changes to the model (SequenceMatch's <bksp>) come before the adapter is configured
         get_objective(training_args.objective).prepare_model(model, tokenizer)
+        size = model_args.model_size if model_args.model_name_or_path is None else None
+        identity = run_identity(model, tokenizer, training_args.objective, task.extra_tokens(splits), size)
+        if checkpoint is not None:
+            check_resume_matches(checkpoint, identity)
         peft_config = get_peft_config(model_args, model, tokenizer)
         trainer = build_trainer(model, tokenizer, task, tokenized, training_args, peft_config=peft_config)
-    except Exception:
-        if build:  # a run that fails before training leaves no trace: an output_dir as it was
-            shutil.rmtree(Path(output_dir) / INITIAL_MODEL_DIR, ignore_errors=True)
-            if not existed and Path(output_dir).is_dir() and not any(Path(output_dir).iterdir()):
-                Path(output_dir).rmdir()
-        raise
-    base_model = model_args.model_name_or_path or str(Path(output_dir) / INITIAL_MODEL_DIR)
-    results: dict[str, dict[str, float]] = {}
-    train_result = trainer.train(resume_from_checkpoint=checkpoint)
+        trainer.add_callback(FiniteWeightsCallback())
+        trainer.add_callback(CheckpointMarkerCallback(identity))  # last: after every other part of a checkpoint
+        base_model = model_args.model_name_or_path or str(Path(output_dir) / INITIAL_MODEL_DIR)
+        results: dict[str, dict[str, float]] = {}
+        train_result = trainer.train(resume_from_checkpoint=checkpoint)
+    except BaseException as error:
+        step = trainer.state.global_step if trainer is not None else 0
+        reported = _failed_run(error, output_dir, before, training_args.process_index == 0, step)
+        if reported is error:
+            raise
+        raise reported from error
     trainer.save_model()
     trainer.save_state()
     results["train"] = {**train_result.metrics, "global_step": train_result.global_step}
@@ -502,6 +585,46 @@ def train(
     else:
         trainer.create_model_card(metrics=results.get("test"))
     return results
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """A run stopped with Ctrl-C; the message says what was kept and how to go on."""
+
+
+def _failed_run(error: BaseException, output_dir: str, before: list[str] | None, main: bool, step: int):
+    """What a run that stopped with `error` leaves, and the error to report.
+
+    A run that wrote no complete checkpoint removes everything it created in output_dir (never what was there
+    before, and the folder itself only if the run created it), so that the same command can start again. A run that
+    wrote a complete checkpoint keeps it (and the rest) to resume from. Ctrl-C becomes :class:`RunInterrupted` and a
+    full disk an `OSError`, each with one line that says what was kept; other errors are returned as they are.
+    """
+    folder = Path(output_dir)
+    created = [] if not folder.is_dir() else [p for p in folder.iterdir() if before is None or p.name not in before]
+    new_checkpoint = any(p.name.startswith(f"{PREFIX_CHECKPOINT_DIR}-") and is_complete_checkpoint(p) for p in created)
+    if main and not new_checkpoint:
+        for entry in created:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+        if before is None and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+    last = latest_checkpoint(folder) if folder.is_dir() else None
+    kept = (
+        f"the last complete checkpoint is {last}: continue with --resume_from_checkpoint latest"
+        if last is not None
+        else f"no checkpoint was complete, so the files the run created in {output_dir} were removed"
+    )
+    if isinstance(error, KeyboardInterrupt):
+        return RunInterrupted(f"interrupted at step {step}; {kept}.")
+    text = " ".join(str(error).split())
+    full = getattr(error, "errno", None) == errno.ENOSPC or any(
+        sign in text for sign in ("No space left", "file write failed", "StorageFull")
+    )
+    if full:
+        return OSError(errno.ENOSPC, f"writing to {output_dir} failed, the disk is full ({text[:160]}); {kept}")
+    return error
 
 
 def evaluate(

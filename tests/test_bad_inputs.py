@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import codecs
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -30,6 +31,7 @@ from safetensors.torch import save_file
 
 from hf_seqobj.arguments import DataArguments
 from hf_seqobj.cli import main
+from hf_seqobj.guards import CHECKPOINT_MARKER
 from hf_seqobj.tasks import get_task
 
 
@@ -67,6 +69,7 @@ class Case:
     command: str = "train"
     setup: Callable[[Path], None] | None = None
     raw_config: bytes | None = None
+    env: dict[str, str] = field(default_factory=dict)
 
 
 def _earlier_run(root: Path) -> None:
@@ -94,6 +97,7 @@ def _checkpoint(root: Path, damage: str) -> None:
     save_file({"w": torch.arange(64.0)}, str(folder / "model.safetensors"))
     torch.save({"state": {0: {"exp_avg": torch.ones(64)}}}, folder / "optimizer.pt")
     (folder / "trainer_state.json").write_text('{"global_step": 2, "log_history": []}')
+    (folder / CHECKPOINT_MARKER).write_text('{"global_step": 2, "run": {}}')
     if damage == "safetensors":
         data = (folder / "model.safetensors").read_bytes()
         (folder / "model.safetensors").write_bytes(data[:-40])
@@ -119,6 +123,27 @@ def _not_a_model(root: Path) -> None:
 def _not_a_run(root: Path) -> None:
     (root / "some_model").mkdir()
     (root / "some_model" / "config.json").write_text("{}")
+
+
+def _fifo(root: Path) -> None:
+    """A FIFO (which blocks a reader until something writes to it) and a link to it."""
+    os.mkfifo(root / "fifo.txt")
+    (root / "link.txt").symlink_to("fifo.txt")
+
+
+def _marked_checkpoint(root: Path, run: dict | None) -> None:
+    """out/checkpoint-2 with its trainer state and (unless `run` is None) a marker that stores `run`."""
+    folder = root / "out" / "checkpoint-2"
+    folder.mkdir(parents=True)
+    (folder / "trainer_state.json").write_text('{"global_step": 2, "log_history": []}')
+    if run is not None:
+        (folder / CHECKPOINT_MARKER).write_text(json.dumps({"global_step": 2, "run": run}))
+
+
+def _user_file(root: Path, name: str) -> None:
+    """An output folder that holds only a file of the user's, of a name that a run also writes."""
+    (root / "out").mkdir()
+    (root / "out" / name).write_text("the user's own file")
 
 
 CASES = [
@@ -575,6 +600,249 @@ CASES = [
         flags=["--resume_from_checkpoint", "out/checkpoint-2"],
         setup=lambda root: _checkpoint(root, "no_state"),
     ),
+    # ------------------------------------------------------------------ lost data: files of the user's
+    Case(
+        "readme_in_output_dir",
+        "lost data",
+        r"output_dir 'out' holds README\.md, which the run would overwrite; nothing was changed.*"
+        r"--overwrite_output_dir true",
+        setup=lambda root: _user_file(root, "README.md"),
+    ),
+    Case(
+        "plot_in_output_dir",
+        "lost data",
+        r"output_dir 'out' holds loss\.png, which the run would overwrite",
+        setup=lambda root: _user_file(root, "loss.png"),
+    ),
+    Case(
+        "comparison_table_in_output_dir",
+        "lost data",
+        r"out/comparison\.md exists, and the comparison would overwrite it; nothing was changed",
+        {"compare": {"mle": {}}},
+        setup=lambda root: _user_file(root, "comparison.md"),
+    ),
+    # ------------------------------------------------------------------ files: non-regular, strict CSV, repeated keys
+    *[
+        Case(
+            f"data_file_{label}",
+            "file",
+            rf"train_file: {name}\.txt is a FIFO \(after following links\); a data file must be a regular file",
+            {**NER_FILES, "train_file": f"{name}.txt"},
+            setup=_fifo,
+        )
+        for label, name in (("fifo", "fifo"), ("link_to_fifo", "link"))
+    ],
+    Case(
+        "config_file_fifo",
+        "file",
+        r"Config file 'fifo\.txt' is not a regular file",
+        config=None,
+        flags=["--config", "fifo.txt"],
+        setup=_fifo,
+    ),
+    Case(
+        "csv_unterminated_quote",
+        "file",
+        r"d\.csv:3: a quoted field is never closed",
+        {**SUMMARIES, "train_file": "d.csv"},
+        files={"d.csv": 'dialogue,summary\na b,a\nx,"a\nc,d\ne,f\n'},
+    ),
+    Case(
+        "csv_field_over_limit",
+        "file",
+        r"d\.csv:2: a field is longer than the csv module's limit of 131072 characters",
+        {**SUMMARIES, "train_file": "d.csv"},
+        files={"d.csv": 'dialogue,summary\nx,"' + "a" * 140000 + '"\n'},
+    ),
+    Case(
+        "jsonl_duplicate_key",
+        "file",
+        r"d\.jsonl:2: the key 'summary' appears twice in one object",
+        {**SUMMARIES, "train_file": "d.jsonl"},
+        files={"d.jsonl": '{"dialogue": "a", "summary": "b"}\n{"dialogue": "a", "summary": "b", "summary": "c"}\n'},
+    ),
+    Case(
+        "json_duplicate_key",
+        "file",
+        r"d\.json:4: the key 'summary' appears twice in one object",
+        {**SUMMARIES, "train_file": "d.json"},
+        files={"d.json": '[\n{"dialogue": "a",\n "summary": "b",\n "summary": "c"}\n]\n'},
+    ),
+    Case(
+        "yaml_duplicate_key",
+        "file",
+        r"config\.yaml:3: the key 'max_steps' is given twice \(first on line 2\)",
+        raw_config=b"task: ner\nmax_steps: 1\nmax_steps: 2\n",
+    ),
+    Case(
+        "yaml_alias_bomb",
+        "file",
+        r"Config file config\.yaml holds over 100000 YAML nodes once its aliases \(\*name\) are expanded",
+        raw_config=b"a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+        + b"".join(f"{b}: &{b} [{', '.join(['*' + a] * 10)}]\n".encode() for a, b in zip("abcdefgh", "bcdefghi")),
+    ),
+    Case(
+        "yaml_over_one_mib",
+        "file",
+        r"Config file config\.yaml holds 1048589 bytes, over the limit of 1048576 \(1 MiB\)",
+        raw_config=b"task: ner\n# " + b"x" * (1 << 20) + b"\n",
+    ),
+    Case(
+        "conll_long_line_is_clipped",
+        "file",
+        r"train\.txt:2: 50000 fields in 'x x x.*'\.\.\. \(99999 characters\)",
+        NER_FILES,
+        files={"train.txt": "EU B-ORG\n" + " ".join(["x"] * 50000) + "\n"},
+    ),
+    # ------------------------------------------------------------------ numbers that cannot train
+    *[
+        Case(
+            f"{name}_{label}",
+            "number",
+            rf"{name} in config\.yaml must be a finite number, got {shown}",
+            {**extra, name: value},
+        )
+        for name, label, value, shown, extra in (
+            ("learning_rate", "inf", float("inf"), "inf", {}),
+            ("weight_decay", "nan", float("nan"), "nan", {}),
+            ("num_train_epochs", "inf", float("inf"), "inf", {"max_steps": -1}),
+            ("logging_steps", "inf", float("inf"), "inf", {}),
+            ("save_steps", "inf", float("inf"), "inf", {"save_strategy": "steps"}),
+            ("rollin_length_ratio", "inf", float("inf"), "inf", {"objective": "dagger"}),
+        )
+    ],
+    Case(
+        "flag_learning_rate_inf",
+        "number",
+        r"--learning_rate/--learning-rate: must be a finite number, got 'inf'",
+        flags=["--learning_rate", "inf"],
+    ),
+    Case("vocab_size_negative", "number", r"vocab_size must be >= 1, got -5", {"vocab_size": -5}),
+    Case(
+        "min_frequency_leaves_no_word",
+        "number",
+        r"The tokenizer trained on the training text has no token beyond the special ones \(vocab_size=8000, "
+        r"min_frequency=1000\).*Lower min_frequency",
+        {"min_frequency": 1000},
+    ),
+    Case(
+        "learning_rate_diverges",
+        "number",
+        r"Step 2: the weights became NaN or infinite \(.*\): training diverged, most likely because "
+        r"learning_rate=1e\+30 is too large",
+        {"learning_rate": 1e30, "max_steps": 3},
+    ),
+    Case(
+        "weight_decay_diverges",
+        "number",
+        r"Step 2: the weights became NaN or infinite .* because weight_decay=1e\+30 \(with learning_rate=5e-05\)",
+        {"weight_decay": 1e30, "max_steps": 3},
+    ),
+    # ------------------------------------------------------------------ settings the trainer cannot serve
+    Case(
+        "metric_for_best_model_not_produced",
+        "unservable setting",
+        r"metric_for_best_model 'f1' is not a metric that evaluation produces: use one of loss, runtime.*"
+        r"need predict_with_generate",
+        {"metric_for_best_model": "f1"},
+    ),
+    Case(
+        "metric_for_best_model_not_a_task_metric",
+        "unservable setting",
+        r"metric_for_best_model 'eval_bleu' is not a metric that evaluation produces: use one of .*\bf1\b",
+        {"metric_for_best_model": "eval_bleu", "predict_with_generate": True},
+    ),
+    Case(
+        "optimizer_package_missing",
+        "unservable setting",
+        r"optim 'adamw_bnb_8bit' cannot be used here \(You need to install `bitsandbytes`.*usable here: adamw_torch",
+        {"optim": "adamw_bnb_8bit"},
+    ),
+    *[
+        Case(
+            f"{name}_beyond_positions",
+            "unservable setting",
+            rf"{name}=1000 is beyond the model's 512 positions \(max_position_embeddings\): use at most 512",
+            {name: 1000},
+        )
+        for name in ("max_source_length", "max_target_length")
+    ],
+    Case(
+        "gpt2_lengths_beyond_positions",
+        "unservable setting",
+        r"max_source_length \+ max_target_length = 600 is beyond the model's 512 positions \(n_positions\)",
+        {"architecture": "gpt2", "max_source_length": 300, "max_target_length": 300},
+    ),
+    # ------------------------------------------------------------------ the environment (accelerate's variables)
+    *[
+        Case(f"env_{label}", "environment", rf"The environment variable {name}={shown} {message}", env={name: value})
+        for label, name, value, shown, message in (
+            ("fp16_on_cpu", "ACCELERATE_MIXED_PRECISION", "fp16", "fp16", "asks for fp16, which has no effect"),
+            ("mixed_precision_invalid", "ACCELERATE_MIXED_PRECISION", "fp17", "'fp17'", "is not one of no, fp16"),
+            ("flag_invalid", "ACCELERATE_USE_CPU", "maybe", "'maybe'", r"is not true or false \(accepted: true"),
+            ("deepspeed_missing", "ACCELERATE_USE_DEEPSPEED", "true", "'true'", "asks for DeepSpeed, which is not in"),
+        )
+        if label != "deepspeed_missing" or importlib.util.find_spec("deepspeed") is None
+    ],
+    # ------------------------------------------------------------------ resume: a checkpoint of another kind of run
+    *[
+        Case(
+            f"resume_other_{key}",
+            "resume",
+            rf"resume_from_checkpoint 'out/checkpoint-2' was written by another kind of run: {key} "
+            rf"{re.escape(repr(stored))} there, "
+            rf"{here} here\. Resume with the settings it was trained with",
+            flags=["--resume_from_checkpoint", "latest"],
+            setup=lambda root, key=key, stored=stored: _marked_checkpoint(root, {key: stored}),
+        )
+        for key, stored, here in (
+            ("family", "gpt2", "'bart'"),
+            ("objective", "dagger", "'mle'"),
+            ("size", "small", "'tiny'"),
+            ("labels", ["B-X", "O"], r"\['B-LOC', .*\]"),
+            ("tokenizer", "sha256:0", "'sha256:.*'"),
+        )
+    ],
+    Case(
+        "resume_unmarked_checkpoint",
+        "resume",
+        r"resume_from_checkpoint 'out/checkpoint-2' holds no hf_seqobj_checkpoint\.json, which hf-seqobj train writes "
+        r"last: the checkpoint is incomplete",
+        flags=["--resume_from_checkpoint", "out/checkpoint-2"],
+        setup=lambda root: _marked_checkpoint(root, None),
+    ),
+    # ------------------------------------------------------------------ faults: a failed start leaves what was there
+    Case(
+        "failed_start_keeps_the_users_files",
+        "fault",
+        r"max_source_length=1000 is beyond the model's 512 positions",
+        {"max_source_length": 1000},
+        setup=lambda root: _user_file(root, "notes.txt"),
+    ),
+    # ------------------------------------------------------------------ paths from the config
+    *[
+        Case(
+            f"compare_run_name_{label}",
+            "path",
+            rf"compare in config\.yaml: run name {re.escape(repr(name))} is not a plain folder name",
+            {"compare": {name: {}}},
+        )
+        for label, name in (("parent", "../escape"), ("separator", "a/b"), ("dots", ".."), ("empty", ""), ("int", 1))
+    ],
+    Case("output_dir_empty", "path", r"output_dir is empty: set it to the folder", {"output_dir": ""}),
+    Case(
+        "compare_output_dir_empty",
+        "path",
+        r"output_dir in config\.yaml is empty",
+        {"output_dir": "", "compare": {"mle": {}}},
+    ),
+    Case(
+        "output_dir_is_a_file",
+        "path",
+        r"output_dir 'notes\.txt' is a file, not a folder",
+        {"output_dir": "notes.txt"},
+        files={"notes.txt": "mine"},
+    ),
     Case(
         "evaluate_bad_split",
         "setting",
@@ -631,6 +899,8 @@ def _error_lines(text: str, command: str) -> list[str]:
 @pytest.mark.parametrize("case", CASES, ids=lambda case: f"{case.kind.replace(' ', '_')}-{case.id}")
 def test_bad_input_is_one_line_and_changes_nothing(case, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
+    for name, value in case.env.items():
+        monkeypatch.setenv(name, value)
     argv = _prepare(case, tmp_path)
     before = _snapshot(tmp_path / "out")
     status = main(argv)
@@ -639,14 +909,24 @@ def test_bad_input_is_one_line_and_changes_nothing(case, tmp_path, monkeypatch, 
     assert status == 2, stderr[-3000:]
     assert len(lines) == 1, stderr[-3000:]
     assert re.search(case.message, lines[0]), lines[0]
+    assert len(lines[0]) <= 700, "an error line quotes at most a short excerpt"
     assert "Traceback" not in stderr
     assert _snapshot(tmp_path / "out") == before
 
 
 def test_the_corpus_covers_every_kind():
     kinds = {case.kind for case in CASES}
-    assert kinds == {"setting", "config", "model", "data", "run folder", "checkpoint"}
+    assert kinds == {"setting", "config", "model", "data", "run folder", "checkpoint", "lost data", "path", "file"} | {
+        "number",
+        "unservable setting",
+        "environment",
+        "resume",
+        "fault",
+    }
     assert len({case.id for case in CASES}) == len(CASES)
+    table = (ROOT / "docs" / "errors.md").read_text(encoding="utf-8")
+    missing = [case.id for case in CASES if f"| {case.kind} | `{case.id}` |" not in table]
+    assert not missing, f"docs/errors.md's table of the corpus lacks {missing}"
 
 
 # ------------------------------------------------------------------ through a real process: exit status, --debug
@@ -763,6 +1043,22 @@ def test_skip_invalid_examples_drops_and_names_them(tmp_path, caplog):
     assert task.load()["train"]["source"] == ["Peter"] and len(task.dropped) == 2
 
 
+def test_unknown_target_tokens_warn_with_share_and_setting(caplog):
+    from datasets import Dataset, DatasetDict
+
+    from hf_seqobj.guards import warn_unknown_tokens
+    from hf_seqobj.modeling import train_tokenizer
+
+    tokenizer = train_tokenizer(["a b c"], "wordlevel")
+    known, unknown = tokenizer.convert_tokens_to_ids("a"), tokenizer.unk_token_id
+    rows = {"input_ids": [[known, known]], "labels": [[known, unknown, -100]]}
+    with caplog.at_level("WARNING"):
+        shares = warn_unknown_tokens(DatasetDict({"train": Dataset.from_dict(rows)}), tokenizer, "min_frequency=9")
+    assert shares == {"target": 0.5, "source": 0.0}
+    assert "50% of the training target tokens are unknown to the tokenizer (min_frequency=9)" in caplog.text
+    assert "source tokens" not in caplog.text
+
+
 # ------------------------------------------------------------------ whole runs: the ways on
 def test_lora_run_moves_refuses_reuse_and_overwrites(tmp_path, capsys, monkeypatch):
     """A LoRA run on a CoNLL file that needs care (BOM, CRLF, tabs, one malformed sentence skipped), with list flags;
@@ -844,8 +1140,8 @@ def test_lora_run_moves_refuses_reuse_and_overwrites(tmp_path, capsys, monkeypat
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 1
 
 
-def test_resume_after_a_kill(tmp_path):
-    """A run killed (SIGKILL) after its first checkpoint resumes with `--resume_from_checkpoint latest`."""
+def _long_run_until(tmp_path: Path, written: str, stderr: int) -> subprocess.Popen:
+    """Starts a long run in `tmp_path` (a checkpoint every 2 steps) and returns once `tmp_path / written` exists."""
     config = {**BASE, "max_steps": 100000, "save_strategy": "steps", "save_steps": 2, "synthetic_train_size": 64}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     environment = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -854,16 +1150,23 @@ def test_resume_after_a_kill(tmp_path):
         cwd=tmp_path,
         env=environment,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=stderr,
+        text=True,
     )
-    try:
-        deadline = time.monotonic() + 300
-        while not (tmp_path / "out" / "checkpoint-4" / "trainer_state.json").exists():
-            assert process.poll() is None and time.monotonic() < deadline, "no checkpoint before the deadline"
-            time.sleep(0.2)
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait()
+    deadline = time.monotonic() + 300
+    while not (tmp_path / written).exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError("no checkpoint before the deadline")
+        time.sleep(0.2)
+    return process
+
+
+def test_resume_after_a_kill(tmp_path):
+    """A run killed (SIGKILL) after its first checkpoint resumes with `--resume_from_checkpoint latest`."""
+    process = _long_run_until(tmp_path, "out/checkpoint-4/trainer_state.json", subprocess.DEVNULL)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
     done = max(int(p.name.split("-")[1]) for p in (tmp_path / "out").glob("checkpoint-*"))
     refused = _cli(["train", "config.yaml"], tmp_path)
     assert refused.returncode == 2 and "already holds a run" in refused.stderr
@@ -873,3 +1176,76 @@ def test_resume_after_a_kill(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
     assert state["global_step"] == done + 2
+
+
+# ------------------------------------------------------------------ faults during training
+def test_full_disk_is_one_line_and_removes_the_runs_files(tmp_path, monkeypatch, capsys):
+    """A checkpoint write that fails for want of space (torch's own error) ends in one line; a run without a
+    complete checkpoint leaves no files behind."""
+    monkeypatch.chdir(tmp_path)
+    config = {**BASE, "save_strategy": "steps", "save_steps": 1}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+
+    def full(*args, **kwargs):
+        raise RuntimeError(
+            "[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file "
+            "data/0: file write failed"
+        )
+
+    monkeypatch.setattr(torch, "save", full)
+    assert main(["train", "config.yaml"]) == 2
+    stderr = capsys.readouterr().err
+    assert _error_lines(stderr, "train") == [
+        "hf-seqobj train: error: [Errno 28] writing to out failed, the disk is full ([enforce fail at "
+        "inline_container.cc:778] . PytorchStreamWriter failed writing file data/0: file write failed); no checkpoint "
+        "was complete, so the files the run created in out were removed"
+    ]
+    assert "Traceback" not in stderr and not (tmp_path / "out").exists()
+
+
+def test_ctrl_c_keeps_the_last_complete_checkpoint_and_says_how_to_resume(tmp_path):
+    process = _long_run_until(tmp_path, f"out/checkpoint-2/{CHECKPOINT_MARKER}", subprocess.PIPE)
+    process.send_signal(signal.SIGINT)
+    stderr = process.communicate(timeout=120)[1]
+    assert process.returncode == 130, stderr[-3000:]
+    lines = [line for line in stderr.splitlines() if line.startswith("hf-seqobj train: interrupted")]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr[-3000:]
+    assert re.fullmatch(
+        r"hf-seqobj train: interrupted at step \d+; the last complete checkpoint is out/checkpoint-\d+: continue "
+        r"with --resume_from_checkpoint latest\.",
+        lines[0],
+    )
+    last = lines[0].split("checkpoint is ")[1].split(":")[0]
+    assert (tmp_path / last / CHECKPOINT_MARKER).is_file()
+
+
+def test_resume_wins_over_overwrite_and_says_so(tmp_path, caplog):
+    from hf_seqobj.run import prepare_output_dir
+
+    _earlier_run(tmp_path)
+    before = _snapshot(tmp_path / "out")
+    with caplog.at_level("WARNING"):
+        prepare_output_dir(str(tmp_path / "out"), overwrite=True, resume=True)
+    assert "resume_from_checkpoint and overwrite_output_dir are both set: resuming wins" in caplog.text
+    assert _snapshot(tmp_path / "out") == before
+
+
+def test_diverged_weights_stop_the_run_but_a_step_the_loss_scaler_skips_does_not():
+    from types import SimpleNamespace
+
+    from hf_seqobj.guards import FiniteWeightsCallback
+
+    model = torch.nn.Linear(2, 1)
+    args = SimpleNamespace(learning_rate=1e-3, weight_decay=0.0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.learning_rate)
+    scaler = torch.amp.GradScaler("cpu")
+    loss = model(torch.ones(1, 2)).sum() * float("inf")  # an overflowed loss, as fp16's can be
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)  # skipped: the gradients are not finite
+    scaler.update()
+    FiniteWeightsCallback().on_step_end(args, SimpleNamespace(global_step=1), None, model=model)
+    optimizer.step()  # the same step without the scaler: the weights become NaN
+    with pytest.raises(
+        ValueError, match=r"Step 2: the weights became NaN or infinite \(weight\).*learning_rate=0.001"
+    ):
+        FiniteWeightsCallback().on_step_end(args, SimpleNamespace(global_step=2), None, model=model)

@@ -23,7 +23,8 @@ override them, e.g. `--test_file`).
 `env`: the versions and devices to quote in a bug report.
 
 Every error a user can cause (settings, data, paths, models, checkpoints) prints one line `hf-seqobj COMMAND: error:
-...` and exits with status 2; `--debug` (or `HF_SEQOBJ_DEBUG=1`) prints the full traceback as well.
+...` and exits with status 2; `--debug` (or `HF_SEQOBJ_DEBUG=1`) prints the full traceback as well. Ctrl-C prints one
+line that says what was kept and how to resume, and exits with status 130.
 
 The package's modules: `config` (YAML configs, unknown keys, value types), `parsing` (the argument parser and the
 settings of one run), `launch` (the hand-off to `accelerate launch`), `compare` (the `compare` mapping) and

@@ -206,8 +206,18 @@ def _user_error(error: BaseException) -> bool:
     return type(error).__name__ in ("SafetensorError", "DatasetGenerationError", "DatasetNotFoundError")
 
 
+MAX_MESSAGE_CHARS = 600
+"""The longest error line: a longer message (one that quotes a long piece of a data file, say) keeps its start and
+its end, where the advice is."""
+
+
 def _one_line(error: BaseException) -> str:
     message = " ".join(part.strip() for part in str(error).splitlines() if part.strip())
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = (
+            f"{message[: MAX_MESSAGE_CHARS - 200]} [... {len(message) - MAX_MESSAGE_CHARS} characters] "
+            + (message[-200:])
+        )
     return message or type(error).__name__
 
 
@@ -237,6 +247,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if helped else 2
     try:
         return COMMANDS[argv[0]](argv[1:], debug=debug)
+    except KeyboardInterrupt as error:  # Ctrl-C: one line (a run says what it kept and how to go on)
+        if debug:
+            traceback.print_exc()
+        print(f"hf-seqobj {argv[0]}: {_one_line(error) if str(error) else 'interrupted.'}", file=sys.stderr)
+        return 130
     except Exception as error:
         if not _user_error(error):
             raise

@@ -38,9 +38,12 @@ def expand_compare(config: dict[str, Any], source: str) -> dict[str, dict[str, A
         raise ConfigError(
             f"compare_baseline in {source} must name a run of compare ({', '.join(runs)}), got {baseline!r}."
         )
+    if not str(base.get("output_dir", "outputs")).strip():
+        raise ConfigError(f"output_dir in {source} is empty: set the folder that holds the runs of compare.")
     base_dir = Path(base.get("output_dir", "outputs"))
     expanded: dict[str, dict[str, Any]] = {}
     for name, overrides in runs.items():
+        check_run_name(name, source)
         run = {**base, **(overrides or {}), "output_dir": str(base_dir / name)}
         start = run.get("start_from")
         if start is not None and start not in expanded:
@@ -51,6 +54,23 @@ def expand_compare(config: dict[str, Any], source: str) -> dict[str, dict[str, A
             )
         expanded[name] = run
     return expanded
+
+
+def check_run_name(name: Any, source: str) -> None:
+    """A run name of `compare` is a folder of output_dir: a plain folder name (letters, digits, `.`, `-`, `_`, ...),
+    never a path (a separator, `.` or `..`) that would write outside output_dir.
+
+    Raises:
+        ConfigError: naming the run and what a run name may be.
+    """
+    text = str(name)
+    plain = isinstance(name, str) and text not in ("", ".", "..") and text.strip() == text
+    plain = plain and not any(character in text for character in ("/", "\\", "\0", ":"))
+    if not plain:
+        raise ConfigError(
+            f"compare in {source}: run name {name!r} is not a plain folder name (a run writes to output_dir/NAME): "
+            "use a name without /, \\, :, leading or trailing spaces, and other than . or .. (e.g. dagger_beta_05)."
+        )
 
 
 def continue_from(run_config: dict[str, Any], start_dir: str | Path) -> dict[str, Any]:
@@ -86,6 +106,12 @@ def compare_runs(config: dict[str, Any], flags: list[str], source: str) -> int:
         check_settings(run.model, run.data, run.training)
         resume = resolve_resume(run.training) is not None
         prepare_output_dir(run.training.output_dir, run.run.overwrite_output_dir, resume, delete=False)
+    table_file = base_dir / "comparison.md"
+    if table_file.exists() and not all(run.run.overwrite_output_dir for run in settings.values()):
+        raise ConfigError(
+            f"{table_file} exists, and the comparison would overwrite it; nothing was changed. Move it, choose "
+            "another output_dir, or set overwrite_output_dir: true."
+        )
     results = {}
     starts = {}
     for name, run in settings.items():
@@ -101,7 +127,7 @@ def compare_runs(config: dict[str, Any], flags: list[str], source: str) -> int:
     print(f"\nComparison ({source}; outputs in {base_dir}):")
     print(table)
     base_dir.mkdir(parents=True, exist_ok=True)
-    (base_dir / "comparison.md").write_text(table + "\n", encoding="utf-8")
+    table_file.write_text(table + "\n", encoding="utf-8")
     outputs = {name: (run.training.output_dir, results[name][1]) for name, run in settings.items()}
     for path in write_comparison_plots(base_dir, outputs):
         print(f"Plot: {path}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
+import math
 import re
 import types
 import typing
@@ -20,24 +21,103 @@ class ConfigError(ValueError):
 
 
 # ------------------------------------------------------------------------------------------------ YAML configs
+MAX_CONFIG_BYTES = 1 << 20
+"""The largest config file read (1 MiB)."""
+
+MAX_CONFIG_NODES = 100_000
+"""The most YAML nodes a config may hold with its aliases expanded (a few nested aliases can stand for billions)."""
+
+
+class _DuplicateKeyError(yaml.MarkedYAMLError):
+    """A mapping that gives a key twice (YAML would keep the last value silently)."""
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that refuses a mapping with a key given twice (merge keys `<<` may still be overridden)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.get(key)
+                except TypeError:  # an unhashable key: the constructor's own error names it
+                    continue
+                if first is not None:
+                    raise _DuplicateKeyError(
+                        problem=f"the key {key!r} is given twice (first on line {first + 1}); give each setting once",
+                        problem_mark=key_node.start_mark,
+                    )
+                seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _expanded_size(root: yaml.Node, limit: int) -> int:
+    """The number of nodes of `root` with every alias expanded, counted without building the expansion (each node's
+    size is counted once and reused); stops counting past `limit`."""
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node) -> int:
+        if id(node) not in sizes:
+            sizes[id(node)] = limit + 1  # (a node met again while counting it: a recursive alias)
+            children = []
+            if isinstance(node, yaml.SequenceNode):
+                children = node.value
+            elif isinstance(node, yaml.MappingNode):
+                children = [child for pair in node.value for child in pair]
+            total = 1
+            for child in children:
+                total += size(child)
+                if total > limit:
+                    break
+            sizes[id(node)] = min(total, limit + 1)
+        return sizes[id(node)]
+
+    return size(root)
+
+
 def load_yaml_config(path: str | Path) -> dict[str, Any]:
     """Reads a YAML mapping of settings (an empty file is an empty mapping).
 
     Raises:
-        ConfigError: the file is missing, not UTF-8, not YAML (naming the line) or not a mapping.
+        ConfigError: the file is missing, not a regular file, over `MAX_CONFIG_BYTES`, not UTF-8, not YAML (naming
+            the line), a mapping that gives a key twice (naming the line), over `MAX_CONFIG_NODES` nodes with its
+            aliases expanded, or not a mapping.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ConfigError(f"Config file {str(path)!r} does not exist.")
+    if not path.is_file():
+        raise ConfigError(f"Config file {str(path)!r} is not a regular file (a folder, a FIFO, ...).")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"Config file {path} holds {path.stat().st_size} bytes, over the limit of {MAX_CONFIG_BYTES} (1 MiB) for "
+            "a config; put data in data files."
+        )
     try:
         with open(path, encoding="utf-8-sig") as handle:
-            config = yaml.safe_load(handle)
+            loader = ConfigLoader(handle)
+            try:
+                node = loader.get_single_node()
+                if node is not None and _expanded_size(node, MAX_CONFIG_NODES) > MAX_CONFIG_NODES:
+                    raise ConfigError(
+                        f"Config file {path} holds over {MAX_CONFIG_NODES} YAML nodes once its aliases (*name) are "
+                        "expanded: refused (nested aliases can expand without bound)."
+                    )
+                config = None if node is None else loader.construct_document(node)
+            finally:
+                loader.dispose()
     except UnicodeDecodeError as error:
         raise ConfigError(f"Config file {path} is not UTF-8 text (byte {error.start}).") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
         problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        if isinstance(error, _DuplicateKeyError):
+            raise ConfigError(f"{where}: {problem}.") from None
         raise ConfigError(f"{where}: not valid YAML ({problem}).") from None
     if config is None:
         return {}
@@ -106,14 +186,16 @@ def _coerce(value: Any, hint: Any) -> Any:
         if isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip()):
             return int(value)
         raise _Mismatch
-    if hint is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
+    if hint is float:  # (NaN and infinities are no settings: nothing trains with them)
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
             return float(value)
         if isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 raise _Mismatch from None
+            if math.isfinite(number):
+                return number
         raise _Mismatch
     if hint is str:
         if isinstance(value, str):
@@ -152,7 +234,7 @@ def _describe(hint: Any) -> str:
         return "a mapping"
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
         return "one of " + ", ".join(repr(member.value) for member in hint)
-    words = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    words = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}
     return words.get(hint, getattr(hint, "__name__", str(hint)))
 
 

@@ -5,8 +5,9 @@ class for the model family and returns every argument class of the run."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
-from argparse import ArgumentParser
+from argparse import ArgumentParser, ArgumentTypeError
 from typing import Any, NamedTuple
 
 from transformers import HfArgumentParser
@@ -68,12 +69,22 @@ class SeqObjArgumentParser(HfArgumentParser):
             group = self._group(titles[original.name])
             self._parse_dataclass_field(group, field)
             action = group._group_actions[-1]
+            if action.type is float:
+                action.type = _finite_float
             # (only where None is the default: elsewhere "none" may be a value, as in `report_to none`)
             optional = type(None) in typing.get_args(hints[original.name]) and original.default is None
             if optional and action.type is not None and action.nargs not in ("?", 0):
                 # `--key none` (or null) unsets an optional setting, e.g. the config's architecture
                 action.type = _none_or(action.type)
                 action.choices = None if action.choices is None else (*action.choices, None)
+
+
+def _finite_float(text: str) -> float:
+    """`float(text)`, refusing NaN and infinities (which no setting can train with)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
 
 
 def _none_or(convert: typing.Callable[[str], Any]) -> typing.Callable[[str], Any]:
@@ -199,8 +210,10 @@ def parse_run(config: dict[str, Any], flags: list[str], source: str) -> Settings
         ConfigError: an unknown key or flag (with close matches), or a value of the wrong type; a dataclass's own
             validation raises ValueError naming the setting.
     """
+    from hf_seqobj.guards import check_accelerate_environment
     from hf_seqobj.trainers import SeqObjSeq2SeqTrainingArguments, SeqObjTrainingArguments
 
+    check_accelerate_environment()  # (the training arguments read these variables as they are made)
     every = (ModelArguments, DataArguments, RunArguments, SeqObjTrainingArguments, SeqObjSeq2SeqTrainingArguments)
     check_keys(config, every, source)
     classes = _training_classes(config, flags, source)

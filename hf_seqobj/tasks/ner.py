@@ -20,6 +20,7 @@ from seqeval.metrics.sequence_labeling import get_entities
 
 from hf_seqobj.oracles.span_f1 import BIO_TAG_PATTERN, _parse, _partial_counts, _read_spans
 from hf_seqobj.tasks.base import Reject, Statistics, Task, raise_invalid, ratio, read_lines, weighted_sums
+from hf_seqobj.tasks.files import clip
 
 
 INVALID_TAG = "<invalid>"
@@ -62,13 +63,13 @@ def read_conll(path: str, reject: Reject = raise_invalid) -> Dataset:
         problem = None
         if len(fields) not in (2, 4):
             problem = (
-                f"{len(fields)} fields in {text!r}; a CoNLL line has 4 (TOKEN POS CHUNK NER) or 2 (TOKEN TAG), "
+                f"{len(fields)} fields in {clip(text)}; a CoNLL line has 4 (TOKEN POS CHUNK NER) or 2 (TOKEN TAG), "
                 "separated by spaces or tabs"
             )
         elif columns is not None and len(fields) != columns:
             problem = f"{len(fields)} fields where earlier lines have {columns}"
         elif not BIO_TAG_PATTERN.match(fields[-1]):
-            problem = f"{fields[-1]!r} is not a BIO tag (expected 'O', 'B-TYPE' or 'I-TYPE')"
+            problem = f"{clip(fields[-1])} is not a BIO tag (expected 'O', 'B-TYPE' or 'I-TYPE')"
         if problem is not None:
             reject(f"{path}:{number}", problem)
             bad = True
