@@ -88,16 +88,12 @@ RUN_ARTIFACTS = (
     "chat_template.*",
     "README.md",
     "comparison.md",
-    "comparison_*.png",
     "completions.jsonl",
-    "*_predictions.jsonl",
+    "*.png",
     f"{PREFIX_CHECKPOINT_DIR}-*",
     INITIAL_MODEL_DIR,
     "eval_*",
     "runs",
-    "*_predictions.jsonl",
-    "completions.jsonl",
-    "*.png",
 )
 """Every name a run writes into its output_dir (file and folder patterns), in one place: a code that adds a file to
 a run folder (predictions, completions, plots) adds its pattern here. A new run refuses an output_dir that holds any
