@@ -146,7 +146,7 @@ def check_lengths_fit_model(model, data_args, training_args) -> None:
 
 def check_metric_for_best_model(training_args, task) -> None:
     """`metric_for_best_model` must name a metric that evaluation produces: `loss` and the runtimes, and with
-    `predict_with_generate` the task's metrics (the keys of its `score`).
+    `predict_with_generate` the task's metrics (the keys of its `score`) and `evaluate_metric`'s (`{name}_{key}`).
 
     Raises:
         ValueError: naming the setting and the metrics evaluation produces.
@@ -158,6 +158,14 @@ def check_metric_for_best_model(training_args, task) -> None:
     if getattr(training_args, "predict_with_generate", False):
         produced += list(task.score(["O"], ["O"]))
     name = wanted[len("eval_") :] if wanted.startswith("eval_") else wanted
+    module = getattr(getattr(task, "args", None), "evaluate_metric", None)
+    if module is not None and getattr(training_args, "predict_with_generate", False):
+        from hf_seqobj.metrics import load_metric
+
+        prefix = f"{load_metric(module).name}_"  # the evaluate module's numbers: `{name}_{key}`
+        if name.startswith(prefix):
+            return
+        produced.append(f"{prefix}KEY (evaluate_metric's numbers)")
     if name not in produced:
         extra = "" if training_args.predict_with_generate else " (the task's metrics need predict_with_generate)"
         raise ValueError(

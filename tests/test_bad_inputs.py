@@ -963,7 +963,7 @@ def test_help_lists_every_setting_by_group(tmp_path):
     for group in ("model:", "data:", "run:", "objective:", "training (transformers.TrainingArguments):"):
         assert f"\n{group}\n" in text
     assert "objective settings: DAggerArguments (used by dagger):" in text
-    assert "--oracle {span_f1,span_f1_partial,bleu,rouge1,rouge2,rougeL}" in text
+    assert "--oracle {span_f1,span_f1_partial,bleu,rouge1,rouge2,rougeL,evaluate}" in text
     assert "--rollin {greedy,sample}" in text and "--ss_schedule {linear,exponential,inverse_sigmoid}" in text
     assert "--generation_max_new_tokens" in text and "--generation_max_length" in text  # both model families
     # with a config: its values are the defaults shown

@@ -170,12 +170,12 @@ def test_bad_metrics_and_settings_are_one_line_errors():
 
 
 def test_the_built_in_oracles_are_registrations():
-    assert list(ORACLES) == ["span_f1", "span_f1_partial", "bleu", "rouge1", "rouge2", "rougeL"]
+    assert list(ORACLES) == ["span_f1", "span_f1_partial", "bleu", "rouge1", "rouge2", "rougeL", "evaluate"]
     assert oracle_names(output="bio_tags") == ("span_f1", "span_f1_partial")
     assert oracle_names(output="text", exact=True) == ("rouge1", "rougeL")
     assert get_oracle("bleu").settings == ("beam_size", "lookahead", "stop", "whole_words")
     with pytest.raises(
-        ValueError, match=r"registered oracles \(span_f1, .*rougeL\), got 'blue' \(did you mean 'bleu'"
+        ValueError, match=r"registered oracles \(span_f1, .*evaluate\), got 'blue' \(did you mean 'bleu'"
     ):
         get_oracle("blue")
 
@@ -220,12 +220,12 @@ def test_a_name_registered_after_import_is_a_setting_a_flag_and_checked_against_
     from hf_seqobj.run import check_oracle_fits_task
 
     base = {"task": "ner", "dataset_name": "synthetic", "architecture": "bart", "output_dir": "unused"}
-    with pytest.raises(ValueError, match=r"oracle must be one of the registered oracles \(.*rougeL\), got 'tag_f1'"):
+    with pytest.raises(ValueError, match=r"oracle must be one of the registered oracles \(.*rougeL.*\), got 'tag_f1'"):
         SeqObjSeq2SeqTrainingArguments(output_dir=str(tmp_path), objective="dagger", oracle="tag_f1")
     register_sentence_metric("tag_f1", token_f1, doc="bag-of-tags F1")
     args = SeqObjSeq2SeqTrainingArguments(output_dir=str(tmp_path), objective="dagger", oracle="tag_f1")
     assert args.oracle == "tag_f1"
-    assert "--oracle {span_f1,span_f1_partial,bleu,rouge1,rouge2,rougeL,tag_f1}" in train_parser(
+    assert "--oracle {span_f1,span_f1_partial,bleu,rouge1,rouge2,rougeL,evaluate,tag_f1}" in train_parser(
         base, "test"
     ).format_help().replace("\n", " ")
     data, training = parse_settings({**base, "task": "arithmetic"}, ["--objective", "dagger"], "test")[1:]

@@ -10,6 +10,9 @@ The modules are scripts shipped inside the package (`hf_seqobj/metrics/modules/N
 - `token_bleu`, `token_rouge`: the sentence metrics on token ids that the DAgger oracles, RAML and interpolation
   optimise (`hf_seqobj.rewards`): smoothed sentence BLEU, ROUGE-1/2/L F, in [0, 1].
 
+- the oracle `evaluate` (`oracle: evaluate`, `oracle_metric: NAME_OR_PATH`) and :func:`register_evaluate_oracle`:
+  an `evaluate` module as the sentence metric of a DAgger oracle, scored on decoded candidates.
+
 `evaluate` is imported only when a function here needs it.
 """
 
@@ -34,12 +37,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CITATIONS",
+    "EVALUATE_ORACLE",
     "METRIC_MODULES",
     "check_metric_source",
     "load_metric",
     "metric_source",
     "module_scores",
     "path",
+    "register_evaluate_oracle",
     "text_metric_scorer",
     "token_id_features",
     "token_scores",
@@ -337,3 +342,102 @@ def text_metric_scorer(
         return result
 
     return score
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# An `evaluate` module as a DAgger oracle's sentence metric
+# ----------------------------------------------------------------------------------------------------------------
+
+EVALUATE_ORACLE = "evaluate"
+"""The registered oracle that scores candidates with an `evaluate` module (`oracle: evaluate` with
+`oracle_metric: NAME_OR_PATH`)."""
+
+_ORACLE_SETTINGS = ("beam_size", "lookahead", "stop", "whole_words", "metric", "metric_key")
+
+
+def evaluate_oracle_factory(module: str | EvaluationModule | None = None, key: str | None = None):
+    """The factory (for :func:`hf_seqobj.oracles.register_oracle`) of a sentence-metric oracle that decodes each
+    whole candidate output and scores it against its decoded reference with an `evaluate` module
+    (:func:`text_metric_scorer`; the search is :class:`hf_seqobj.oracles.SentenceMetricOracle`'s).
+
+    Args:
+        module: The module (packaged name, local path or loaded module); None: the one the settings name
+            (`OracleSettings.metric`, DAgger's `oracle_metric`).
+        key: Which number of the module's result is the score; None: the settings' `metric_key`, else its only
+            number.
+    """
+    from hf_seqobj.oracles import SentenceMetricOracle
+    from hf_seqobj.oracles.builtin import text_oracle_arguments
+
+    def factory(tokenizer: PreTrainedTokenizerBase, settings) -> SentenceMetricOracle:
+        source = module if module is not None else settings.metric
+        if source is None:
+            raise ValueError(
+                f"oracle {EVALUATE_ORACLE!r} needs oracle_metric: a packaged module ({', '.join(METRIC_MODULES)}) "
+                "or the path of a local evaluate module."
+            )
+        scorer = text_metric_scorer(source, tokenizer, key=key if key is not None else settings.metric_key)
+
+        def score_fn(candidates: list[list[int]], references: list[list[int]]) -> list[float]:
+            return scorer(candidates, references).tolist()
+
+        return SentenceMetricOracle(
+            score_fn,
+            batched=True,
+            beam_size=settings.beam_size,
+            lookahead=settings.lookahead,
+            name=f"evaluate:{metric_source(source) if not isinstance(source, str) else source}",
+            **text_oracle_arguments(tokenizer, settings),
+        )
+
+    return factory
+
+
+def register_evaluate_oracle(
+    name: str, module: str | EvaluationModule, *, key: str | None = None, doc: str | None = None, replace: bool = False
+):
+    """Registers an oracle named `name` whose sentence metric is the `evaluate` module `module` on decoded text.
+
+        from hf_seqobj.metrics import register_evaluate_oracle
+
+        register_evaluate_oracle("my_f1", "path/to/my_f1.py", key="f1")  # then oracle="my_f1"
+
+    From a config, without Python: `oracle: evaluate` and `oracle_metric: path/to/my_f1.py` (`oracle_metric_key`).
+
+    Args:
+        name: The value of `oracle=` that selects it.
+        module: A packaged name, a local path or a loaded `EvaluationModule` (loaded now, offline).
+        key: Which number of the module's result is the score (None: its only number).
+        doc: One line for docs and model cards (default: names the module).
+        replace: Replace an oracle already registered under `name`.
+    """
+    from hf_seqobj.oracles import register_oracle
+
+    loaded = load_metric(module)
+    return register_oracle(
+        name,
+        output="text",
+        factory=evaluate_oracle_factory(loaded, key),
+        doc=doc or f"the sentence metric of the evaluate module {loaded.name!r} on decoded candidates (searched)",
+        exact=False,
+        settings=_ORACLE_SETTINGS[:4],
+        replace=replace,
+    )
+
+
+def _register_builtin_evaluate_oracle() -> None:
+    from hf_seqobj.oracles import ORACLES, register_oracle
+
+    if EVALUATE_ORACLE not in ORACLES:
+        register_oracle(
+            EVALUATE_ORACLE,
+            output="text",
+            factory=evaluate_oracle_factory(),
+            doc="the sentence metric of an evaluate module (oracle_metric: a packaged name or local path) on "
+            "decoded candidates, searched as the BLEU oracle is",
+            exact=False,
+            settings=_ORACLE_SETTINGS,
+        )
+
+
+_register_builtin_evaluate_oracle()

@@ -21,7 +21,7 @@ import dataclasses
 import difflib
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 
@@ -82,12 +82,22 @@ class OracleSettings:
             best reference tail).
         stop: The text oracles' stop rule, "reference_length" or "metric" (:mod:`hf_seqobj.oracles.align`).
         whole_words: The text oracles start no word piece that the aligned reference does not continue.
+        metric: The `evaluate` module of the `evaluate` oracle (hf_seqobj.metrics): a packaged name, a local path
+            or a loaded `EvaluationModule`; None for the other oracles.
+        metric_key: Which number of the module's result is the sentence score (None: its only number).
     """
 
     beam_size: int = field(default=5, metadata={"help": "Beam size k (>= 1)."})
     lookahead: int = field(default=0, metadata={"help": "Free tokens h before the aligned reference suffix."})
     stop: str = field(default="reference_length", metadata={"help": "'reference_length' or 'metric'."})
     whole_words: bool = field(default=True, metadata={"help": "No word piece the reference does not continue."})
+    metric: Any = field(
+        default=None,
+        metadata={"help": "An `evaluate` module (packaged name, local path or loaded module) the oracle scores with."},
+    )
+    metric_key: str | None = field(
+        default=None, metadata={"help": "Which number of the module's result is the score (None: its only one)."}
+    )
 
     def __post_init__(self) -> None:
         for name, low in (("beam_size", 1), ("lookahead", 0)):
@@ -97,6 +107,8 @@ class OracleSettings:
         check_stop(self.stop)
         if not isinstance(self.whole_words, bool):
             raise ValueError(f"whole_words = {self.whole_words!r}; accepted: True or False.")
+        if self.metric_key is not None and not isinstance(self.metric_key, str):
+            raise ValueError(f"metric_key = {self.metric_key!r}; accepted: None or the name of a result key.")
 
 
 SETTING_NAMES = tuple(f.name for f in dataclasses.fields(OracleSettings))
@@ -243,6 +255,8 @@ def make_oracle(
     lookahead: int = 0,
     stop: str = "reference_length",
     whole_words: bool = True,
+    metric: Any = None,
+    metric_key: str | None = None,
 ) -> Oracle:
     """The oracle registered as `name`, for outputs tokenized by `tokenizer`.
 
@@ -257,6 +271,8 @@ def make_oracle(
             reference tail).
         stop: The text oracles' stop rule, "reference_length" or "metric" (:mod:`hf_seqobj.oracles.align`).
         whole_words: The text oracles start no word piece that the aligned reference does not continue.
+        metric: The `evaluate` module of the `evaluate` oracle (registered by :mod:`hf_seqobj.metrics`).
+        metric_key: Which number of that module's result is the score.
 
     Returns:
         An oracle: `oracle(prefix_ids [B, T], reference_ids [B, M]) -> labels [B, T]` and
@@ -266,7 +282,14 @@ def make_oracle(
         ValueError: On a name that is not registered, a bad setting, or a tokenizer without an EOS token.
     """
     spec = get_oracle(name)
-    settings = OracleSettings(beam_size=beam_size, lookahead=lookahead, stop=stop, whole_words=whole_words)
+    settings = OracleSettings(
+        beam_size=beam_size,
+        lookahead=lookahead,
+        stop=stop,
+        whole_words=whole_words,
+        metric=metric,
+        metric_key=metric_key,
+    )
     if tokenizer.eos_token_id is None:
         raise ValueError("The oracles need the tokenizer's EOS token; this tokenizer has none.")
     return spec.factory(tokenizer, settings)

@@ -83,6 +83,20 @@ class DAggerArguments:
             "reference continues with it there (byte-level BPE 'Ġ' / SentencePiece '▁' word starts)."
         },
     )
+    oracle_metric: str | None = field(
+        default=None,
+        metadata={
+            "help": "With oracle=evaluate: the evaluate module whose sentence score the oracle maximises, a packaged "
+            "name (span_f1, bleu_chrf, rouge, token_bleu, token_rouge) or the path of a local module script; it "
+            "scores decoded candidates (docs/metrics.md)."
+        },
+    )
+    oracle_metric_key: str | None = field(
+        default=None,
+        metadata={
+            "help": "With oracle=evaluate: which number of the module's result is the score (default: its only one)."
+        },
+    )
     dagger_beta: float = field(
         default=0.5,
         metadata={
@@ -130,6 +144,15 @@ class DAggerArguments:
             raise ValueError(f"oracle_lookahead must be >= 0, got {self.oracle_lookahead}.")
         if self.oracle_stop not in STOP_RULES:
             raise ValueError(f"oracle_stop must be one of {STOP_RULES}, got {self.oracle_stop!r}.")
+        if self.oracle == "evaluate" and self.oracle_metric is None:
+            raise ValueError(
+                "oracle 'evaluate' needs oracle_metric: a packaged evaluate module name or a local module path."
+            )
+        if self.oracle != "evaluate" and (self.oracle_metric is not None or self.oracle_metric_key is not None):
+            raise ValueError(
+                f"oracle_metric / oracle_metric_key are read by oracle 'evaluate' only, not {self.oracle!r}; set "
+                "oracle: evaluate or remove them."
+            )
         if not 0.0 <= self.dagger_beta <= 1.0:
             raise ValueError(f"dagger_beta must be in [0, 1], got {self.dagger_beta}.")
         if self.dagger_beta_schedule not in BETA_SCHEDULES:
@@ -184,6 +207,8 @@ class DAggerObjective(Objective):
             args.oracle_lookahead,
             stop=args.oracle_stop,
             whole_words=args.oracle_whole_words,
+            metric=args.oracle_metric,
+            metric_key=args.oracle_metric_key,
         )
         self.relabeler = DAggerRelabeler(
             self.oracle,
