@@ -30,6 +30,7 @@ def test_tensorboard_has_the_objective_metrics_and_the_sample_table(make_trainer
         "bart",
         "tb",
         objective="dagger",
+        dagger_beta_schedule="linear",
         max_steps=2,
         report_to="tensorboard",
         predict_with_generate=True,
