@@ -187,7 +187,8 @@ def _rows(data: dict, key: str, needed: set[str], path: Path) -> list[dict]:
 
 
 def carry_over(collected: dict, results: Path, benchmark: Benchmark) -> dict:
-    """Adds to `collected` the families of the task's existing results JSON that the workdir holds no warm start of.
+    """Adds to `collected` the families of the task's existing results JSON that the workdir holds no warm start of,
+    and the methods of the families it holds that it ran none of (:func:`_carried_methods`).
 
     A report is written from the workdir, and a workdir need not outlive the sitting that filled it: families run in
     earlier sittings (from other workdirs) stay in the report with their warm starts, runs, grid choices and summary
@@ -216,8 +217,12 @@ def carry_over(collected: dict, results: Path, benchmark: Benchmark) -> dict:
             carried = set()
         for key in _CARRIED_KEYS:
             collected[key] += [row for row in earlier.get(key, []) if row["family"] in carried]
+        carried_methods = _carried_methods(collected, earlier, present, continuation)
+        for key in ("runs", "choices", "summary"):
+            rows = earlier.get(key, [])
+            collected[key] += [row for row in rows if (row["family"], row["method"]) in carried_methods]
         for row in collected["summary"]:  # the step-time ratio is speed.md's, read anew as for the workdir's rows
-            if row["family"] in carried:
+            if row["family"] in carried or (row["family"], row["method"]) in carried_methods:
                 key = (row["family"], row["method"], row["setting"])
                 run = next((r for r in collected["runs"] if (r["family"], r["method"], r["point"]) == key), None)
                 if run is not None:
@@ -226,6 +231,39 @@ def carry_over(collected: dict, results: Path, benchmark: Benchmark) -> dict:
     for key in _CARRIED_KEYS:
         collected[key].sort(key=lambda row: order.get(row["family"], len(order)))  # stable: runs keep their order
     return collected
+
+
+def _carried_methods(collected: dict, earlier: dict, present: set[str], continuation: dict) -> set[tuple[str, str]]:
+    """(family, method) pairs of the earlier JSON to keep for families the workdir holds but whose method it ran
+    none of (a sitting that reran some methods only, `--methods`).
+
+    Kept only where their paired differences still hold: the same continuation settings, the same warm-start
+    checkpoint (key and best step) and the same control (its seed-mean test score equal to the workdir's, to 1e-9:
+    runs are deterministic given seed and step). Whatever is not kept is named in one printed line.
+    """
+    kept: set[tuple[str, str]] = set()
+    same_protocol = earlier.get("protocol", {}).get("continuation") == continuation
+    for family in sorted(present):
+        ran = {row["method"] for row in collected["runs"] if row["family"] == family}
+        missing = sorted({row["method"] for row in earlier.get("runs", []) if row["family"] == family} - ran)
+        if not missing:
+            continue
+        old_warm = next((w for w in earlier.get("warm_starts", []) if w["family"] == family), {})
+        new_warm = next((w for w in collected["warm_starts"] if w["family"] == family), {})
+        controls = [
+            {round(row["control_mean"], 9) for row in rows if row["family"] == family and "control_mean" in row}
+            for rows in (earlier.get("summary", []), collected["summary"])
+        ]
+        start = ("key", "best_step")
+        same_start = [old_warm.get(k) for k in start] == [new_warm.get(k) for k in start]
+        if same_protocol and same_start and controls[0] and controls[0] == controls[1]:
+            kept |= {(family, method) for method in missing}
+        else:
+            print(
+                f"not carried into the report: {family} {', '.join(missing)} (its warm start, control or "
+                "continuation differs from this workdir's)"
+            )
+    return kept
 
 
 def speed_ratio(task_name: str, method: str, settings: dict) -> float | None:
