@@ -529,3 +529,38 @@ def test_a_task_json_the_readme_table_cannot_read_is_one_usage_line_before_anyth
     assert not workdir.exists()
     other.write_text("[]")  # a report of the earlier protocol: left out of the table
     assert len(reporting.headline_table(reports)) == 2
+
+
+def test_a_report_keeps_the_methods_a_sitting_did_not_rerun_only_where_their_differences_hold(capsys):
+    """A sitting that reran some methods only (`--methods`) keeps the earlier rows of the others when the warm start,
+    the control and the continuation are the same; otherwise it names what it dropped."""
+    continuation = {"steps": 400, "batch_size": 32}
+    warm = {"family": "bart", "key": "bart_mini_1", "best_step": 5000}
+
+    def summary(method, control_mean):
+        return {"family": "bart", "method": method, "setting": "x", "control_mean": control_mean}
+
+    def run(method):
+        return {"family": "bart", "method": method, "point": "x", "settings": {}}
+
+    earlier = {
+        "protocol": {"continuation": continuation},
+        "warm_starts": [warm],
+        "runs": [run("teacher_forcing"), run("raml"), run("dagger_bleu")],
+        "choices": [{"family": "bart", "method": m} for m in ("teacher_forcing", "raml", "dagger_bleu")],
+        "summary": [summary("raml", 25.65), summary("dagger_bleu", 25.65)],
+    }
+    collected = {
+        "warm_starts": [dict(warm)],
+        "runs": [run("teacher_forcing"), run("dagger_bleu")],
+        "summary": [summary("dagger_bleu", 25.65)],
+    }
+    carried = reporting._carried_methods(collected, earlier, {"bart"}, continuation)
+    assert carried == {("bart", "raml")}
+    for changed in (
+        {"summary": [summary("dagger_bleu", 25.7)]},  # another control
+        {"warm_starts": [{**warm, "best_step": 6000}]},  # another warm start
+    ):
+        assert reporting._carried_methods({**collected, **changed}, earlier, {"bart"}, continuation) == set()
+    assert reporting._carried_methods(collected, earlier, {"bart"}, {**continuation, "steps": 200}) == set()
+    assert "not carried into the report: bart raml" in capsys.readouterr().out
