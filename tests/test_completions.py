@@ -12,7 +12,7 @@ from conftest import parameters
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from hf_seqobj.callbacks import COMPLETIONS_FILE, COMPLETIONS_TAG, CompletionsCallback, log_wandb_table
-from hf_seqobj.completions import format_completions_table, print_completions, render_targets, sentence_score
+from hf_seqobj.callbacks.completions import format_completions_table, print_completions, render_targets, sentence_score
 from hf_seqobj.rewards import score
 from hf_seqobj.trainers import SeqObjSeq2SeqTrainingArguments
 

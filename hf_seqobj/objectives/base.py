@@ -111,9 +111,9 @@ class Objective(abc.ABC):
         The :class:`~hf_seqobj.callbacks.CompletionsCallback` calls this at each logging step on a few fixed training
         examples, without gradients, and shows each returned mapping (column -> text or number) between the
         example's source and its reference (columns `score` and `oracle score` after it); see
-        :mod:`hf_seqobj.completions` for the helpers that render token ids. It must not change the training: draw
-        only from `generator` (the callback also restores every global random state afterwards), record no metric
-        and leave the objective's state (buffers, caches that change results) as it was.
+        :mod:`hf_seqobj.callbacks.completions` for the helpers that render token ids. It must not change the
+        training: draw only from `generator` (the callback also restores every global random state afterwards),
+        record no metric and leave the objective's state (buffers, caches that change results) as it was.
 
         Default (teacher forcing): `predicted`, the model's greedy token at each gold position, and `labels`, the
         gold targets, `[marked]` where the model predicts another token. Override it to show your objective's own
@@ -127,7 +127,7 @@ class Objective(abc.ABC):
         Returns:
             One mapping per row of `inputs`.
         """
-        from hf_seqobj.completions import render_targets, render_tokens
+        from hf_seqobj.callbacks.completions import render_targets, render_tokens
         from hf_seqobj.decoding.rollin import dropout_mode, predicted_tokens
 
         tokenizer = self.trainer.processing_class

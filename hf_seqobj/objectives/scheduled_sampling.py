@@ -161,7 +161,7 @@ class ScheduledSamplingObjective(Objective):
         """The inputs of pass 2 at the current eps (`inputs`: the gold output as the model reads it, `[marked]` where
         the token is the model's own prediction, drawn from `generator`), the gold `labels`, the number of `sampled`
         tokens and the sentence `score` of the model's teacher-forced greedy output (the metric `oracle` names)."""
-        from hf_seqobj.completions import render_tokens, sentence_score, until_eos
+        from hf_seqobj.callbacks.completions import render_tokens, sentence_score, until_eos
         from hf_seqobj.decoding.rollin import predicted_tokens
 
         tokenizer = self.trainer.processing_class

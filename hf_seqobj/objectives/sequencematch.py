@@ -488,7 +488,7 @@ class SequenceMatchObjective(Objective):
         drawn from `generator`; the noise is drawn as training draws it (one generator per row, keyed by the seed,
         the step and the row); the replay buffer is left as it is."""
         from hf_seqobj.backspace import apply_backspaces
-        from hf_seqobj.completions import render_tokens, sentence_score, until_eos
+        from hf_seqobj.callbacks.completions import render_tokens, sentence_score, until_eos
 
         trainer, args = self.trainer, self.trainer.args
         tokenizer = trainer.processing_class

@@ -292,7 +292,7 @@ class DAggerObjective(Objective):
         (`dagger_warmup_steps`), what teacher forcing trains on."""
         if self.trainer.state.global_step < self.trainer.args.dagger_warmup_steps:
             return super().completions(model, inputs, generator)
-        from hf_seqobj.completions import render_targets, render_tokens, sentence_score, until_eos
+        from hf_seqobj.callbacks.completions import render_targets, render_tokens, sentence_score, until_eos
 
         tokenizer = self.trainer.processing_class
         rollin, labels, references = self.relabeler.rollin_with_labels(

@@ -29,7 +29,7 @@ import torch
 from transformers import TrainerCallback
 from transformers.integrations import TensorBoardCallback
 
-from hf_seqobj.completions import SCORE_COLUMNS, columns_of, format_completions_table, print_completions
+from hf_seqobj.callbacks.completions import SCORE_COLUMNS, columns_of, format_completions_table, print_completions
 from hf_seqobj.constants import IGNORE_INDEX
 from hf_seqobj.decoding.rollin import generate_rollin, rollin_generation_config
 
