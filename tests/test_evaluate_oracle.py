@@ -84,8 +84,11 @@ def test_the_evaluate_oracle_follows_its_module(tmp_path):
     assert labels[0, :2].tolist() == ids[:2] and labels[0, 2] == ids[2]
     assert oracle.next_token(prefix, torch.tensor([6]), reference).tolist() == [eos]
     register_evaluate_oracle("word_f1_test", str(module), key="f1", replace=True)
-    assert ORACLES["word_f1_test"].output == "text"
-    assert torch.equal(make_oracle("word_f1_test", tokenizer)(prefix, reference), labels)
+    try:
+        assert ORACLES["word_f1_test"].output == "text"
+        assert torch.equal(make_oracle("word_f1_test", tokenizer)(prefix, reference), labels)
+    finally:
+        ORACLES.pop("word_f1_test")  # the registry is global: leave it as the other tests expect it
 
 
 def test_evaluate_oracle_settings_are_checked(tmp_path):
