@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import torch
 
+from hf_seqobj.constants import IGNORE_INDEX
 from hf_seqobj.rewards import check_token_ids
 
 
@@ -43,6 +44,8 @@ __all__ = [
     "continuation_mask",
     "edit_distance_append",
     "edit_distance_rows",
+    "open_prefixes",
+    "stop_tokens",
 ]
 
 STOP_RULES = ("reference_length", "metric")
@@ -115,6 +118,21 @@ def check_search_inputs(
             raise ValueError(f"prefix_lengths[{row}] = {int(prefix_lengths[row])}; accepted: 0 <= length <= T = {t}.")
         prefix_lengths = prefix_lengths.long()
     return prefix_ids, reference_ids, prefix_lengths
+
+
+def stop_tokens(tokens: torch.Tensor, eos_token_id: int, pad_token_id: int | None) -> torch.Tensor:
+    """Where a roll-in ends: EOS, -100, or the padding id (a bool tensor of the shape of `tokens`)."""
+    stop = (tokens == eos_token_id) | (tokens == IGNORE_INDEX)
+    if pad_token_id is not None:
+        stop |= tokens == pad_token_id
+    return stop
+
+
+def open_prefixes(prefix: torch.Tensor, eos_token_id: int, pad_token_id: int | None) -> torch.Tensor:
+    """[B, T + 1] bool: open[b, t] = prefix[b, :t] holds no stop token (:func:`stop_tokens`), so position t is
+    labelled."""
+    stops = stop_tokens(prefix, eos_token_id, pad_token_id).long().cumsum(1)
+    return torch.nn.functional.pad(stops, (1, 0)) == 0
 
 
 def edit_distance_append(ed: torch.Tensor, eq: torch.Tensor) -> torch.Tensor:

@@ -50,6 +50,8 @@ from hf_seqobj.oracles.align import (
     check_stop,
     edit_distance_append,
     edit_distance_rows,
+    open_prefixes,
+    stop_tokens,
 )
 from hf_seqobj.rewards import MetricState, SentenceMetric, check_token_ids
 
@@ -317,12 +319,6 @@ class BeamOracle:
         result = self._search(sub, state.map(lambda x: x[picked][:, None]), ed[picked][:, None], False)
         return torch.where(open_prefix[picked], result.labels[:, 0], IGNORE_INDEX)
 
-    def _stops(self, tokens: torch.Tensor) -> torch.Tensor:
-        stop = (tokens == self.eos_token_id) | (tokens == IGNORE_INDEX)
-        if self.pad_token_id is not None:
-            stop |= tokens == self.pad_token_id
-        return stop
-
     def _references(self, reference_ids: torch.Tensor, device: torch.device) -> _References:
         scorer = SentenceMetric(
             self.metric, reference_ids.to(device), eos_token_id=self.eos_token_id, pad_token_id=self.pad_token_id
@@ -364,12 +360,12 @@ class BeamOracle:
                 token = prefix[:, column]
                 state = scorer.append(state, token)
                 ed = edit_distance_append(ed, (token[:, None] == scorer.ref) & scorer.ref_valid)
-                open_prefix = open_prefix & ~self._stops(token)
+                open_prefix = open_prefix & ~stop_tokens(token, self.eos_token_id, self.pad_token_id)
         else:
             refs = self._references(reference_ids, prefix.device)
             state = refs.scorer.prefix_states(prefix).map(lambda x: x[:, t])
             ed = edit_distance_rows(prefix, refs.scorer.ref, refs.scorer.ref_valid)[:, t]
-            open_prefix = ~self._stops(prefix).any(1)
+            open_prefix = ~stop_tokens(prefix, self.eos_token_id, self.pad_token_id).any(1)
         self._cached = {
             "references": reference_ids,
             "version": reference_ids._version,
@@ -413,7 +409,7 @@ class BeamOracle:
             empty = torch.full(shape, float("nan"), dtype=torch.float64, device=dev)
             completions = torch.full((*shape, width), IGNORE_INDEX, device=dev) if return_completions else None
             return BeamSearchResult(torch.full(shape, IGNORE_INDEX, device=dev), empty, empty.clone(), completions)
-        open_prefix = torch.nn.functional.pad(self._stops(prefix).long().cumsum(1), (1, 0)) == 0  # [B, T + 1]
+        open_prefix = open_prefixes(prefix, self.eos_token_id, self.pad_token_id)  # [B, T + 1]
         states = scorer.prefix_states(prefix)  # [B, T + 1]
         eds = edit_distance_rows(prefix, scorer.ref, scorer.ref_valid)  # [B, T + 1, R + 1]
         if prefix_lengths is None:

@@ -40,6 +40,7 @@ from hf_seqobj.oracles.align import (
     check_search_inputs,
     check_stop,
     edit_distance_rows,
+    open_prefixes,
 )
 from hf_seqobj.oracles.beam import TIE_TOLERANCE, BeamSearchResult
 from hf_seqobj.rewards import SentenceMetric
@@ -108,12 +109,6 @@ class ExactRougeOracle:
         labels = self.search(prefix_ids, reference_ids, prefix_lengths).labels
         return labels if rows is None else labels[rows]
 
-    def _stops(self, tokens: torch.Tensor) -> torch.Tensor:
-        stop = (tokens == self.eos_token_id) | (tokens == IGNORE_INDEX)
-        if self.pad_token_id is not None:
-            stop |= tokens == self.pad_token_id
-        return stop
-
     def search(
         self,
         prefix_ids: torch.Tensor,
@@ -139,7 +134,7 @@ class ExactRougeOracle:
         )
         ref, ref_len, valid = scorer.ref, scorer.ref_len, scorer.ref_valid
         r = ref.shape[1]
-        open_prefix = torch.nn.functional.pad(self._stops(prefix).long().cumsum(1), (1, 0)) == 0  # [B, T + 1]
+        open_prefix = open_prefixes(prefix, self.eos_token_id, self.pad_token_id)  # [B, T + 1]
         states = scorer.prefix_states(prefix)  # [B, T + 1]
         eds = edit_distance_rows(prefix, ref, valid)  # [B, T + 1, R + 1]
         if prefix_lengths is None:

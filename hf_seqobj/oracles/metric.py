@@ -50,6 +50,7 @@ from hf_seqobj.oracles.align import (
     check_stop,
     edit_distance_append,
     edit_distance_rows,
+    open_prefixes,
 )
 from hf_seqobj.oracles.base import OracleSettings, OracleSpec, register_oracle
 from hf_seqobj.oracles.beam import TIE_TOLERANCE, BeamSearchResult
@@ -251,10 +252,7 @@ class SentenceMetricOracle:
         prefix_lengths = None if prefix_lengths is None else prefix_lengths.cpu()
         ref, ref_len = compact_ids(reference_ids.cpu(), self.eos_token_id, self.pad_token_id)
         valid = torch.arange(ref.shape[1]) < ref_len[:, None]
-        stops = (prefix == self.eos_token_id) | (prefix == IGNORE_INDEX)
-        if self.pad_token_id is not None:
-            stops |= prefix == self.pad_token_id
-        open_prefix = torch.nn.functional.pad(stops.long().cumsum(1), (1, 0)) == 0  # [B, T + 1]
+        open_prefix = open_prefixes(prefix, self.eos_token_id, self.pad_token_id)  # [B, T + 1]
         if prefix_lengths is None:
             query_rows, query_cols = open_prefix[:, :t].nonzero(as_tuple=True)
             shape = (b, t)
