@@ -444,9 +444,6 @@ class BeamOracle:
         b, m = root.shape
         r = refs.r
         dev = ref.device
-        eos = self.eos_token_id
-        all_tok = refs.all_tok.clone()
-        all_tok[:, r] = eos
         aligned = aligned_position(root_ed, ref_len)  # [B, M]
         length = root.length
         room = ref_len[:, None] - length  # [B, M]: tokens the cap still allows
@@ -574,7 +571,7 @@ class BeamOracle:
         scores = best.gather(-1, choice)[..., 0]
         chosen = None
         if track is not None:
-            chosen = self._completion(track, choice, ref, all_tok, r)
+            chosen = self._completion(track, choice, ref, r)
         return BeamSearchResult(labels, scores, gold_score, chosen)
 
     @staticmethod
@@ -596,7 +593,7 @@ class BeamOracle:
                 old_v = track[key].gather(-1, slot)
                 track[key].scatter_(-1, slot, torch.where(better, new, old_v))
 
-    def _completion(self, track, choice, ref, all_tok, r) -> torch.Tensor:
+    def _completion(self, track, choice, ref, r) -> torch.Tensor:
         """The chosen whole completions: searched tokens, the reference suffix, EOS ([B, M, h + R + 1])."""
         b, m, _ = choice.shape
         h = self.lookahead
