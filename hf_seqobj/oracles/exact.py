@@ -180,7 +180,7 @@ class ExactRougeOracle:
             )
             gold = value.gather(-1, aligned.clamp(max=r - 1)[..., None])[..., 0]
             gold_score = torch.where(aligned_ok & (gold > float("-inf")), gold, stop_value)
-            label_pos = self._choose(value, stop_value, aligned, aligned_ok, order)
+            label_pos = self._choose(value, stop_value, aligned_ok, order)
             best = torch.where(label_pos >= 0, value.gather(-1, label_pos.clamp(min=0)[..., None])[..., 0], stop_value)
             labels = torch.where(label_pos >= 0, ref.gather(1, label_pos.clamp(min=0)), self.eos_token_id)
             completions = None
@@ -224,17 +224,12 @@ class ExactRougeOracle:
         return out
 
     @staticmethod
-    def _choose(value, stop_value, aligned, aligned_ok, order):
+    def _choose(value, stop_value, aligned_ok, order):
         """The best tail's start [B, M] (-1: EOS); ties -> the aligned start, EOS, then reference order."""
         top = torch.maximum(value.amax(-1), stop_value)
         optimal = value >= top[..., None] - TIE_TOLERANCE
         r = value.shape[-1]
-        rank = order + 2
-        rank = rank.scatter(
-            -1,
-            aligned.clamp(max=r - 1)[..., None],
-            torch.where(aligned_ok, 0, rank.gather(-1, aligned.clamp(max=r - 1)[..., None])[..., 0])[..., None],
-        )
+        rank = torch.where((order == 0) & aligned_ok[..., None], 0, order + 2)  # order 0: the aligned start
         rank = torch.where(optimal, rank, 4 * r + 8)
         best_rank, best_pos = rank.min(-1)
         stop_optimal = stop_value >= top - TIE_TOLERANCE
