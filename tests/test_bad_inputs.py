@@ -225,6 +225,12 @@ CASES = [
     ),
     Case("bad_choice_flag", "setting", r"--oracle: invalid choice: 'spanf1'", flags=["--oracle", "spanf1"]),
     Case(
+        "bad_oracle_units",
+        "setting",
+        r"oracle_units in config\.yaml must be one of .*'words'",
+        {"objective": "dagger", "oracle_units": "words"},
+    ),
+    Case(
         "bad_objective_setting",
         "setting",
         r"dagger_beta must be in \[0, 1\], got 2\.0",

@@ -341,14 +341,21 @@ def test_the_protocol_end_to_end_on_tiny_data(tmp_path, monkeypatch):
         lines = (Path(run["directory"]) / "predictions_test.jsonl").read_text().splitlines()
         predictions = [json.loads(line)["prediction"] for line in lines]
         references = [json.loads(line)["reference"] for line in lines]
-        assert run["test_outputs"] == protocol_statistics.output_statistics(predictions, references)
+        ended = [json.loads(line)["eos_reached"] for line in lines]
+        assert all(isinstance(e, bool) for e in ended)
+        assert run["test_outputs"] == protocol_statistics.output_statistics(predictions, references, ended)
+        assert 0.0 <= run["test_outputs"]["eos_rate"] <= 1.0
+        # each evaluation of the curve carries the output diagnostics; DAgger's rows keep its oracle's training logs
+        assert all({"length_ratio", "eos_rate", "repeated_ngram_rate"} <= set(point) for point in run["curve"])
+        if run["method"] == "dagger_exact":
+            assert 0.0 <= run["training"]["oracle_agreement"] <= 1.0 and "rollin_length" in run["training"]
+        else:
+            assert "oracle_agreement" not in run["training"]
     assert "test_outputs" in data["warm_starts"][0]
     table = (reports / "quality_ner.md").read_text().split("## Test outputs")[1].split("## Grids")[0]
-    assert [line.split(" | ")[1] for line in table.splitlines() if line.startswith("| gpt2 ")] == [
-        "warm start",
-        settings.CONTROL,
-        "dagger_exact",
-    ]
+    rows = [line.split(" | ") for line in table.splitlines() if line.startswith("| gpt2 ")]
+    assert [row[1] for row in rows] == ["warm start", settings.CONTROL, "dagger_exact"]
+    assert rows[2][4].endswith("%") and rows[2][6] != "\u2013"  # DAgger: share reaching EOS and oracle agreement
 
     def no_training(*args, **kwargs):
         raise AssertionError("a finished run was trained again")

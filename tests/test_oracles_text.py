@@ -438,11 +438,13 @@ def test_make_oracle_picks_the_exact_and_searched_oracles(tmp_path):
     from hf_seqobj.modeling import train_tokenizer
 
     tokenizer = train_tokenizer(["ein Haus", "zwei Häuser und Haustüren"], vocab_size=300, tokenizer_type="bpe")
-    assert isinstance(make_oracle("rougeL", tokenizer), ExactRougeOracle)
-    assert isinstance(make_oracle("rouge1", tokenizer), ExactRougeOracle)
+    for metric in ("rougeL", "rouge1"):  # by default in rouge-score's units (tests/test_oracle_units.py)
+        assert isinstance(make_oracle(metric, tokenizer).oracle, ExactRougeOracle)
+        assert isinstance(make_oracle(metric, tokenizer, units="ids"), ExactRougeOracle)
     bleu = make_oracle("bleu", tokenizer, stop="metric")
     assert isinstance(bleu, BeamOracle) and bleu.stop == "metric" and bleu.continuation_ids is not None
-    assert make_oracle("rouge2", tokenizer, whole_words=False).continuation_ids is None
+    assert make_oracle("rouge2", tokenizer, whole_words=False).oracle.continuation_ids is None
+    assert make_oracle("rouge2", tokenizer, units="ids").continuation_ids is not None
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

@@ -222,12 +222,14 @@ def test_compute_metrics_keeps_the_decoded_texts_and_eos_and_saves_them(tmp_path
     assert task.last_outputs.predictions == ["a b", "c c c c"]
     assert task.last_outputs.references == ["a b", "c d"]
     assert task.last_outputs.eos_reached == [True, False]
-    assert metrics == task.score(["a b", "c c c c"], ["a b", "c d"])
+    # the task's metrics and the output diagnostics: (2 + 4) / (2 + 2) words, one of two reached EOS, one loops
+    diagnostics = {"length_ratio": 1.5, "eos_rate": 0.5, "repeated_ngram_rate": 0.5}
+    assert metrics == {**task.score(["a b", "c c c c"], ["a b", "c d"]), **diagnostics}
     task.save_predictions(tmp_path / "test_predictions.jsonl", ["s1", "s2 ü"])
     rows = [json.loads(line) for line in (tmp_path / "test_predictions.jsonl").read_text("utf-8").splitlines()]
     assert rows == [
-        {"source": "s1", "prediction": "a b", "reference": "a b"},
-        {"source": "s2 ü", "prediction": "c c c c", "reference": "c d"},
+        {"source": "s1", "prediction": "a b", "reference": "a b", "eos_reached": True},
+        {"source": "s2 ü", "prediction": "c c c c", "reference": "c d", "eos_reached": False},
     ]
     with pytest.raises(ValueError, match="1 sources for 2 decoded predictions"):
         task.save_predictions(tmp_path / "x.jsonl", ["s1"])

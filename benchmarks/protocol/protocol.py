@@ -8,6 +8,7 @@ import hashlib
 import json
 import math
 import os
+import statistics
 import subprocess
 import tempfile
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from benchmarks.protocol.settings import CONTROL, CURVE_EVAL_SIZE, RESAMPLES, RO
 from hf_seqobj.arguments import DataArguments, ModelArguments
 from hf_seqobj.run import build_trainer, prepare_model, training_arguments_class
 from hf_seqobj.tasks import Task, get_task
+from hf_seqobj.tasks.base import OUTPUT_DIAGNOSTICS
 
 
 _STEP_SETTINGS = ("sm_bc_steps", "sm_bc_anneal_steps", "dagger_warmup_steps")
@@ -82,6 +84,29 @@ def _file_digest(path: str) -> str:
         digest.update(file.name.encode())
         digest.update(file.read_bytes())
     return digest.hexdigest()[:12]
+
+
+TRAINING_DIAGNOSTICS = ("oracle_agreement", "oracle_score", "rollin_length", "dagger_beta")
+"""The training logs a continuation's row keeps the mean of (where its objective logs them): DAgger's agreement of
+the model's greedy tokens with the oracle's labels, the score of the best whole completion the oracle found from the
+roll-ins (the best it could teach from there), the roll-ins' length and beta."""
+
+
+def _curve_point(entry: dict, metric: str) -> dict:
+    """One evaluation of a continuation's curve: its step, the headline metric and the output diagnostics."""
+    point = {"step": entry["step"], "value": entry[metric]}
+    point.update({key: entry[f"eval_{key}"] for key in OUTPUT_DIAGNOSTICS if f"eval_{key}" in entry})
+    return point
+
+
+def _training_diagnostics(log_history: list[dict]) -> dict[str, float]:
+    """The mean over a run's training logs of each of :data:`TRAINING_DIAGNOSTICS` it logged."""
+    means = {}
+    for key in TRAINING_DIAGNOSTICS:
+        values = [e[key] for e in log_history if key in e and "eval_loss" not in e]
+        if values:
+            means[key] = statistics.mean(values)
+    return means
 
 
 def _write_json(path: Path, value) -> None:
@@ -407,7 +432,8 @@ class Benchmark:
             "steps": trainer.state.global_step,
             "warm_start": warm.name,
             "continuation": {**self.continuation, "batch_size": self.batch_size},
-            "curve": [{"step": e["step"], "value": e[metric]} for e in trainer.state.log_history if metric in e],
+            "curve": [_curve_point(e, metric) for e in trainer.state.log_history if metric in e],
+            "training": _training_diagnostics(trainer.state.log_history),
             "commit": self.commit,
         }
         if role == "grid":
@@ -448,20 +474,22 @@ class Benchmark:
     def _predict(
         self, trainer, task: Task, sorted_set: tuple[Dataset, list[int]], directory: Path, split: str
     ) -> dict:
-        """Generates on a whole split; saves the predictions (in the split's order) next to the run as
-        `predictions_{split}.jsonl`, and returns the task's metrics. The texts are those the trainer's
-        `compute_metrics` decoded and scored (`task.last_outputs`): the statistics of a run are computed from them
-        (:func:`benchmarks.protocol.statistics.run_statistics`)."""
+        """Generates on a whole split; saves the predictions (in the split's order, with whether each output
+        reached EOS) next to the run as `predictions_{split}.jsonl`, and returns the task's metrics. The texts are
+        those the trainer's `compute_metrics` decoded and scored (`task.last_outputs`): the statistics of a run are
+        computed from them (:func:`benchmarks.protocol.statistics.run_statistics`)."""
         dataset, order = sorted_set
         metrics = trainer.predict(dataset, metric_key_prefix=split).metrics
         outputs = task.last_outputs
-        predictions, references = [None] * len(order), [None] * len(order)
+        predictions, references, ended = [None] * len(order), [None] * len(order), [None] * len(order)
         for position, index in enumerate(order):
             predictions[index] = outputs.predictions[position]
             references[index] = outputs.references[position]
+            ended[index] = outputs.eos_reached[position]
         with open(directory / f"predictions_{split}.jsonl", "w", encoding="utf-8") as stream:
-            for index, (prediction, reference) in enumerate(zip(predictions, references, strict=True)):
-                stream.write(json.dumps({"index": index, "prediction": prediction, "reference": reference}) + "\n")
+            for index, (prediction, reference, eos) in enumerate(zip(predictions, references, ended, strict=True)):
+                row = {"index": index, "prediction": prediction, "reference": reference, "eos_reached": eos}
+                stream.write(json.dumps(row) + "\n")
         result = {key.removeprefix(f"{split}_"): value for key, value in metrics.items()}
         if self.spec.get("sampled_eval"):  # the same split sampled at temperature 1 (seeded)
             set_seed(0)

@@ -146,7 +146,8 @@ def _add_output_statistics(spec: dict, row: dict, directory: Path) -> None:
     predictions = directory / "predictions_test.jsonl"
     if spec.get("output_statistics") and "test" in row and predictions.exists():
         rows = [json.loads(line) for line in predictions.read_text(encoding="utf-8").splitlines()]
-        row["test_outputs"] = output_statistics([r["prediction"] for r in rows], [r["reference"] for r in rows])
+        ended = [r["eos_reached"] for r in rows] if all("eos_reached" in r for r in rows) else None
+        row["test_outputs"] = output_statistics([r["prediction"] for r in rows], [r["reference"] for r in rows], ended)
 
 
 _CARRIED_KEYS = {
@@ -462,10 +463,16 @@ def _outputs_table(warm_rows: list[dict], choices: list[dict], runs: list[dict])
     """
     lines = [
         "",
-        "## Test outputs: length and repetition (chosen settings, mean over seeds)",
+        "## Test outputs: length, stopping and repetition (chosen settings, mean over seeds)",
         "",
-        "| family | method | words per output | outputs repeating a bigram | words per reference |",
-        "|---|---|---|---|---|",
+        "Length ratio: words per output / words per reference; reached EOS: the share of outputs whose generation "
+        "ended with EOS (not at the length limit); oracle agreement / score: DAgger's training logs (the model's "
+        "greedy token equals the oracle's label; the sentence score of the best whole completion the oracle found "
+        "from the roll-ins), mean over the run. \u2013: not recorded (rows from before these statistics).",
+        "",
+        "| family | method | words per output | length ratio | reached EOS | outputs repeating a bigram | "
+        "oracle agreement | oracle score | words per reference |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     missing = []
     warm_starts = {w["family"]: w.get("test_outputs") for w in warm_rows}
@@ -478,7 +485,8 @@ def _outputs_table(warm_rows: list[dict], choices: list[dict], runs: list[dict])
         if any(s is None for s in seeds):
             missing.append(choice["family"])
             continue
-        lines.append(_outputs_row(choice["family"], choice["method"], seeds))
+        training = [r.get("training", {}) for r in _chosen_runs(choice, runs)]
+        lines.append(_outputs_row(choice["family"], choice["method"], seeds, training))
     if missing:
         lines += [
             "",
@@ -488,13 +496,32 @@ def _outputs_table(warm_rows: list[dict], choices: list[dict], runs: list[dict])
     return lines
 
 
-def _outputs_row(family: str, method: str, outputs: list[dict]) -> str:
-    """One row of `_outputs_table`: the mean of `output_statistics` over `outputs` (one per seed)."""
-    mean = {k: statistics.mean(o[k] for o in outputs) for k in outputs[0]}
-    return (
-        f"| {family} | {method} | {mean['words']:.1f} | {100 * mean['repeated_bigram']:.0f}% | "
-        f"{mean['reference_words']:.1f} |"
+def _outputs_row(family: str, method: str, outputs: list[dict], training: list[dict] | None = None) -> str:
+    """One row of `_outputs_table`: the mean of `output_statistics` over `outputs` (one per seed) and of the runs'
+    `training` diagnostics; a value some seed lacks is shown as a dash."""
+
+    def mean(rows: list[dict], key: str, form: str) -> str:
+        if not rows or any(key not in row for row in rows):
+            return "\u2013"
+        return form.format(statistics.mean(row[key] for row in rows))
+
+    words, reference = (
+        statistics.mean(o["words"] for o in outputs),
+        statistics.mean(o["reference_words"] for o in outputs),
     )
+    ratio = f"{words / reference:.2f}" if reference else "\u2013"
+    cells = [
+        family,
+        method,
+        f"{words:.1f}",
+        ratio,
+        mean(outputs, "eos_rate", "{:.0%}"),
+        mean(outputs, "repeated_bigram", "{:.0%}"),
+        mean(training or [], "oracle_agreement", "{:.2f}"),
+        mean(training or [], "oracle_score", "{:.3f}"),
+        f"{reference:.1f}",
+    ]
+    return "| " + " | ".join(cells) + " |"
 
 
 def _control_seeds(runs: list[dict]) -> dict[str, int]:

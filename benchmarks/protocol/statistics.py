@@ -79,22 +79,28 @@ def verdict(ci_low: float, ci_high: float) -> str:
     return "no difference"
 
 
-def output_statistics(predictions: list[str], references: list[str]) -> dict[str, float]:
+def output_statistics(
+    predictions: list[str], references: list[str], eos_reached: list[bool] | None = None
+) -> dict[str, float]:
     """The report's length and repetition of generated texts, from the task-independent per-example
     :func:`hf_seqobj.tasks.base.output_statistics` (bigrams).
 
     Returns:
         `{"words": mean words per prediction, "reference_words": mean words per reference, "repeated_bigram": share
-        of predictions that repeat a bigram}` (exact means, as the statistics module computes them).
+        of predictions that repeat a bigram}` (exact means, as the statistics module computes them), and with
+        `eos_reached` given `"eos_rate"`: the share of predictions whose generation ended with EOS.
 
     Raises:
         ValueError: no predictions, or not one reference per prediction.
     """
     if not predictions or len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions for {len(references)} references; need as many, at least 1.")
-    columns = task_output_statistics(predictions, references, n=2)
-    return {
+    columns = task_output_statistics(predictions, references, eos_reached, n=2)
+    result = {
         "words": statistics.mean(int(value) for value in columns["output_length"]),
         "reference_words": statistics.mean(int(value) for value in columns["reference_length"]),
         "repeated_bigram": statistics.mean(float(value) for value in columns["repeated_ngram"]),
     }
+    if eos_reached is not None:
+        result["eos_rate"] = statistics.mean(float(value) for value in columns["eos_reached"])
+    return result

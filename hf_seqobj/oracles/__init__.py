@@ -31,6 +31,7 @@ from hf_seqobj.oracles.span_f1 import (
     span_f1_oracle_batch,
     span_f1_score,
 )
+from hf_seqobj.oracles.units import UNIT_CHOICES, MetricUnitsOracle, rouge_units
 
 
 __all__ = [
@@ -38,10 +39,12 @@ __all__ = [
     "ORACLE_NAMES",
     "OUTPUT_KINDS",
     "STOP_RULES",
+    "UNIT_CHOICES",
     "BIOTagSet",
     "BeamOracle",
     "BeamSearchResult",
     "ExactRougeOracle",
+    "MetricUnitsOracle",
     "Oracle",
     "OracleSettings",
     "OracleSpec",
@@ -54,6 +57,7 @@ __all__ = [
     "oracle_names",
     "register_oracle",
     "register_sentence_metric",
+    "rouge_units",
     "sentence_metric_oracle",
     "span_f1_oracle",
     "span_f1_oracle_batch",

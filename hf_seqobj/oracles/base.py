@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import torch
 
 from hf_seqobj.oracles.align import check_stop
+from hf_seqobj.oracles.units import check_units
 
 
 if TYPE_CHECKING:
@@ -82,6 +83,8 @@ class OracleSettings:
             best reference tail).
         stop: The text oracles' stop rule, "reference_length" or "metric" (:mod:`hf_seqobj.oracles.align`).
         whole_words: The text oracles start no word piece that the aligned reference does not continue.
+        units: What the text oracles score, "metric" (the reported metric's units: rouge-score's words for the
+            ROUGE oracles) or "ids" (:mod:`hf_seqobj.oracles.units`).
         metric: The `evaluate` module of the `evaluate` oracle (hf_seqobj.metrics): a packaged name, a local path
             or a loaded `EvaluationModule`; None for the other oracles.
         metric_key: Which number of the module's result is the sentence score (None: its only number).
@@ -91,6 +94,7 @@ class OracleSettings:
     lookahead: int = field(default=0, metadata={"help": "Free tokens h before the aligned reference suffix."})
     stop: str = field(default="reference_length", metadata={"help": "'reference_length' or 'metric'."})
     whole_words: bool = field(default=True, metadata={"help": "No word piece the reference does not continue."})
+    units: str = field(default="metric", metadata={"help": "'metric' (the reported metric's units) or 'ids'."})
     metric: Any = field(
         default=None,
         metadata={"help": "An `evaluate` module (packaged name, local path or loaded module) the oracle scores with."},
@@ -105,6 +109,7 @@ class OracleSettings:
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} = {value!r}; accepted: an int >= {low}.")
         check_stop(self.stop)
+        check_units(self.units)
         if not isinstance(self.whole_words, bool):
             raise ValueError(f"whole_words = {self.whole_words!r}; accepted: True or False.")
         if self.metric_key is not None and not isinstance(self.metric_key, str):
@@ -257,6 +262,7 @@ def make_oracle(
     whole_words: bool = True,
     metric: Any = None,
     metric_key: str | None = None,
+    units: str = "metric",
 ) -> Oracle:
     """The oracle registered as `name`, for outputs tokenized by `tokenizer`.
 
@@ -273,6 +279,8 @@ def make_oracle(
         whole_words: The text oracles start no word piece that the aligned reference does not continue.
         metric: The `evaluate` module of the `evaluate` oracle (registered by :mod:`hf_seqobj.metrics`).
         metric_key: Which number of that module's result is the score.
+        units: What the text oracles score: "metric" (the ROUGE oracles: rouge-score's lowercased words, no
+            punctuation; BLEU: ids) or "ids" (:mod:`hf_seqobj.oracles.units`).
 
     Returns:
         An oracle: `oracle(prefix_ids [B, T], reference_ids [B, M]) -> labels [B, T]` and
@@ -289,6 +297,7 @@ def make_oracle(
         whole_words=whole_words,
         metric=metric,
         metric_key=metric_key,
+        units=units,
     )
     if tokenizer.eos_token_id is None:
         raise ValueError("The oracles need the tokenizer's EOS token; this tokenizer has none.")

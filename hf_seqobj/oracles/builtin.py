@@ -1,7 +1,8 @@
 """The registrations of the built-in oracles (:func:`hf_seqobj.oracles.register_oracle`), in the order docs list them.
 
 `span_f1` / `span_f1_partial` score BIO tag outputs (:class:`SpanF1Oracle`); `bleu` / `rouge2` search whole
-completions (:class:`BeamOracle`); `rouge1` / `rougeL` are exact (:class:`ExactRougeOracle`).
+completions (:class:`BeamOracle`); `rouge1` / `rougeL` are exact (:class:`ExactRougeOracle`). The ROUGE oracles score
+rouge-score's units by default (:class:`MetricUnitsOracle`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from hf_seqobj.oracles.base import OracleSettings, register_oracle
 from hf_seqobj.oracles.beam import BeamOracle
 from hf_seqobj.oracles.exact import ExactRougeOracle
 from hf_seqobj.oracles.span_f1 import BIOTagSet, SpanF1Oracle
+from hf_seqobj.oracles.units import MetricUnitsOracle, rouge_units
 
 
 if TYPE_CHECKING:
@@ -22,6 +24,9 @@ if TYPE_CHECKING:
 
 TEXT_SETTINGS = ("stop", "whole_words")
 """The settings every built-in text oracle reads."""
+
+ROUGE_SETTINGS = (*TEXT_SETTINGS, "units")
+"""The ROUGE oracles also read `units` (rouge-score's words or raw ids)."""
 
 
 def word_continuations(tokenizer: PreTrainedTokenizerBase, settings: OracleSettings) -> torch.Tensor | None:
@@ -48,21 +53,32 @@ def _span_f1(mode: str):
     return factory
 
 
+def in_metric_units(oracle: Any, metric: str, tokenizer: PreTrainedTokenizerBase, settings: OracleSettings) -> Any:
+    """`oracle` as it scores the reported metric's units: for ROUGE under `units="metric"`, wrapped in
+    :class:`MetricUnitsOracle` over rouge-score's words (:func:`rouge_units`); else `oracle` itself (BLEU: sacrebleu
+    scores case and punctuation, so ids are its units)."""
+    if settings.units == "metric" and metric.startswith("rouge"):
+        return MetricUnitsOracle(oracle, rouge_units(tokenizer))
+    return oracle
+
+
 def _beam(metric: str):
-    def factory(tokenizer: PreTrainedTokenizerBase, settings: OracleSettings) -> BeamOracle:
-        return BeamOracle(
+    def factory(tokenizer: PreTrainedTokenizerBase, settings: OracleSettings) -> BeamOracle | MetricUnitsOracle:
+        oracle = BeamOracle(
             metric,
             beam_size=settings.beam_size,
             lookahead=settings.lookahead,
             **text_oracle_arguments(tokenizer, settings),
         )
+        return in_metric_units(oracle, metric, tokenizer, settings)
 
     return factory
 
 
 def _exact(metric: str):
-    def factory(tokenizer: PreTrainedTokenizerBase, settings: OracleSettings) -> ExactRougeOracle:
-        return ExactRougeOracle(metric, **text_oracle_arguments(tokenizer, settings))
+    def factory(tokenizer: PreTrainedTokenizerBase, settings: OracleSettings) -> ExactRougeOracle | MetricUnitsOracle:
+        oracle = ExactRougeOracle(metric, **text_oracle_arguments(tokenizer, settings))
+        return in_metric_units(oracle, metric, tokenizer, settings)
 
     return factory
 
@@ -92,22 +108,22 @@ register_oracle(
     "rouge1",
     output="text",
     factory=_exact("rouge1"),
-    doc="exact oracle for the ROUGE-1 F-measure on token ids",
+    doc="exact oracle for the ROUGE-1 F-measure on rouge-score's words (lowercased, no punctuation) or token ids",
     exact=True,
-    settings=TEXT_SETTINGS,
+    settings=ROUGE_SETTINGS,
 )
 register_oracle(
     "rouge2",
     output="text",
     factory=_beam("rouge2"),
-    doc="beam search over whole completions for the ROUGE-2 F-measure on token ids",
-    settings=("beam_size", "lookahead", *TEXT_SETTINGS),
+    doc="beam search over whole completions for the ROUGE-2 F-measure on rouge-score's words or token ids",
+    settings=("beam_size", "lookahead", *ROUGE_SETTINGS),
 )
 register_oracle(
     "rougeL",
     output="text",
     factory=_exact("rougeL"),
-    doc="exact oracle for the ROUGE-L F-measure on token ids",
+    doc="exact oracle for the ROUGE-L F-measure on rouge-score's words (lowercased, no punctuation) or token ids",
     exact=True,
-    settings=TEXT_SETTINGS,
+    settings=ROUGE_SETTINGS,
 )

@@ -136,6 +136,11 @@ def output_summary(statistics: Statistics, weights: np.ndarray | None = None) ->
     return summary
 
 
+OUTPUT_DIAGNOSTICS = ("length_ratio", "eos_rate", "repeated_ngram_rate")
+"""The keys of :func:`output_summary` that every generating evaluation adds to the task's metrics: the output /
+reference length ratio (words), the share of outputs that reached EOS and the share that repeat a bigram."""
+
+
 @dataclass
 class DecodedOutputs:
     """What the last `compute_metrics` decoded: one prediction, reference and EOS flag per example, in order."""
@@ -457,7 +462,8 @@ class Task(abc.ABC):
         return {name: float(values[0]) for name, values in metrics.items()}
 
     def save_predictions(self, path: str | Path, sources: Sequence[str]) -> None:
-        """Writes what the last `compute_metrics` decoded as JSON lines `{"source", "prediction", "reference"}`.
+        """Writes what the last `compute_metrics` decoded as JSON lines `{"source", "prediction", "reference",
+        "eos_reached"}` (`eos_reached`: whether generation ended with EOS rather than at the length limit).
 
         Args:
             path: The file (`{split}_predictions.jsonl` beside `{split}_results.json`).
@@ -472,8 +478,9 @@ class Task(abc.ABC):
         if len(sources) != len(outputs.predictions):
             raise ValueError(f"{len(sources)} sources for {len(outputs.predictions)} decoded predictions.")
         with open(path, "w", encoding="utf-8") as stream:
-            for source, prediction, reference in zip(sources, outputs.predictions, outputs.references, strict=True):
-                row = {"source": source, "prediction": prediction, "reference": reference}
+            rows = zip(sources, outputs.predictions, outputs.references, outputs.eos_reached, strict=True)
+            for source, prediction, reference, eos_reached in rows:
+                row = {"source": source, "prediction": prediction, "reference": reference, "eos_reached": eos_reached}
                 stream.write(json.dumps(row, ensure_ascii=False) + "\n")
 
     # ----------------------------------------------------------------------------------------------------------
@@ -536,7 +543,9 @@ class Task(abc.ABC):
         """A `compute_metrics` for the Trainers with generation: decodes predictions and labels, then scores.
 
         The decoded texts are kept in :attr:`last_outputs` (see :meth:`save_predictions`), so that whoever called
-        `evaluate` or `predict` can read or save them without decoding again.
+        `evaluate` or `predict` can read or save them without decoding again. Beside the task's metrics it returns
+        the output diagnostics :data:`OUTPUT_DIAGNOSTICS` (`length_ratio`, `eos_rate`, `repeated_ngram_rate` of
+        :func:`output_summary`): a model that runs on, never stops or loops shows there first.
 
         With `evaluate_metric` set, the evaluate module also scores the decoded texts (lists of tags for a task
         whose outputs are BIO tags) and its numbers are added as `{module.name}_{key}`
@@ -562,6 +571,8 @@ class Task(abc.ABC):
             references = [self.decode(ids, tokenizer) for ids in _trim(eval_prediction.label_ids, tokenizer, None)]
             self.last_outputs = DecodedOutputs(predicted, references, eos_reached)
             scores = self.score(predicted, references)
+            summary = output_summary(output_statistics(predicted, references, eos_reached))
+            scores.update({name: float(summary[name][0]) for name in OUTPUT_DIAGNOSTICS})
             if module is not None:
                 as_tags = self.output_kind == "bio_tags"
                 inputs = [[text.split() for text in texts] if as_tags else texts for texts in (predicted, references)]

@@ -18,6 +18,7 @@ from hf_seqobj.objectives.base import Objective, register_objective, row_generat
 from hf_seqobj.objectives.dagger.relabeling import DAggerRelabeler
 from hf_seqobj.objectives.schedules import BETA_SCHEDULES, dagger_beta
 from hf_seqobj.oracles import ORACLE_NAMES, STOP_RULES, get_oracle, make_oracle
+from hf_seqobj.oracles.units import UNIT_CHOICES
 
 
 YANG2024 = """@article{yang2024dynamic,
@@ -81,6 +82,14 @@ class DAggerArguments:
         metadata={
             "help": "The BLEU / ROUGE oracles never label a word piece that continues a word unless the aligned "
             "reference continues with it there (byte-level BPE 'Ġ' / SentencePiece '▁' word starts)."
+        },
+    )
+    oracle_units: Literal[UNIT_CHOICES] = field(
+        default="metric",
+        metadata={
+            "help": f"What the text oracles score, one of {UNIT_CHOICES}: metric: the units of the metric the task "
+            "reports (ROUGE oracles: rouge-score's lowercased words, ids that decode to punctuation only left out; "
+            "BLEU: token ids, as sacrebleu scores case and punctuation); ids: every token id as it is."
         },
     )
     oracle_metric: str | None = field(
@@ -147,6 +156,8 @@ class DAggerArguments:
             raise ValueError(f"oracle_lookahead must be >= 0, got {self.oracle_lookahead}.")
         if self.oracle_stop not in STOP_RULES:
             raise ValueError(f"oracle_stop must be one of {STOP_RULES}, got {self.oracle_stop!r}.")
+        if self.oracle_units not in UNIT_CHOICES:
+            raise ValueError(f"oracle_units must be one of {UNIT_CHOICES}, got {self.oracle_units!r}.")
         if self.oracle == "evaluate" and self.oracle_metric is None:
             raise ValueError(
                 "oracle 'evaluate' needs oracle_metric: a packaged evaluate module name or a local module path."
@@ -212,6 +223,7 @@ class DAggerObjective(Objective):
             whole_words=args.oracle_whole_words,
             metric=args.oracle_metric,
             metric_key=args.oracle_metric_key,
+            units=args.oracle_units,
         )
         self.relabeler = DAggerRelabeler(
             self.oracle,
