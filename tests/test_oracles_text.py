@@ -347,6 +347,33 @@ def test_labels_never_start_a_word_piece_the_aligned_reference_does_not_continue
     assert continuation_labels > 0  # the aligned continuations are still asked for
 
 
+@pytest.mark.parametrize("metric", ["bleu", "rouge2", "rougeL", "rouge1"])
+def test_the_cap_finishes_a_word_the_prefix_has_begun(metric):
+    """At the reference length, a prefix that ends inside a reference word (one wrong word earlier made it long) gets
+    the word's next piece, then EOS once the word is whole; without word marks the cap says EOS at once."""
+    vocab, _ = _word_vocab("Ġ")
+    mask = continuation_mask(vocab)
+    haus, tuer, schluessel, mann, dot = (vocab[w] for w in ("ĠHaus", "tür", "schlüssel", "ĠMann", "."))
+    ref = [mann, haus, tuer, schluessel, dot]
+    prefix = [mann, vocab["ĠFrau"], mann, haus]  # as long as the reference up to "Haus": 4 of 5 tokens
+    prefix += [tuer]  # now 5: at the cap, inside the word "Haustürschlüssel"
+
+    def oracle(words: torch.Tensor | None):
+        if metric in ("rougeL", "rouge1"):
+            return ExactRougeOracle(metric, eos_token_id=EOS, continuation_ids=words)
+        return BeamOracle(metric, beam_size=5, lookahead=2, eos_token_id=EOS, continuation_ids=words)
+
+    with_words = oracle(mask)
+    labels = with_words(torch.tensor([prefix + [schluessel, dot, EOS]]), _pad([ref]))[0].tolist()
+    # the word is finished ("." without a mark continues it too, as byte-level BPE writes "party."), then EOS
+    assert labels[5:] == [schluessel, dot, EOS]
+    step = with_words.next_token(torch.tensor([prefix]), torch.tensor([5]), _pad([ref]))
+    assert step.tolist() == [schluessel]
+    wrong = prefix[:-1] + [vocab["spiel"]]  # a piece the reference does not have there: nothing to finish
+    assert with_words.next_token(torch.tensor([wrong]), torch.tensor([5]), _pad([ref])).tolist() == [EOS]
+    assert oracle(None).next_token(torch.tensor([prefix]), torch.tensor([5]), _pad([ref])).tolist() == [EOS]
+
+
 def test_continuation_mask_without_markers_is_empty():
     assert not continuation_mask({"a": 0, "b": 1, "</s>": 2}).any()
 

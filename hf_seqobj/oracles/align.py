@@ -21,6 +21,12 @@ Stop rule (`stop`)
   each appended missing reference word adds a unigram match.
 - "metric": the sentence metric alone decides when to stop (completions of any length).
 
+Under the cap a word is never cut: a prefix at or past the reference's length that ends inside a reference word
+(its last token is the reference token before the aligned position, and the aligned token continues a word) is
+labelled with the word's next piece instead of EOS (:func:`finish_word`); EOS follows once the word is whole.
+Measured on SAMSum validation summaries (byte-level BPE of 8000, 30% of the words replaced, oracles followed
+greedily from a random cut), 5-20% of the followed outputs ended inside a word without this rule.
+
 Whole words (`continuation_ids`)
 --------------------------------
 With a sub-word tokenizer, ids that continue a word (byte-level BPE pieces without the leading-space marker "Ġ",
@@ -44,6 +50,7 @@ __all__ = [
     "continuation_mask",
     "edit_distance_append",
     "edit_distance_rows",
+    "finish_word",
     "open_prefixes",
     "stop_tokens",
 ]
@@ -188,6 +195,49 @@ def aligned_position(ed: torch.Tensor, ref_len: torch.Tensor) -> torch.Tensor:
     limit = ref_len.view(ref_len.shape[0], *[1] * (ed.dim() - 1))
     masked = torch.where(idx <= limit, ed, torch.iinfo(ed.dtype).max)
     return (r1 - 1) - masked.flip(-1).argmin(-1)
+
+
+def last_tokens(prefix: torch.Tensor, prefix_lengths: torch.Tensor | None) -> torch.Tensor:
+    """The token before each labelled position: [B, T] (prefix[:, t - 1], -100 at t = 0) or, with
+    `prefix_lengths`, [B, 1] (prefix[b, length - 1], -100 for length 0)."""
+    padded = torch.nn.functional.pad(prefix, (1, 0), value=IGNORE_INDEX)
+    if prefix_lengths is None:
+        return padded[:, : prefix.shape[1]]
+    return padded.gather(1, prefix_lengths[:, None])
+
+
+def finish_word(
+    labels: torch.Tensor,
+    length: torch.Tensor,
+    aligned: torch.Tensor,
+    last: torch.Tensor,
+    ref: torch.Tensor,
+    ref_len: torch.Tensor,
+    continues: torch.Tensor,
+) -> torch.Tensor:
+    """Labels [B, M] under the cap with no word cut (module docs): where the prefix has at least the reference's
+    length, its last token `last` is ref[j - 1] and ref[j] continues a word (j the aligned position, j < R), the
+    label is ref[j].
+
+    Args:
+        labels: [B, M] the oracle's labels.
+        length: [B, M] the prefixes' lengths; aligned: [B, M] their aligned positions; last: [B, M] their last
+            tokens (-100 for empty prefixes).
+        ref: [B, R] reference tokens; ref_len: [B] their lengths; continues: [B, R] whether each continues a word.
+    """
+    r = ref.shape[1]
+    if r == 0:
+        return labels
+    at = aligned.clamp(max=r - 1)
+    before = ref.gather(1, (aligned - 1).clamp(min=0))
+    inside = (
+        (length >= ref_len[:, None])
+        & (aligned > 0)
+        & (aligned < ref_len[:, None])
+        & continues.gather(1, at)
+        & (before == last)
+    )
+    return torch.where(inside, ref.gather(1, at), labels)
 
 
 def continuation_mask(vocab: dict[str, int], size: int | None = None) -> torch.Tensor:

@@ -20,7 +20,9 @@ Whole outputs, aligned (:mod:`hf_seqobj.oracles.align`)
   found. With h = 0 (the default) only stopping and the reference tails are scored: SEARNN's best-suffix reference
   policy, exact over that space; the beam size matters from h = 2 on.
 - Stop rule "reference_length" (the default for BLEU): no completion makes the output longer than R tokens, and
-  once |p| >= R the label is EOS (for `__call__` and `next_token` alike). "metric": no cap.
+  once |p| >= R the label is EOS (for `__call__` and `next_token` alike), except that a word the prefix has begun
+  as the aligned reference has is finished first (with `continuation_ids`; :func:`~.align.finish_word`). "metric":
+  no cap.
 - Ties (scores within `TIE_TOLERANCE`, float rounding only) go to the aligned reference token y*[j(p)] (EOS once
   j(p) = R), then EOS, then the candidate nearest after j(p) in reference order.
 - With `continuation_ids`, a candidate that continues a word may only be the token y*[j] at the node's aligned
@@ -50,6 +52,8 @@ from hf_seqobj.oracles.align import (
     check_stop,
     edit_distance_append,
     edit_distance_rows,
+    finish_word,
+    last_tokens,
     open_prefixes,
     stop_tokens,
 )
@@ -316,7 +320,8 @@ class BeamOracle:
         if picked.numel() == 0:
             return torch.zeros(0, dtype=torch.long, device=prefix_ids.device)
         sub = _References(refs.scorer.select(picked), self.continuation_ids, refs.cap)
-        result = self._search(sub, state.map(lambda x: x[picked][:, None]), ed[picked][:, None], False)
+        last = last_tokens(prefix_ids.long()[picked], lengths.long()[picked])
+        result = self._search(sub, state.map(lambda x: x[picked][:, None]), ed[picked][:, None], False, last)
         return torch.where(open_prefix[picked], result.labels[:, 0], IGNORE_INDEX)
 
     def _references(self, reference_ids: torch.Tensor, device: torch.device) -> _References:
@@ -421,7 +426,7 @@ class BeamOracle:
             root = states.map(lambda x: x[rows, prefix_lengths][:, None])
             root_ed = eds[rows, prefix_lengths][:, None]
             labelled = open_prefix.gather(1, prefix_lengths[:, None])
-        result = self._search(refs, root, root_ed, return_completions)
+        result = self._search(refs, root, root_ed, return_completions, last_tokens(prefix, prefix_lengths))
         nan = torch.full_like(result.scores, float("nan"))
         completions = result.completions
         if completions is not None:
@@ -437,9 +442,10 @@ class BeamOracle:
         return out
 
     def _search(
-        self, refs: _References, root: MetricState, root_ed: torch.Tensor, completions: bool
+        self, refs: _References, root: MetricState, root_ed: torch.Tensor, completions: bool, last: torch.Tensor
     ) -> BeamSearchResult:
-        """Searches from the states `root` [B, M] with alignment rows `root_ed` [B, M, R + 1]."""
+        """Searches from the states `root` [B, M] with alignment rows `root_ed` [B, M, R + 1]; `last` [B, M]: the
+        prefixes' last tokens (for the cap's whole words)."""
         scorer, ref, ref_len = refs.scorer, refs.ref, refs.ref_len
         b, m = root.shape
         r = refs.r
@@ -485,7 +491,8 @@ class BeamOracle:
                     -1, slot, torch.where(better, tail_len[..., i : i + 1], track["len"].gather(-1, slot))
                 )
         if self.lookahead == 0:
-            return self._label(refs, best, aligned, room, track, gold_score)
+            result = self._label(refs, best, aligned, room, track, gold_score)
+            return self._whole_words(result, refs, length, aligned, last)
         # Depth 1: every candidate after the prefix.
         child, child_ed = refs.children(root, root_ed)  # [B, M, R]
         child_aligned = aligned_position(child_ed, ref_len)
@@ -547,7 +554,15 @@ class BeamOracle:
                 beam_aligned = kids_aligned[rows_i, cols_i, parent, slot]
                 token = refs.view(refs.cand_tok, 1).expand(b, m, r).gather(-1, slot)
                 history = torch.cat([history.gather(2, parent[..., None].expand_as(history)), token[..., None]], -1)
-        return self._label(refs, best, aligned, room, track, gold_score)
+        result = self._label(refs, best, aligned, room, track, gold_score)
+        return self._whole_words(result, refs, length, aligned, last)
+
+    def _whole_words(self, result: BeamSearchResult, refs: _References, length, aligned, last) -> BeamSearchResult:
+        """`result` with no word cut at the cap (:func:`~.align.finish_word`; with `continuation_ids` only)."""
+        if not refs.cap or self.continuation_ids is None:
+            return result
+        labels = finish_word(result.labels, length, aligned, last, refs.ref, refs.ref_len, refs.continues)
+        return result._replace(labels=labels)
 
     def _label(self, refs: _References, best, aligned, room, track, gold_score) -> BeamSearchResult:
         """The label: the best first token; ties -> the aligned reference token, then EOS, then reference order

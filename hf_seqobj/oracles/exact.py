@@ -25,8 +25,9 @@ Ties and whole words
 Among optimal labels: the aligned reference token r[j(p)] first (edit-distance alignment, as in the beam oracle),
 then EOS, then the candidate nearest after j(p) in reference order. With `continuation_ids` a word-continuing id
 is a label only where the aligned reference continues with it (ROUGE-L: the tails that start with such an id
-elsewhere are not considered; ROUGE-1: when only such ids are spare, the label is EOS). The exactness above holds
-without this rule.
+elsewhere are not considered; ROUGE-1: when only such ids are spare, the label is EOS), and under the cap a word
+the prefix has begun as the aligned reference has is finished before EOS (:func:`~.align.finish_word`). The
+exactness above holds without these rules.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ from hf_seqobj.oracles.align import (
     check_search_inputs,
     check_stop,
     edit_distance_rows,
+    finish_word,
+    last_tokens,
     open_prefixes,
 )
 from hf_seqobj.oracles.beam import TIE_TOLERANCE, BeamSearchResult
@@ -212,6 +215,8 @@ class ExactRougeOracle:
             completions = None
             if return_completions:
                 completions = self._spare_completions(spare, key, s, ref)
+        if room is not None and self.continuation_ids is not None:  # under the cap, no word is cut
+            labels = finish_word(labels, length, aligned, last_tokens(prefix, prefix_lengths), ref, ref_len, continues)
         nan = torch.full_like(best, float("nan"))
         out = BeamSearchResult(
             torch.where(labelled, labels, IGNORE_INDEX),
