@@ -8,10 +8,9 @@ For each reference a prefix is cut from a roll-in at a uniformly drawn word posi
 outputs, one JSON line with "prediction" per reference, e.g. a run's predictions_validation.jsonl) or, without it,
 from the reference with a share `--noise` of its words replaced by words of other references (drawn with a fixed
 seed). From that prefix each oracle setting (every stop rule x units) is followed greedily (`next_token`) to EOS or
-twice the reference's length; the outputs are decoded and scored by the task. Also scored: the prefixes finished
-with nothing (stop at once) and with the best reference tail is what `oracle_lookahead: 0` searches, so it is not
-repeated. The JSON has per setting the task's metrics, the output / reference length ratio (words) and the share of
-outputs that reached EOS.
+twice the reference's length; the outputs are decoded and scored by the task. Also scored: the prefixes as they
+are (stopping at once). The JSON has per setting the task's metrics, the output / reference length ratio (words),
+the share of outputs that repeat a bigram and the share that reached EOS.
 
 This is a measurement of the oracles, not a test (it runs in a minute or two on a CPU).
 """
@@ -118,7 +117,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     results = {
         "command": "python scripts/oracle_follow.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "commit": subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True).stdout.strip(),
+        "commit": subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
+        or None,
         "references": len(references),
         "rollins": args.rollins or f"references with {args.noise:.0%} of their words replaced",
         "settings": {},
