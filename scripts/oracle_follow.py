@@ -2,7 +2,8 @@
 score the finished outputs as the task does (rouge-score with stemming / sacrebleu, on decoded text).
 
     python scripts/oracle_follow.py --tokenizer DIR --data FILE.jsonl [--rollins predictions.jsonl] \\
-        [--task summarization] [--oracles rouge2,rougeL] [--noise 0.3] [--limit 818] [--out FILE.json]
+        [--task summarization] [--oracles rouge2,rougeL] [--stops ...] [--units ...] [--noise 0.3] [--limit N] \
+        [--out FILE.json]
 
 For each reference a prefix is cut from a roll-in at a uniformly drawn word position: from `--rollins` (a model's
 outputs, one JSON line with "prediction" per reference, e.g. a run's predictions_validation.jsonl) or, without it,
@@ -80,6 +81,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rollins", help="A model's outputs (jsonl with 'prediction'), one per reference.")
     parser.add_argument("--noise", type=float, default=0.3, help="Without --rollins: share of words replaced.")
     parser.add_argument("--oracles", default="rouge2,rougeL")
+    parser.add_argument("--stops", default=",".join(STOP_RULES), help="Stop rules to follow (comma-separated).")
+    parser.add_argument("--units", default=",".join(UNIT_CHOICES), help="Units to follow (comma-separated).")
     parser.add_argument("--limit", type=int, default=None, help="The first N references only.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="Write the JSON here.")
@@ -127,8 +130,8 @@ def main(argv: list[str] | None = None) -> dict:
     }
     results["settings"]["prefix alone (stop at once)"] = scored(prefixes, [True] * len(prefixes))
     for name in args.oracles.split(","):
-        for stop in STOP_RULES:
-            for units in UNIT_CHOICES:
+        for stop in args.stops.split(","):
+            for units in args.units.split(","):
                 oracle = make_oracle(name, tokenizer, stop=stop, units=units)
                 outputs, ended = follow(oracle, tokenizer, prefixes, refs)
                 key = f"{name} stop={stop} units={units}"

@@ -72,6 +72,7 @@ TASKS = {
         "metric": "f1",
         "metric_label": "span F1",
         "extra_metrics": ["precision", "recall", "partial_f1", "length_mismatch_rate"],
+        "output_statistics": True,  # tags per output / per sentence, EOS share (the T5 tagger runs on)
         "families": ["gpt2", "bart", "t5"],
         "sizes": {"gpt2": "mini", "bart": "mini", "t5": "mini"},
         "tokenizer": WORDLEVEL,
