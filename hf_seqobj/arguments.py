@@ -190,8 +190,8 @@ class DataArguments:
         default=False,
         metadata={
             "help": "Write the final validation evaluation's decoded texts to eval_predictions.jsonl beside "
-            "eval_results.json (one JSON object a line: source, prediction, reference), as test_predictions.jsonl "
-            "always holds the test split's."
+            "eval_results.json (one JSON object a line: source, prediction, reference, eos_reached), as "
+            "test_predictions.jsonl always holds the test split's."
         },
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training examples."})

@@ -239,4 +239,6 @@ def test_samsum_config_trains_a_few_steps(tmp_path):
         rows = [json.loads(line) for line in lines]
         expected = [json.loads(line) for line in (SHARED_DATA / "samsum" / f"{data}.jsonl").open(encoding="utf-8")][:8]
         assert [row["source"] for row in rows] == [record["dialogue"] for record in expected]
-        assert all(set(row) == {"source", "prediction", "reference"} and row["reference"] for row in rows)
+        assert all(
+            set(row) == {"source", "prediction", "reference", "eos_reached"} and row["reference"] for row in rows
+        )

@@ -272,6 +272,10 @@ class SentenceMetricOracle:
             gold_scores[at] = torch.tensor(found[2], dtype=torch.float64)
         return BeamSearchResult(labels.to(device), scores.to(device), gold_scores.to(device), None)
 
+    def _continues_word(self, token: int) -> bool:
+        """Whether `token` continues a word (False without word marks)."""
+        return 0 <= token < len(self._continues) and bool(self._continues[token])
+
     def _allowed(self, token: int, aligned: int, reference: list[int]) -> bool:
         """The word rule: a word-continuing id only where the aligned reference continues with it."""
         continues = 0 <= token < len(self._continues) and self._continues[token]
@@ -337,6 +341,9 @@ class SentenceMetricOracle:
             reference, top = references[row], best[q]
             if cap and col >= len(reference):
                 label = eos
+                p = prefixes[row][:col]
+                if 0 < j < len(reference) and p and p[-1] == reference[j - 1] and self._continues_word(reference[j]):
+                    label = reference[j]  # no word is cut at the cap (hf_seqobj.oracles.align.finish_word)
             else:
                 high = max(top.values())
                 optimal = {token for token, value in top.items() if value >= high - TIE_TOLERANCE}
@@ -352,7 +359,7 @@ class SentenceMetricOracle:
                         key=lambda token, row=row, j=j, span=span: (first_pos[row][token] - j) % span,
                     )
             labels.append(label)
-            chosen.append(top[label])
+            chosen.append(top[label if label in top else eos])
         return labels, chosen, [values[index] for index in gold]
 
     def _suffix(self, reference: list[int], start: int, length: int) -> list[int]:
