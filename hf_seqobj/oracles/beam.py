@@ -89,6 +89,30 @@ class BeamSearchResult(NamedTuple):
     completions: torch.Tensor | None = None
 
 
+class SearchLabels:
+    """`__call__` and `next_token` of an oracle whose `search(prefix_ids, reference_ids, prefix_lengths)` returns a
+    :class:`BeamSearchResult` (the exact ROUGE oracles, :class:`~hf_seqobj.oracles.units.MetricUnitsOracle`)."""
+
+    supports_rows = True
+    """:meth:`next_token` takes `rows`."""
+
+    def __call__(self, prefix_ids: torch.Tensor, reference_ids: torch.Tensor) -> torch.Tensor:
+        """[B, T] labels: at t the oracle's token after prefix_ids[b, :t]; -100 once the prefix holds EOS, -100 or
+        padding."""
+        return self.search(prefix_ids, reference_ids).labels
+
+    def next_token(
+        self,
+        prefix_ids: torch.Tensor,
+        prefix_lengths: torch.Tensor,
+        reference_ids: torch.Tensor,
+        rows: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """[B] (or [b] with `rows`): the label after prefix_ids[b, :prefix_lengths[b]]."""
+        labels = self.search(prefix_ids, reference_ids, prefix_lengths).labels
+        return labels if rows is None else labels[rows]
+
+
 def _top(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The k largest entries of x (scores in [0, 1] or -inf) along the last dim, best first, and their indices.
 

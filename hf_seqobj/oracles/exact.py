@@ -45,7 +45,7 @@ from hf_seqobj.oracles.align import (
     last_tokens,
     open_prefixes,
 )
-from hf_seqobj.oracles.beam import TIE_TOLERANCE, BeamSearchResult
+from hf_seqobj.oracles.beam import TIE_TOLERANCE, BeamSearchResult, SearchLabels
 from hf_seqobj.rewards import SentenceMetric
 
 
@@ -55,7 +55,7 @@ EXACT_METRICS = ("rougeL", "rouge1")
 """The metrics with an exact oracle here."""
 
 
-class ExactRougeOracle:
+class ExactRougeOracle(SearchLabels):
     """Exact dynamic oracle for ROUGE-L F or ROUGE-1 F on token ids (see the module docs).
 
     Args:
@@ -68,9 +68,6 @@ class ExactRougeOracle:
     Raises:
         ValueError: On an unknown metric or stop rule, or a special id that is not an int >= 0.
     """
-
-    supports_rows = True
-    """:meth:`next_token` takes `rows`."""
 
     def __init__(
         self,
@@ -95,22 +92,6 @@ class ExactRougeOracle:
             f"ExactRougeOracle(metric={self.metric!r}, eos_token_id={self.eos_token_id}, "
             f"pad_token_id={self.pad_token_id}, stop={self.stop!r})"
         )
-
-    def __call__(self, prefix_ids: torch.Tensor, reference_ids: torch.Tensor) -> torch.Tensor:
-        """[B, T] labels: at t the oracle's token after prefix_ids[b, :t]; -100 once the prefix holds EOS, -100 or
-        padding."""
-        return self.search(prefix_ids, reference_ids).labels
-
-    def next_token(
-        self,
-        prefix_ids: torch.Tensor,
-        prefix_lengths: torch.Tensor,
-        reference_ids: torch.Tensor,
-        rows: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """[B] (or [b] with `rows`): the label after prefix_ids[b, :prefix_lengths[b]]."""
-        labels = self.search(prefix_ids, reference_ids, prefix_lengths).labels
-        return labels if rows is None else labels[rows]
 
     def search(
         self,

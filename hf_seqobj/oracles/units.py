@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from hf_seqobj.constants import IGNORE_INDEX
 from hf_seqobj.oracles.align import check_search_inputs
-from hf_seqobj.oracles.beam import BeamSearchResult
+from hf_seqobj.oracles.beam import BeamSearchResult, SearchLabels
 
 
 if TYPE_CHECKING:
@@ -102,7 +102,7 @@ def _pack(ids: torch.Tensor, keep: torch.Tensor, width: int) -> torch.Tensor:
     return out[:, :width]
 
 
-class MetricUnitsOracle:
+class MetricUnitsOracle(SearchLabels):
     """A text oracle that scores the reported metric's units (see the module docs) instead of raw ids.
 
     Args:
@@ -113,9 +113,6 @@ class MetricUnitsOracle:
     Raises:
         ValueError: `oracle` has no `search`, or `units` is not a 1-D integer tensor.
     """
-
-    supports_rows = True
-    """:meth:`next_token` takes `rows`."""
 
     def __init__(self, oracle, units: torch.Tensor) -> None:
         if not callable(getattr(oracle, "search", None)):
@@ -128,22 +125,6 @@ class MetricUnitsOracle:
 
     def __repr__(self) -> str:
         return f"MetricUnitsOracle({self.oracle!r}, units over {self.units.numel()} ids)"
-
-    def __call__(self, prefix_ids: torch.Tensor, reference_ids: torch.Tensor) -> torch.Tensor:
-        """[B, T] labels: at t the oracle's token after prefix_ids[b, :t]; -100 once the prefix holds EOS, -100 or
-        padding."""
-        return self.search(prefix_ids, reference_ids).labels
-
-    def next_token(
-        self,
-        prefix_ids: torch.Tensor,
-        prefix_lengths: torch.Tensor,
-        reference_ids: torch.Tensor,
-        rows: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """[B] (or [b] with `rows`): the label after prefix_ids[b, :prefix_lengths[b]]."""
-        labels = self.search(prefix_ids, reference_ids, prefix_lengths).labels
-        return labels if rows is None else labels[rows]
 
     def search(
         self,
