@@ -231,6 +231,12 @@ CASES = [
         {"objective": "dagger", "oracle_units": "words"},
     ),
     Case(
+        "agreement_share_without_floor",
+        "setting",
+        r"rollin_fraction_schedule='agreement' takes rollin_fraction as its floor, got 1\.0",
+        {"objective": "dagger", "rollin_fraction_schedule": "agreement"},
+    ),
+    Case(
         "bad_objective_setting",
         "setting",
         r"dagger_beta must be in \[0, 1\], got 2\.0",

@@ -11,7 +11,7 @@ from transformers import DataCollatorForSeq2Seq
 
 from hf_seqobj.decoding.rollin import predicted_tokens
 from hf_seqobj.objectives.dagger import DAggerDataCollator, DAggerRelabeler
-from hf_seqobj.objectives.schedules import dagger_beta
+from hf_seqobj.objectives.schedules import dagger_beta, rollin_fraction
 from hf_seqobj.oracles import BIOTagSet, SpanF1Oracle, make_oracle, span_f1_oracle
 
 
@@ -84,6 +84,32 @@ def test_beta_schedules():
     assert dagger_beta(1000, 0.3, "constant") == 0.3
     with pytest.raises(ValueError, match="'cosine'"):
         dagger_beta(0, 0.5, "cosine")
+    assert dagger_beta(3, 0.5, "agreement", warmup_steps=5, agreement=0.1) == 1.0
+    assert dagger_beta(7, 0.2, "agreement") == 0.2, "before any agreement is measured: the floor"
+    assert dagger_beta(7, 0.2, "agreement", agreement=0.3) == pytest.approx(0.7)
+    assert dagger_beta(7, 0.2, "agreement", agreement=0.9) == 0.2
+    assert rollin_fraction(0.3, "constant", agreement=0.9) == 0.3
+    assert rollin_fraction(0.1, "agreement") == 0.1
+    assert rollin_fraction(0.1, "agreement", agreement=0.4) == 0.4
+    assert rollin_fraction(0.5, "agreement", agreement=0.4) == 0.5
+    with pytest.raises(ValueError, match="'cosine'"):
+        rollin_fraction(0.5, "cosine")
+
+
+def test_running_agreement_is_a_moving_average_over_whole_steps():
+    from hf_seqobj.objectives.dagger.objective import OracleAgreementCallback
+
+    running = OracleAgreementCallback(smoothing=0.5)
+    running.on_step_end(None, None, None)
+    assert running.value is None, "a step without counts (warm-up) leaves it unknown"
+    running.add(torch.tensor(1), torch.tensor(4))
+    running.add(torch.tensor(3), torch.tensor(4))  # two micro-batches of one step: 4 of 8
+    running.on_step_end(None, None, None)
+    assert running.value == 0.5
+    running.add(torch.tensor(9), torch.tensor(10))
+    running.on_step_end(None, None, None)
+    assert running.value == pytest.approx(0.5 * 0.5 + 0.5 * 0.9)
+    assert running.state()["attributes"] == {"value": running.value}
 
 
 def test_predicted_tokens_align_with_labels():
@@ -321,23 +347,40 @@ def test_rows_that_do_not_roll_in_are_teacher_forced_in_the_same_batch(arch, mak
     assert stats.rollin_length > 0
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "bart"])
-def test_rollin_fraction_with_accumulation_makes_the_update_of_one_big_batch(arch, make_trainer):
+AGREEMENT = dict(dagger_beta=0.1, dagger_beta_schedule="agreement", rollin_fraction_schedule="agreement")
+
+
+@pytest.mark.parametrize(
+    "arch, follow", [("gpt2", False), ("bart", False), ("gpt2", True)], ids=["gpt2", "bart", "gpt2-agreement"]
+)  # (the tiny BART's roll-ins agree with no span label in these steps: following would be the floor throughout)
+def test_rollin_fraction_with_accumulation_makes_the_update_of_one_big_batch(arch, follow, make_trainer):
     common = dict(
         dropout=False, objective="dagger", dagger_beta=0.0, max_steps=2, rollin="greedy", rollin_fraction=0.5
     )
+    if follow:  # the share follows the agreement counted over each whole accumulated step
+        common.update(rollin_fraction_schedule="agreement", rollin_fraction=0.2, max_steps=3, agreement_smoothing=0)
     big = make_trainer(arch, "big", per_device_train_batch_size=8, gradient_accumulation_steps=1, **common)
     small = make_trainer(arch, "small", per_device_train_batch_size=4, gradient_accumulation_steps=2, **common)
     big.train()
     small.train()
     fractions = [entry["rollin_fraction"] for entry in big.state.log_history if "rollin_fraction" in entry]
-    assert len(fractions) == 2 and all(0.0 < value < 1.0 for value in fractions), fractions
+    assert len(fractions) == common["max_steps"] and all(0.0 <= value <= 1.0 for value in fractions), fractions
+    if follow:
+        running = [
+            [entry.get("running_agreement") for entry in trainer.state.log_history if "loss" in entry]
+            for trainer in (big, small)
+        ]
+        assert running[0][0] is None and None not in running[0][1:] and max(running[0][1:]) > 0.2, running
+        assert running[0] == pytest.approx(running[1], abs=1e-6)
     for name, value in parameters(big.model).items():
         torch.testing.assert_close(parameters(small.model)[name], value, atol=2e-5, rtol=1e-4, msg=name)
 
 
-def test_rollin_fraction_resumes_exactly(make_trainer, tmp_path):
+@pytest.mark.parametrize("follow", [False, True], ids=["fixed", "agreement"])
+def test_rollin_fraction_resumes_exactly(follow, make_trainer, tmp_path):
     common = dict(dropout=False, objective="dagger", dagger_beta=0.5, max_steps=4, rollin_fraction=0.5)
+    if follow:  # the running agreement at the checkpoint is restored (without it steps 3-4 would use the floors)
+        common.update(AGREEMENT, rollin_fraction=0.2)
     full = make_trainer("bart", "full", **common)
     full.train()
     first = make_trainer("bart", "parts", save_strategy="steps", save_steps=2, **common)
@@ -346,14 +389,26 @@ def test_rollin_fraction_resumes_exactly(make_trainer, tmp_path):
     resumed.train(resume_from_checkpoint=str(tmp_path / "parts" / "checkpoint-2"))
     for name, value in parameters(full.model).items():
         torch.testing.assert_close(parameters(resumed.model)[name], value, atol=1e-6, rtol=0, msg=name)
+    if follow:  # beta = max(floor, 1 - the running agreement of the steps before)
+        logged = [entry for entry in full.state.log_history if "dagger_beta" in entry]
+        assert logged[0]["dagger_beta"] == 0.1 and "running_agreement" not in logged[0]
+        for entry in logged[1:]:
+            assert entry["dagger_beta"] == pytest.approx(max(0.1, 1 - entry["running_agreement"]), abs=1e-4)
+        assert any(entry["dagger_beta"] > 0.1 for entry in logged[1:]), logged
 
 
 def test_rollin_settings_are_checked(tmp_path):
     from hf_seqobj import SeqObjSeq2SeqTrainingArguments
 
-    for key, value, pattern in [("rollin_fraction", 0.0, "rollin_fraction"), ("rollin_fraction", 1.5, "1.5")]:
+    for settings, pattern in [
+        ({"rollin_fraction": 0.0}, "rollin_fraction"),
+        ({"rollin_fraction": 1.5}, "1.5"),
+        ({"rollin_fraction_schedule": "cosine"}, "'cosine'"),
+        ({"rollin_fraction_schedule": "agreement"}, "floor, got 1.0"),
+        ({"agreement_smoothing": 1.0}, "agreement_smoothing must be in"),
+    ]:
         with pytest.raises(ValueError, match=pattern):
-            SeqObjSeq2SeqTrainingArguments(output_dir=str(tmp_path), objective="dagger", **{key: value})
+            SeqObjSeq2SeqTrainingArguments(output_dir=str(tmp_path), objective="dagger", **settings)
     with pytest.raises(ValueError, match="rollin_static_cache"):
         SeqObjSeq2SeqTrainingArguments(output_dir=str(tmp_path), objective="dagger", rollin_compile=True)
 

@@ -15,8 +15,11 @@ SS_SCHEDULES = ("linear", "exponential", "inverse_sigmoid")
 SS_DEFAULT_K = {"linear": 1.0, "exponential": 0.9999, "inverse_sigmoid": 500.0}
 """The default k of each scheduled-sampling schedule (Texar's inverse sigmoid uses k = 500)."""
 
-BETA_SCHEDULES = ("constant", "linear", "exponential")
+BETA_SCHEDULES = ("constant", "linear", "exponential", "agreement")
 """DAgger's beta schedules after the teacher-forcing warm-up."""
+
+ROLLIN_FRACTION_SCHEDULES = ("constant", "agreement")
+"""How DAgger's share of rolled-in examples is set: fixed, or following the running oracle agreement."""
 
 
 def scheduled_sampling_eps(step: int, schedule: str, k: float, c: float = 0.0, eps_min: float = 0.0) -> float:
@@ -65,7 +68,13 @@ def check_scheduled_sampling(schedule: str, k: float, c: float, eps_min: float) 
 
 
 def dagger_beta(
-    step: int, beta: float, schedule: str, warmup_steps: int = 0, max_steps: int = 0, decay: float = 1.0
+    step: int,
+    beta: float,
+    schedule: str,
+    warmup_steps: int = 0,
+    max_steps: int = 0,
+    decay: float = 1.0,
+    agreement: float | None = None,
 ) -> float:
     """DAgger's probability of taking the oracle's token in the roll-in, at global step `step`.
 
@@ -74,6 +83,10 @@ def dagger_beta(
     - constant: `beta`
     - linear: `beta` decaying linearly to 0 at `max_steps`
     - exponential: `beta * decay ** (step - warmup_steps)`
+    - agreement: `max(beta, 1 - a)`, where a is the running oracle agreement of the steps before (the share of
+      labelled roll-in positions where the model's greedy token is the oracle's label); `beta` until a is known.
+      The further the model's roll-ins are from what the oracle teaches, the more of the expert's tokens they
+      keep; `beta` is the floor.
 
     Args:
         step: The global step.
@@ -82,6 +95,7 @@ def dagger_beta(
         warmup_steps: Steps of teacher forcing first.
         max_steps: The run's last step (the linear schedule reaches 0 there).
         decay: The factor per step of the exponential schedule.
+        agreement: The running oracle agreement in [0, 1] (agreement schedule), None before it is measured.
     """
     if step < warmup_steps:
         return 1.0
@@ -93,4 +107,26 @@ def dagger_beta(
         return beta * max(0.0, 1.0 - done / span)
     if schedule == "exponential":
         return beta * decay**done
+    if schedule == "agreement":
+        return beta if agreement is None else max(beta, 1.0 - agreement)
     raise ValueError(f"dagger_beta_schedule must be one of {BETA_SCHEDULES}, got {schedule!r}.")
+
+
+def rollin_fraction(fraction: float, schedule: str, agreement: float | None = None) -> float:
+    """DAgger's expected share of examples that roll in (the others are teacher-forced).
+
+    - constant: `fraction`
+    - agreement: `max(fraction, a)`, a the running oracle agreement of the steps before; `fraction` until a is
+      known. Rows roll in as often as the model's roll-ins already agree with the oracle, never less than
+      `fraction` (the floor, so that the agreement keeps being measured).
+
+    Args:
+        fraction: The fixed share, or the floor of the agreement schedule, in (0, 1].
+        schedule: One of `ROLLIN_FRACTION_SCHEDULES`.
+        agreement: The running oracle agreement in [0, 1], None before it is measured.
+    """
+    if schedule == "constant":
+        return fraction
+    if schedule == "agreement":
+        return fraction if agreement is None else max(fraction, agreement)
+    raise ValueError(f"rollin_fraction_schedule must be one of {ROLLIN_FRACTION_SCHEDULES}, got {schedule!r}.")

@@ -11,12 +11,14 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
 
 from hf_seqobj.constants import IGNORE_INDEX
 from hf_seqobj.decoding.rollin import RollinArguments, predicted_tokens
 from hf_seqobj.objectives.base import Objective, register_objective, row_generators
 from hf_seqobj.objectives.dagger.relabeling import DAggerRelabeler
-from hf_seqobj.objectives.schedules import BETA_SCHEDULES, dagger_beta
+from hf_seqobj.objectives.schedules import BETA_SCHEDULES, ROLLIN_FRACTION_SCHEDULES, dagger_beta, rollin_fraction
 from hf_seqobj.oracles import ORACLE_NAMES, STOP_RULES, get_oracle, make_oracle
 from hf_seqobj.oracles.units import UNIT_CHOICES
 
@@ -120,7 +122,8 @@ class DAggerArguments:
             "default: the expert's tokens stay in every roll-in, as DAgger aggregates the expert's states with the "
             "learner's; on Multi30k it beat decaying to 0 and rolling in half of each batch on validation, "
             "docs/dagger.md); linear reaches 0 at the last step; exponential multiplies by dagger_beta_decay each "
-            "step."
+            "step; agreement follows the model: max(dagger_beta, 1 - a), a the running oracle agreement "
+            "(agreement_smoothing), so roll-ins far from what the oracle teaches keep more of the expert's tokens."
         },
     )
     dagger_beta_decay: float = field(
@@ -143,7 +146,26 @@ class DAggerArguments:
             "help": "The expected fraction of examples that roll in, in (0, 1]; the others train by teacher forcing "
             "(gold inputs and labels) in the same forward pass. Each example rolls in with this probability, drawn "
             "from its own random stream (seed, global step, index in the global batch), so gradient accumulation, "
-            "several processes and resumed runs choose the same examples. Fewer roll-ins make a cheaper step."
+            "several processes and resumed runs choose the same examples. Fewer roll-ins make a cheaper step. "
+            "Under rollin_fraction_schedule=agreement: the floor of the share."
+        },
+    )
+    rollin_fraction_schedule: Literal[ROLLIN_FRACTION_SCHEDULES] = field(
+        default="constant",
+        metadata={
+            "help": f"How the share of rolled-in examples is set, one of {ROLLIN_FRACTION_SCHEDULES}: constant keeps "
+            "rollin_fraction; agreement follows the model: max(rollin_fraction, a), a the running oracle agreement "
+            "(agreement_smoothing), so examples roll in as often as the model's roll-ins agree with the oracle and "
+            "are teacher-forced otherwise. Needs rollin_fraction < 1 (the floor)."
+        },
+    )
+    agreement_smoothing: float = field(
+        default=0.9,
+        metadata={
+            "help": "With an agreement schedule: the running oracle agreement a is an exponential moving average "
+            "over optimizer steps, a <- s * a + (1 - s) * (the step's agreement), with s this value in [0, 1) "
+            "(0: the last step's agreement). The step's agreement is counted over the whole accumulated batch of "
+            "every process, and a is saved in checkpoints."
         },
     )
 
@@ -181,6 +203,74 @@ class DAggerArguments:
             raise ValueError(f"rollin_length_ratio must be >= 1, got {self.rollin_length_ratio}.")
         if not 0.0 < self.rollin_fraction <= 1.0:
             raise ValueError(f"rollin_fraction must be in (0, 1], got {self.rollin_fraction}.")
+        if self.rollin_fraction_schedule not in ROLLIN_FRACTION_SCHEDULES:
+            raise ValueError(
+                f"rollin_fraction_schedule must be one of {ROLLIN_FRACTION_SCHEDULES}, got "
+                f"{self.rollin_fraction_schedule!r}."
+            )
+        if self.rollin_fraction_schedule == "agreement" and self.rollin_fraction == 1.0:
+            raise ValueError(
+                "rollin_fraction_schedule='agreement' takes rollin_fraction as its floor, got 1.0 (every example "
+                "would always roll in); set rollin_fraction below 1, e.g. 0.1."
+            )
+        if not 0.0 <= self.agreement_smoothing < 1.0:
+            raise ValueError(f"agreement_smoothing must be in [0, 1), got {self.agreement_smoothing}.")
+
+    @property
+    def follows_agreement(self) -> bool:
+        """Whether beta or the roll-in share follows the running oracle agreement."""
+        return self.dagger_beta_schedule == "agreement" or self.rollin_fraction_schedule == "agreement"
+
+
+class OracleAgreementCallback(TrainerCallback, ExportableState):
+    """The running oracle agreement that DAgger's agreement schedules follow.
+
+    Each micro-batch adds its counts (:meth:`add`: labelled roll-in positions, and those where the model's greedy
+    token is the oracle's label); at the end of each optimizer step the counts of the whole accumulated batch,
+    summed over processes, give the step's agreement x, and the running value becomes a = x at the first step,
+    then a <- s * a + (1 - s) * x. So the value a step uses depends on the steps before it only, and not on how its
+    batch is split into micro-batches or processes. The value is exported into `trainer_state.json` at every
+    checkpoint (transformers' `ExportableState`) and read back on resume in `on_train_begin`.
+
+    Args:
+        smoothing: s in [0, 1).
+    """
+
+    def __init__(self, smoothing: float = 0.9):
+        if not 0.0 <= smoothing < 1.0:
+            raise ValueError(f"smoothing must be in [0, 1), got {smoothing}.")
+        self.smoothing = float(smoothing)
+        self.value: float | None = None
+        self.accelerator = None
+        self._counts: torch.Tensor | None = None
+
+    def add(self, hits: torch.Tensor, labelled: torch.Tensor) -> None:
+        """Adds one micro-batch's counts (scalar tensors) to the current step's."""
+        counts = torch.stack([hits.detach().double(), labelled.detach().double()])
+        self._counts = counts if self._counts is None else self._counts + counts.to(self._counts.device)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        counts = self._counts
+        self._counts = None
+        if counts is None:  # a warm-up step (every process is in warm-up alike)
+            return
+        if self.accelerator is not None and self.accelerator.num_processes > 1:
+            counts = self.accelerator.reduce(counts, reduction="sum")
+        hits, labelled = (float(value) for value in counts.tolist())
+        if labelled <= 0:
+            return
+        step = hits / labelled
+        self.value = step if self.value is None else self.smoothing * self.value + (1.0 - self.smoothing) * step
+
+    def state(self) -> dict:
+        return {"args": {"smoothing": self.smoothing}, "attributes": {"value": self.value}}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        saved = (state.stateful_callbacks or {}).get(type(self).__name__)
+        if isinstance(saved, list):
+            saved = saved[0] if saved else None
+        if saved:
+            self.value = saved.get("attributes", {}).get("value")
 
 
 @register_objective(
@@ -201,11 +291,16 @@ class DAggerObjective(Objective):
     Each row rolls in at most ceil(`rollin_length_ratio` x its gold length) tokens (EOS included; the ratio is 1
     by default: the gold length).
 
+    With `dagger_beta_schedule="agreement"` or `rollin_fraction_schedule="agreement"` beta / the roll-in share
+    follow the running oracle agreement (:class:`OracleAgreementCallback`, logged as `running_agreement`).
+
     Logged (train): `dagger_beta`, `rollin_length` (mean tokens up to the first EOS), `oracle_forced_fraction`,
     `oracle_agreement` (fraction of labelled positions where the model's greedy token equals the oracle's),
     `oracle_score` (BLEU / ROUGE oracles: the mean sentence score of the best whole completion the oracle found
     from the roll-in's prefixes, the best it could teach from there), and the shares of step time spent in
-    generation (`rollin_time_share`) and in the oracle (`oracle_time_share`).
+    generation (`rollin_time_share`) and in the oracle (`oracle_time_share`); with an agreement schedule,
+    `running_agreement` (what beta / the roll-in share followed at that step) and, with `rollin_fraction` < 1, the
+    share of examples that rolled in (`rollin_fraction`).
     """
 
     def __init__(self, trainer):
@@ -237,6 +332,18 @@ class DAggerObjective(Objective):
             compile=args.rollin_compile,
             length_ratio=args.rollin_length_ratio,
         )
+        self.agreement = OracleAgreementCallback(args.agreement_smoothing) if args.follows_agreement else None
+        if self.agreement is not None:
+            self.agreement.accelerator = trainer.accelerator
+
+    def callbacks(self) -> list[TrainerCallback]:
+        """The base callbacks, and the running agreement's when a schedule follows it."""
+        return super().callbacks() + ([self.agreement] if self.agreement is not None else [])
+
+    def running_agreement(self) -> float | None:
+        """The running oracle agreement of the steps so far (None before the first, or without an agreement
+        schedule)."""
+        return None if self.agreement is None else self.agreement.value
 
     def beta(self) -> float:
         """Beta at the current global step (1 during the warm-up)."""
@@ -248,7 +355,13 @@ class DAggerObjective(Objective):
             args.dagger_warmup_steps,
             state.max_steps,
             args.dagger_beta_decay,
+            agreement=self.running_agreement(),
         )
+
+    def rollin_fraction(self) -> float:
+        """The expected share of examples that roll in at this step."""
+        args = self.trainer.args
+        return rollin_fraction(args.rollin_fraction, args.rollin_fraction_schedule, self.running_agreement())
 
     def training_loss(self, model, inputs, num_items_in_batch):
         trainer = self.trainer
@@ -261,11 +374,12 @@ class DAggerObjective(Objective):
         local_rows = inputs["input_ids"].shape[0]
         processes = trainer.accelerator.num_processes
         rollin_rows = None
-        if trainer.args.rollin_fraction < 1.0:  # each example's own draw, the same in any batch split
+        fraction = self.rollin_fraction()
+        if fraction < 1.0:  # each example's own draw, the same in any batch split
             draws = torch.cat(
                 [torch.rand(1, generator=g, dtype=torch.float64) for g in row_generators(self, local_rows)]
             )
-            rollin_rows = (draws < trainer.args.rollin_fraction).to(device)
+            rollin_rows = (draws < fraction).to(device)
             self.record_metric("rollin_fraction", rollin_rows.float().mean())
         batch, stats = self.relabeler(
             model,
@@ -288,6 +402,10 @@ class DAggerObjective(Objective):
         if rollin_rows is not None:  # the agreement of the roll-in rows only
             labelled &= rollin_rows[:, None]
         agreement = (predicted == labels)[labelled].float().mean() if labelled.any() else 1.0
+        if self.agreement is not None:
+            self.agreement.add(((predicted == labels) & labelled).sum(), labelled.sum())
+            if self.agreement.value is not None:
+                self.record_metric("running_agreement", self.agreement.value)
         self.record_metric("dagger_beta", beta)
         self.record_metric("rollin_length", stats.rollin_length)
         self.record_metric("oracle_forced_fraction", stats.forced_fraction)
