@@ -571,3 +571,19 @@ def test_a_report_keeps_the_methods_a_sitting_did_not_rerun_only_where_their_dif
         assert reporting._carried_methods({**collected, **changed}, earlier, {"bart"}, continuation) == set()
     assert reporting._carried_methods(collected, earlier, {"bart"}, {**continuation, "steps": 200}) == set()
     assert "not carried into the report: bart raml" in capsys.readouterr().out
+
+
+def test_grid_point_names_show_every_schedule_that_is_not_implied():
+    from benchmarks.protocol.protocol import point_name
+
+    assert point_name({}) == "default"
+    assert point_name({"dagger_beta": 0.0, "dagger_beta_schedule": "constant"}) == "dagger_beta=0.0"
+    assert point_name({"dagger_beta": 0.5, "dagger_beta_schedule": "linear"}) == "dagger_beta=0.5"
+    names = {
+        point_name({"dagger_beta": 0.5, "dagger_beta_schedule": schedule})
+        for schedule in ("constant", "linear", "exponential", "agreement")
+    }
+    assert len(names) == 4, names
+    assert point_name({"dagger_beta": 0.5, "dagger_beta_schedule": "agreement"}) == (
+        "dagger_beta=0.5,dagger_beta_schedule=agreement"
+    )

@@ -111,6 +111,19 @@ def test_running_agreement_is_a_moving_average_over_whole_steps():
     assert running.value == pytest.approx(0.5 * 0.5 + 0.5 * 0.9)
     assert running.state()["attributes"] == {"value": running.value}
 
+    class TwoProcesses:  # the other process counted 0 of 8 at this step
+        num_processes = 2
+
+        def reduce(self, tensor, reduction):
+            assert reduction == "sum"
+            return tensor + torch.tensor([0.0, 8.0], dtype=tensor.dtype)
+
+    across = OracleAgreementCallback(smoothing=0.0)
+    across.accelerator = TwoProcesses()
+    across.add(torch.tensor(8), torch.tensor(8))
+    across.on_step_end(None, None, None)
+    assert across.value == 0.5, "the step's agreement is counted over every process"
+
 
 def test_predicted_tokens_align_with_labels():
     logits = torch.randn(2, 5, 7)

@@ -47,11 +47,8 @@ def resolve(settings: dict, steps: int) -> dict:
 def point_name(point: dict) -> str:
     """A grid point as a short, path-safe name: `dagger_beta=0.5,rollin=sample`; `default` for no overrides."""
     # the schedule is shown only where it is not implied (beta 0 is constant, beta > 0 decays linearly by default)
-    shown = {
-        k: v
-        for k, v in point.items()
-        if k != "dagger_beta_schedule" or (v == "constant" and point.get("dagger_beta", 0) > 0)
-    }
+    implied = "linear" if point.get("dagger_beta", 0) > 0 else "constant"
+    shown = {k: v for k, v in point.items() if k != "dagger_beta_schedule" or v != implied}
     return ",".join(f"{k}={v}" for k, v in shown.items()) or "default"
 
 
