@@ -587,3 +587,15 @@ def test_grid_point_names_show_every_schedule_that_is_not_implied():
     assert point_name({"dagger_beta": 0.5, "dagger_beta_schedule": "agreement"}) == (
         "dagger_beta=0.5,dagger_beta_schedule=agreement"
     )
+
+
+def test_no_step_time_ratio_is_cited_for_mixing_that_follows_the_agreement():
+    from benchmarks.protocol.report import speed_ratio
+
+    fixed = {"dagger_beta": 0.5, "dagger_beta_schedule": "constant"}
+    assert speed_ratio("summarization", "dagger_rouge2", fixed) > 1.0
+    for following in (
+        {"rollin_fraction_schedule": "agreement", "rollin_fraction": 0.1},
+        {"dagger_beta_schedule": "agreement"},
+    ):
+        assert speed_ratio("summarization", "dagger_rouge2", {**fixed, **following}) is None

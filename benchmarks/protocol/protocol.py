@@ -83,10 +83,18 @@ def _file_digest(path: str) -> str:
     return digest.hexdigest()[:12]
 
 
-TRAINING_DIAGNOSTICS = ("oracle_agreement", "oracle_score", "rollin_length", "dagger_beta")
+TRAINING_DIAGNOSTICS = (
+    "oracle_agreement",
+    "oracle_score",
+    "rollin_length",
+    "dagger_beta",
+    "rollin_fraction",
+    "running_agreement",
+)
 """The training logs a continuation's row keeps the mean of (where its objective logs them): DAgger's agreement of
 the model's greedy tokens with the oracle's labels, the score of the best whole completion the oracle found from the
-roll-ins (the best it could teach from there), the roll-ins' length and beta."""
+roll-ins (the best it could teach from there), the roll-ins' length, beta, the share of examples rolled in (where
+`rollin_fraction` < 1) and the running agreement that an agreement schedule follows."""
 
 
 def _curve_point(entry: dict, metric: str) -> dict:

@@ -268,7 +268,12 @@ def _carried_methods(collected: dict, earlier: dict, present: set[str], continua
 
 
 def speed_ratio(task_name: str, method: str, settings: dict) -> float | None:
-    """The step-time ratio to teacher forcing from speed_cpu.json (tiny models, 2 cores) where speed.md measured it."""
+    """The step-time ratio to teacher forcing from speed_cpu.json (tiny models, 2 cores) where speed.md measured it.
+
+    None for DAgger under an agreement schedule: its share of roll-ins or beta changes with the model, and no
+    speed.md row measured that."""
+    if "agreement" in (settings.get("dagger_beta_schedule"), settings.get("rollin_fraction_schedule")):
+        return None
     beta = settings.get("dagger_beta")
     name = (
         SPEED_ROWS.get((task_name, method, beta, settings.get("rollin_fraction")))
