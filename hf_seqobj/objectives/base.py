@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
 
 from hf_seqobj.decoding.models import unwrap_model
 from hf_seqobj.objectives.losses import token_nll
@@ -337,6 +338,21 @@ class ObjectiveStateCallback(TrainerCallback):
         from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
         self.objective.save_state(os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"))
+
+
+class ExportedStateCallback(TrainerCallback, ExportableState):
+    """A callback whose state goes into `trainer_state.json` at every checkpoint (transformers' `ExportableState`:
+    subclasses implement `state()`, with the attributes to keep under `"attributes"`) and is read back on resume in
+    `on_train_begin` (whether or not `restore_callback_states_from_checkpoint` is set): each saved attribute is set
+    again (lists as lists)."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        saved = (state.stateful_callbacks or {}).get(type(self).__name__)
+        if isinstance(saved, list):
+            saved = saved[0] if saved else None
+        if saved:
+            for name, value in saved.get("attributes", {}).items():
+                setattr(self, name, list(value) if isinstance(value, list) else value)
 
 
 def language_model_kind(model: torch.nn.Module) -> str | None:

@@ -12,11 +12,10 @@ from typing import Literal
 
 import torch
 from transformers import TrainerCallback
-from transformers.trainer_callback import ExportableState
 
 from hf_seqobj.constants import IGNORE_INDEX
 from hf_seqobj.decoding.rollin import RollinArguments, predicted_tokens
-from hf_seqobj.objectives.base import Objective, register_objective, row_generators
+from hf_seqobj.objectives.base import ExportedStateCallback, Objective, register_objective, row_generators
 from hf_seqobj.objectives.dagger.relabeling import DAggerRelabeler
 from hf_seqobj.objectives.schedules import BETA_SCHEDULES, ROLLIN_FRACTION_SCHEDULES, dagger_beta, rollin_fraction
 from hf_seqobj.oracles import ORACLE_NAMES, STOP_RULES, get_oracle, make_oracle
@@ -222,7 +221,7 @@ class DAggerArguments:
         return self.dagger_beta_schedule == "agreement" or self.rollin_fraction_schedule == "agreement"
 
 
-class OracleAgreementCallback(TrainerCallback, ExportableState):
+class OracleAgreementCallback(ExportedStateCallback):
     """The running oracle agreement that DAgger's agreement schedules follow.
 
     Each micro-batch adds its counts (:meth:`add`: labelled roll-in positions, and those where the model's greedy
@@ -264,13 +263,6 @@ class OracleAgreementCallback(TrainerCallback, ExportableState):
 
     def state(self) -> dict:
         return {"args": {"smoothing": self.smoothing}, "attributes": {"value": self.value}}
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        saved = (state.stateful_callbacks or {}).get(type(self).__name__)
-        if isinstance(saved, list):
-            saved = saved[0] if saved else None
-        if saved:
-            self.value = saved.get("attributes", {}).get("value")
 
 
 @register_objective(

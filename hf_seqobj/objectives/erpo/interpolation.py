@@ -15,10 +15,9 @@ from typing import Literal
 
 import torch
 from transformers import TrainerCallback
-from transformers.trainer_callback import ExportableState
 
 from hf_seqobj.decoding.rollin import RollinArguments
-from hf_seqobj.objectives.base import Objective, register_objective
+from hf_seqobj.objectives.base import ExportedStateCallback, Objective, register_objective
 from hf_seqobj.objectives.erpo.common import (
     TAN2018,
     RewardGains,
@@ -124,7 +123,7 @@ class InterpolationArguments:
         return name if name.startswith("eval_") else f"eval_{name}"
 
 
-class InterpolationAnnealingCallback(TrainerCallback, ExportableState):
+class InterpolationAnnealingCallback(ExportedStateCallback):
     """Anneals the interpolation weights lambda = (self, gold, reward) on evaluation plateaus (Texar's schedule).
 
     On every evaluation that reports `metric_key`: if the value is worse than the value of the previous evaluation
@@ -186,14 +185,6 @@ class InterpolationAnnealingCallback(TrainerCallback, ExportableState):
                 "moves": list(self.moves),
             },
         }
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        saved = (state.stateful_callbacks or {}).get(type(self).__name__)
-        if isinstance(saved, list):
-            saved = saved[0] if saved else None
-        if saved:
-            for name, value in saved.get("attributes", {}).items():
-                setattr(self, name, list(value) if isinstance(value, list) else value)
 
     def move(self) -> str:
         """Makes one annealing move; returns its kind ("reward", "self" or "none" when gold has no weight left)."""
