@@ -179,9 +179,13 @@ def _generation_length(arch: str, length: int) -> dict:
     return {"generation_max_new_tokens": length} if arch == "gpt2" else {"generation_max_length": length}
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
-def test_gradient_accumulation_makes_the_same_update_as_one_big_batch(arch, make_trainer):
-    common = dict(dropout=False, objective="dagger", dagger_beta=0.0, max_steps=2, rollin="greedy")
+@pytest.mark.parametrize(
+    "arch, beta", [*((arch, 0.0) for arch in ARCHITECTURES), ("bart", 0.5), ("gpt2", 0.5)]
+)  # beta > 0: a row's mixing draws are its own, whichever micro-batch it falls in
+def test_gradient_accumulation_makes_the_same_update_as_one_big_batch(arch, beta, make_trainer):
+    common = dict(dropout=False, objective="dagger", dagger_beta=beta, max_steps=2, rollin="greedy")
+    if beta:
+        common["dagger_beta_schedule"] = "constant"
     big = make_trainer(arch, "big", per_device_train_batch_size=8, gradient_accumulation_steps=1, **common)
     small = make_trainer(arch, "small", per_device_train_batch_size=4, gradient_accumulation_steps=2, **common)
     initial = parameters(big.model)
@@ -189,6 +193,10 @@ def test_gradient_accumulation_makes_the_same_update_as_one_big_batch(arch, make
     small.train()
     moved = max((value - initial[name]).abs().max().item() for name, value in parameters(big.model).items())
     assert moved > 1e-4
+    if beta:  # the oracle's tokens were mixed in
+        for trainer in (big, small):
+            forced = [entry["oracle_forced_fraction"] for entry in trainer.state.log_history if "loss" in entry]
+            assert len(forced) == 2 and min(forced) > 0, forced
     for name, value in parameters(big.model).items():
         torch.testing.assert_close(parameters(small.model)[name], value, atol=2e-5, rtol=1e-4, msg=name)
 

@@ -180,15 +180,43 @@ class Objective(abc.ABC):
             self._metrics["train"][f"{part}_time_share"].append(spent / max(seconds, 1e-12))
         self._step_seconds.clear()
 
-    def step_generator(self, device: torch.device) -> torch.Generator:
+    def step_generator(self, device: torch.device, per_micro_step: bool = True) -> torch.Generator:
         """A generator for this micro-batch's random draws, the same on every rank (seed, global step, micro-batch).
 
         Every process draws the same numbers, so a branch that depends on them is taken by all ranks alike, and a
         resumed run draws what the uninterrupted run drew.
+
+        Args:
+            device: Where the generator lives.
+            per_micro_step: Seed with the micro-batch's index too (each micro-batch draws its own numbers). False:
+                every micro-batch of the optimizer step draws the same stream, of which it uses its own slice
+                (:meth:`global_rows`), so that the draws do not depend on how the step is split.
         """
         args, state = self.trainer.args, self.trainer.state
-        seed = (int(args.seed) * 1_000_003 + int(state.global_step)) * 1009 + self.micro_step
+        micro_step = self.micro_step if per_micro_step else 0
+        seed = (int(args.seed) * 1_000_003 + int(state.global_step)) * 1009 + micro_step
         return torch.Generator(device=device).manual_seed(seed % (2**63))
+
+    def global_rows(self, rows: int, micro_step: int | None = None) -> tuple[int, int]:
+        """`(offset, total)`: where the local micro-batch of `rows` rows starts in the one big batch that the
+        accumulated micro-batches of all processes make up, and that batch's rows.
+
+        The offset is `(micro_step * processes + process_index) * block`, with `block` the per-process batch size
+        (`args.train_batch_size`; accelerate gives process p the p-th slice of each global micro-batch).
+
+        Args:
+            rows: Rows of the local micro-batch.
+            micro_step: The micro-batch's index within the optimizer step; default :attr:`micro_step` (the one
+                being trained).
+        """
+        trainer = self.trainer
+        accelerator = getattr(trainer, "accelerator", None)
+        processes = getattr(accelerator, "num_processes", 1)
+        process_index = getattr(accelerator, "process_index", 0)
+        block = max(int(trainer.args.train_batch_size), rows)
+        micro_step = self.micro_step if micro_step is None else micro_step
+        accumulation = max(int(trainer.args.gradient_accumulation_steps), micro_step + 1)
+        return (micro_step * processes + process_index) * block, accumulation * processes * block
 
     @classmethod
     def prepare_model(cls, model: torch.nn.Module, tokenizer: Any) -> None:
@@ -407,10 +435,9 @@ def row_seed(seed: int, global_step: int, row: int) -> int:
 def row_generators(objective: Objective, rows: int, micro_step: int | None = None) -> list[torch.Generator]:
     """One CPU generator per row of the current micro-batch, keyed by where the row sits in the global batch.
 
-    The index of local row r is `(micro_step * processes + process_index) * block + r`, with `block` the
-    per-process batch size (`args.train_batch_size`): the index it has in the one big batch that the accumulated
-    micro-batches of all processes make up (accelerate gives process p the p-th slice of each global micro-batch).
-    The generators live on the CPU, so that every device draws the same numbers.
+    Row r of the local micro-batch has the index `offset + r` that it has in the one big batch that the accumulated
+    micro-batches of all processes make up (:meth:`Objective.global_rows`). The generators live on the CPU, so that
+    every device draws the same numbers.
 
     Args:
         objective: The objective (its trainer gives the seed, the global step and the process layout; its
@@ -419,14 +446,8 @@ def row_generators(objective: Objective, rows: int, micro_step: int | None = Non
         micro_step: The micro-batch's index within the optimizer step; default `objective.micro_step` (the one
             being trained).
     """
-    trainer = objective.trainer
-    args, state = trainer.args, trainer.state
-    accelerator = getattr(trainer, "accelerator", None)
-    processes = getattr(accelerator, "num_processes", 1)
-    process_index = getattr(accelerator, "process_index", 0)
-    block = max(int(args.train_batch_size), rows)
-    micro_step = objective.micro_step if micro_step is None else micro_step
-    first = (micro_step * processes + process_index) * block
+    args, state = objective.trainer.args, objective.trainer.state
+    first, _ = objective.global_rows(rows, micro_step)
     return [torch.Generator().manual_seed(row_seed(args.seed, state.global_step, first + row)) for row in range(rows)]
 
 

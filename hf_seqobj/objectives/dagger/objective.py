@@ -364,7 +364,6 @@ class DAggerObjective(Objective):
         beta = self.beta()
         device = inputs["input_ids"].device
         local_rows = inputs["input_ids"].shape[0]
-        processes = trainer.accelerator.num_processes
         rollin_rows = None
         fraction = self.rollin_fraction()
         if fraction < 1.0:  # each example's own draw, the same in any batch split
@@ -373,15 +372,16 @@ class DAggerObjective(Objective):
             )
             rollin_rows = (draws < fraction).to(device)
             self.record_metric("rollin_fraction", rollin_rows.float().mean())
+        row_offset, global_rows = self.global_rows(local_rows)
         batch, stats = self.relabeler(
             model,
             inputs,
             beta=beta,
-            generator=self.step_generator(device),
-            accelerator=trainer.accelerator,
+            generator=self.step_generator(device, per_micro_step=False),  # one stream per optimizer step, so
+            accelerator=trainer.accelerator,  # a row's mixing draws do not depend on the batch split
             checkpointing_kwargs=trainer.args.gradient_checkpointing_kwargs,
-            row_offset=trainer.accelerator.process_index * local_rows,
-            global_rows=processes * local_rows,
+            row_offset=row_offset,
+            global_rows=global_rows,
             rollin_rows=rollin_rows,
         )
         self._step_seconds["rollin"] += stats.seconds["rollin"]
