@@ -180,7 +180,7 @@ def _generation_length(arch: str, length: int) -> dict:
 
 
 @pytest.mark.parametrize(
-    "arch, beta", [*((arch, 0.0) for arch in ARCHITECTURES), ("bart", 0.5), ("gpt2", 0.5)]
+    "arch, beta", [*((arch, 0.0) for arch in ARCHITECTURES), *((arch, 0.5) for arch in ARCHITECTURES)]
 )  # beta > 0: a row's mixing draws are its own, whichever micro-batch it falls in
 def test_gradient_accumulation_makes_the_same_update_as_one_big_batch(arch, beta, make_trainer):
     common = dict(dropout=False, objective="dagger", dagger_beta=beta, max_steps=2, rollin="greedy")
@@ -372,7 +372,9 @@ AGREEMENT = dict(dagger_beta=0.1, dagger_beta_schedule="agreement", rollin_fract
 
 
 @pytest.mark.parametrize(
-    "arch, follow", [("gpt2", False), ("bart", False), ("gpt2", True)], ids=["gpt2", "bart", "gpt2-agreement"]
+    "arch, follow",
+    [("gpt2", False), ("bart", False), ("t5", False), ("gpt2", True), ("t5", True)],
+    ids=["gpt2", "bart", "t5", "gpt2-agreement", "t5-agreement"],
 )  # (the tiny BART's roll-ins agree with no span label in these steps: following would be the floor throughout)
 def test_rollin_fraction_with_accumulation_makes_the_update_of_one_big_batch(arch, follow, make_trainer):
     common = dict(
