@@ -34,6 +34,23 @@ def test_mixing_replaces_only_replaceable_tokens_at_rate_one_minus_eps():
     assert abs(rate - 0.3) < 0.01
 
 
+def test_per_row_mixing_draws_do_not_depend_on_padding_or_other_rows():
+    gold = torch.zeros(3, 12, dtype=torch.long)
+    predictions = torch.ones_like(gold)
+    replaceable = torch.zeros_like(gold, dtype=torch.bool)
+    replaceable[:, 2:9] = True
+
+    def rows(seeds):
+        return [torch.Generator().manual_seed(seed) for seed in seeds]
+
+    _, replaced = mix_tokens(gold, predictions, replaceable, eps=0.5, generator=rows([1, 2, 3]))
+    _, alone = mix_tokens(gold[1:2, :10], predictions[1:2, :10], replaceable[1:2, :10], 0.5, generator=rows([2]))
+    assert 0 < int(replaced.sum()) < int(replaceable.sum())
+    assert torch.equal(alone[0], replaced[1, :10]) and not replaced[:, 9:].any()
+    with pytest.raises(ValueError, match="2 generators for 3 rows"):
+        mix_tokens(gold, predictions, replaceable, eps=0.5, generator=rows([1, 2]))
+
+
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_eps_one_is_teacher_forcing(arch, make_trainer):
     settings = dict(dropout=False, max_steps=2)
@@ -82,13 +99,18 @@ def test_second_pass_sees_the_model_predictions_and_gold_targets(arch, make_trai
     assert "labels" not in second
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
-def test_gradient_accumulation_makes_the_same_update_as_one_big_batch(arch, make_trainer):
-    common = dict(dropout=False, objective="scheduled_sampling", ss_schedule="linear", ss_k=0.0, max_steps=2)
+@pytest.mark.parametrize("arch, eps", [(arch, eps) for eps in (0.0, 0.5) for arch in ARCHITECTURES])
+def test_gradient_accumulation_makes_the_same_update_as_one_big_batch(arch, eps, make_trainer):
+    """eps 0.5: each example's mixing draws are its own, whichever micro-batch it falls in."""
+    schedule = dict(ss_schedule="linear", ss_k=eps, ss_c=0.0, ss_eps_min=0.0)
+    common = dict(dropout=False, objective="scheduled_sampling", max_steps=2, **schedule)
     big = make_trainer(arch, "big", per_device_train_batch_size=8, gradient_accumulation_steps=1, **common)
     small = make_trainer(arch, "small", per_device_train_batch_size=4, gradient_accumulation_steps=2, **common)
     big.train()
     small.train()
+    if eps:
+        replaced = [entry["ss_replaced_fraction"] for entry in big.state.log_history if "loss" in entry]
+        assert len(replaced) == 2 and all(0.0 < value < 1.0 for value in replaced), replaced
     for name, value in parameters(big.model).items():
         torch.testing.assert_close(parameters(small.model)[name], value, atol=2e-5, rtol=1e-4, msg=name)
 

@@ -8,6 +8,7 @@ keeping the gold token, follows a schedule of the global step.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -15,7 +16,7 @@ import torch
 
 from hf_seqobj.constants import IGNORE_INDEX
 from hf_seqobj.decoding.rollin import RollinArguments, dropout_mode
-from hf_seqobj.objectives.base import Objective, register_objective
+from hf_seqobj.objectives.base import Objective, register_objective, row_generators
 from hf_seqobj.objectives.schedules import (
     SS_DEFAULT_K,
     SS_SCHEDULES,
@@ -67,7 +68,7 @@ def mix_tokens(
     predictions: torch.Tensor,
     replaceable: torch.Tensor,
     eps: float,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Replaces each replaceable gold input token by the model's prediction with probability 1 - eps.
 
@@ -76,13 +77,24 @@ def mix_tokens(
         predictions: [B, L] the model's prediction for each input position (from pass 1).
         replaceable: [B, L] bool, positions whose input is a gold target token.
         eps: Probability of keeping the gold token.
-        generator: Source of the draws.
+        generator: Source of the draws: one generator for a [B, L] draw, or one per row (row b draws one uniform
+            per replaceable position of its own, in order, so its draws do not depend on the batch's padding or on
+            the other rows).
 
     Returns:
         `(mixed inputs, replaced mask)`.
     """
-    draws = torch.rand(gold_inputs.shape, generator=generator, device=generator.device if generator else None)
-    replaced = replaceable & (draws.to(gold_inputs.device) >= eps)
+    if generator is None or isinstance(generator, torch.Generator):
+        device = generator.device if generator is not None else None
+        draws = torch.rand(gold_inputs.shape, generator=generator, device=device).to(gold_inputs.device)
+    else:
+        if len(generator) != gold_inputs.shape[0]:
+            raise ValueError(f"{len(generator)} generators for {gold_inputs.shape[0]} rows; accepted: one per row.")
+        draws = torch.ones(gold_inputs.shape, device=gold_inputs.device)  # (positions not replaceable stay gold)
+        for row, row_generator in enumerate(generator):
+            positions = replaceable[row].nonzero().flatten()
+            draws[row, positions] = torch.rand(positions.numel(), generator=row_generator).to(draws.device)
+    replaced = replaceable & (draws >= eps)
     return torch.where(replaced, predictions, gold_inputs), replaced
 
 
@@ -99,7 +111,10 @@ class ScheduledSamplingObjective(Objective):
     at position j; prompt tokens are never replaced. Encoder-decoder (BART, T5): the decoder input at t + 1 (gold
     label t) is replaced by the prediction for label t. The loss is the token cross-entropy of pass 2 on the gold
     targets, normalised as one big batch (:meth:`Objective.teacher_forced_loss`), so gradient accumulation makes the
-    same update as one big batch when the draws are the same. Evaluation loss is plain teacher forcing.
+    same update as one big batch: each example draws its mixing from its own random stream (seed, global step, index
+    in the one big batch; :func:`~hf_seqobj.objectives.base.row_generators`), so its draws are the same in any batch
+    split, on every rank and after a resume (sampled predictions, `rollin="sample"`, are drawn per micro-batch).
+    Evaluation loss is plain teacher forcing.
 
     Logged (train): `ss_eps` and `ss_replaced_fraction` (of replaceable inputs).
     """
@@ -120,9 +135,18 @@ class ScheduledSamplingObjective(Objective):
         draws = torch.multinomial(flat.to(generator.device), 1, generator=generator)
         return draws.reshape(probs.shape[:-1]).to(logits.device)
 
-    def _mixed_inputs(self, model, inputs, eps: float, generator: torch.Generator):
+    def _mixed_inputs(
+        self,
+        model,
+        inputs,
+        eps: float,
+        generator: torch.Generator,
+        mixing: torch.Generator | Sequence[torch.Generator] | None = None,
+    ):
         """Pass 1 and the mixing: `(inputs of pass 2, replaced [B, L], replaceable [B, L])`, where the positions are
-        those of the decoder inputs (encoder-decoder) or of `input_ids` (decoder-only)."""
+        those of the decoder inputs (encoder-decoder) or of `input_ids` (decoder-only). `generator` draws the
+        sampled predictions (`rollin="sample"`), `mixing` (default `generator`) the mixing (:func:`mix_tokens`)."""
+        mixing = generator if mixing is None else mixing
         trainer = self.trainer
         labels = inputs["labels"]
         unwrapped = trainer.accelerator.unwrap_model(model)
@@ -140,18 +164,19 @@ class ScheduledSamplingObjective(Objective):
             # decoder input t + 1 is gold label t; its replacement is the prediction for label t
             shifted = torch.cat([gold[:, :1], predicted[:, :-1]], dim=1)
             target = torch.cat([torch.zeros_like(labels[:, :1], dtype=torch.bool), labels[:, :-1] != IGNORE_INDEX], 1)
-            inputs["decoder_input_ids"], replaced = mix_tokens(gold, shifted, target, eps, generator)
+            inputs["decoder_input_ids"], replaced = mix_tokens(gold, shifted, target, eps, mixing)
         else:
             gold = inputs["input_ids"]
             shifted = torch.cat([gold[:, :1], predicted[:, :-1]], dim=1)
             target = labels != IGNORE_INDEX
-            inputs["input_ids"], replaced = mix_tokens(gold, shifted, target, eps, generator)
+            inputs["input_ids"], replaced = mix_tokens(gold, shifted, target, eps, mixing)
         return inputs, replaced, target
 
     def training_loss(self, model, inputs, num_items_in_batch):
         eps = self.eps()
         generator = self.step_generator(inputs["labels"].device)
-        inputs, replaced, target = self._mixed_inputs(model, inputs, eps, generator)
+        mixing = row_generators(self, inputs["labels"].shape[0])  # each example's own draws, in any batch split
+        inputs, replaced, target = self._mixed_inputs(model, inputs, eps, generator, mixing)
         self.record_metric("ss_eps", eps)
         self.record_metric("ss_replaced_fraction", replaced.sum() / target.sum().clamp(min=1))
         loss, outputs = self.teacher_forced_loss(model, inputs, num_items_in_batch)
